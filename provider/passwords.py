@@ -1,0 +1,162 @@
+"""Password policy (NIST SP 800-63B-4 §3.1.1.2) and hashing: argon2id via pwdlib, bcrypt
+accepted for imported hashes and upgraded on login. Hashing runs in a worker thread
+behind a concurrency cap so argon2's CPU and memory never block the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import secrets
+import threading
+import unicodedata
+from importlib.resources import files
+
+import anyio
+import anyio.to_thread
+from pwdlib import PasswordHash
+from pwdlib.exceptions import PwdlibError
+from pwdlib.hashers.argon2 import Argon2Hasher
+from pwdlib.hashers.bcrypt import BcryptHasher
+
+from provider.errors import ProviderError
+from provider.settings import Settings
+
+# NIST 800-63B-4 asks for at least 64; the cap keeps a request from making us normalise
+# and hash megabytes. Longer passwords are rejected, never truncated (ASVS 6.2.8).
+MAX_PASSWORD_LENGTH = 1024
+
+
+class WeakPassword(ProviderError):
+    status = 422
+    code = "weak_password"
+    title = "The password does not meet the policy."
+
+
+def normalize_password(password: str) -> str:
+    """NFKC, so that every way of typing the same characters gives the same password."""
+    return unicodedata.normalize("NFKC", password)
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """The bundled blocklist (provider/data/common-passwords.txt), casefolded."""
+    text = (files("provider") / "data" / "common-passwords.txt").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    # Only the leading block of '#' lines is comment: listed passwords may start with '#'.
+    start = 0
+    while start < len(lines) and lines[start].startswith("#"):
+        start += 1
+    return frozenset(line.casefold() for line in lines[start:] if line)
+
+
+def check_password_policy(password: str, *, min_length: int, email: str | None = None) -> str:
+    """Return the NFKC-normalised password, or raise WeakPassword saying which rule failed.
+
+    Length is counted in code points after normalisation. No composition rules
+    (NIST 800-63B-4 SHALL NOT; ASVS 6.2.5).
+    """
+    normalized = normalize_password(password)
+    if len(normalized) > MAX_PASSWORD_LENGTH:
+        raise WeakPassword(f"The password must be at most {MAX_PASSWORD_LENGTH} characters long.")
+    if len(normalized) < min_length:
+        raise WeakPassword(f"The password must be at least {min_length} characters long.")
+    try:
+        normalized.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (possible through a JSON "\ud800" escape) cannot be hashed.
+        raise WeakPassword(
+            "The password contains characters that are not valid Unicode text."
+        ) from None
+    folded = normalized.casefold()
+    if folded in common_passwords():
+        raise WeakPassword(
+            "The password is on a list of commonly used or breached passwords; "
+            "choose a different one."
+        )
+    if email is not None:
+        folded_email = normalize_password(email).casefold()
+        local_part, at, _domain = folded_email.rpartition("@")
+        if at and folded == local_part:
+            raise WeakPassword(
+                "The password must not be the same as your email's local part "
+                "(the part before the @)."
+            )
+        if folded == folded_email:
+            raise WeakPassword("The password must not be the same as your email address.")
+    return normalized
+
+
+class PasswordHasher:
+    """argon2id for new hashes; bcrypt only to verify (and replace) imported ones."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._password_hash = PasswordHash(
+            (
+                Argon2Hasher(
+                    memory_cost=settings.argon2_memory_cost,
+                    time_cost=settings.argon2_time_cost,
+                    parallelism=settings.argon2_parallelism,
+                ),
+                BcryptHasher(),
+            )
+        )
+        self._concurrency = settings.password_hash_concurrency
+        # Created on first use: an anyio limiter belongs to the running event loop.
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._dummy_hash: str | None = None
+        self._dummy_lock = threading.Lock()
+
+    def _get_limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._concurrency)
+        return self._limiter
+
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self.hash_sync, password, limiter=self._get_limiter())
+
+    def hash_sync(self, password: str) -> str:
+        normalized = normalize_password(password)
+        if len(normalized) > MAX_PASSWORD_LENGTH:
+            # The policy rejects these first; this keeps the invariant for every caller.
+            raise WeakPassword(
+                f"The password must be at most {MAX_PASSWORD_LENGTH} characters long."
+            )
+        return self._password_hash.hash(normalized)
+
+    async def verify(self, password: str, password_hash: str | None) -> tuple[bool, str | None]:
+        """(is the password right, a replacement hash when the stored one is outdated)."""
+        return await anyio.to_thread.run_sync(
+            self._verify_sync, password, password_hash, limiter=self._get_limiter()
+        )
+
+    def _verify_sync(self, password: str, password_hash: str | None) -> tuple[bool, str | None]:
+        candidate = normalize_password(password)
+        if password_hash is None:
+            # Unknown user: verify against a dummy hash anyway, so timing can't enumerate
+            # accounts.
+            self._burn_dummy(candidate)
+            return False, None
+        try:
+            is_valid, new_hash = self._password_hash.verify_and_update(candidate, password_hash)
+            if not is_valid and candidate != password and BcryptHasher.identify(password_hash):
+                # Imported bcrypt hashes were made from the password as typed, not
+                # normalised; accept that form once and store the normalised one.
+                if self._password_hash.verify(password, password_hash):
+                    return True, self._password_hash.hash(candidate)
+            return is_valid, new_hash
+        except (PwdlibError, ValueError):
+            # Unrecognised or corrupt hash, or bcrypt refusing a password over 72 bytes
+            # (pyca/bcrypt >= 5 raises where older versions truncated): a failed login,
+            # never an error, and it costs what a real verification costs.
+            self._burn_dummy(candidate)
+            return False, None
+
+    def _burn_dummy(self, candidate: str) -> None:
+        with self._dummy_lock:
+            if self._dummy_hash is None:
+                self._dummy_hash = self._password_hash.hash(secrets.token_urlsafe(32))
+            dummy_hash = self._dummy_hash
+        # ValueError: a candidate argon2 cannot encode (a lone surrogate).
+        with contextlib.suppress(ValueError):
+            self._password_hash.verify(candidate, dummy_hash)
