@@ -1,0 +1,5 @@
+"""python -m provider -> the CLI."""
+
+from provider.cli import main
+
+main()

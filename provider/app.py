@@ -1,0 +1,256 @@
+"""create_app(settings): routers, error handlers, middleware, lifespan. No import-time effects."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import fastapi_offline
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from provider import __version__
+from provider.clients.service import ClientCache
+from provider.clock import Clock, SystemClock
+from provider.db import create_engine, session_factory
+from provider.deps import Services
+from provider.errors import PayloadTooLarge, ProviderError
+from provider.keys.service import KeyRing, NoSigningKey
+from provider.keys.store import KeyStore
+from provider.metrics import OAUTH_ERRORS
+from provider.oauth.errors import OAuthError
+from provider.oauth.grants.base import Grant, GrantContext
+from provider.oauth.grants.client_credentials import ClientCredentialsGrant
+from provider.oauth.grants.password import PasswordGrant
+from provider.oauth.grants.refresh_token import RefreshTokenGrant
+from provider.oauth.router import router as oauth_router
+from provider.ops import router as ops_router
+from provider.passwords import PasswordHasher
+from provider.settings import Settings
+from provider.tokens.jwt import JwtService
+from provider.users.router import router as users_router
+
+log = logging.getLogger("provider")
+
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_PREFIX = "/docs-assets"
+GRANTS = (PasswordGrant, RefreshTokenGrant, ClientCredentialsGrant)
+
+
+def build_services(settings: Settings, clock: Clock | None = None) -> Services:
+    clock = clock or SystemClock()
+    engine = create_engine(settings.database_url)
+    longest_token = max(settings.access_token_ttl, settings.id_token_ttl)
+    keys = KeyRing(KeyStore(settings.keys_dir), clock, longest_token)
+    jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
+    hasher = PasswordHasher(settings)
+    clients = ClientCache(engine)
+    ctx = GrantContext(settings=settings, engine=engine, clock=clock, jwt=jwt, hasher=hasher,
+                       clients=clients)
+    grants: dict[str, Grant] = {g.grant_type: g(ctx) for g in GRANTS}
+    return Services(settings=settings, engine=engine, sessions=session_factory(engine),
+                    clock=clock, keys=keys, jwt=jwt, hasher=hasher, clients=clients,
+                    grants=grants)
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings, clock)
+        try:
+            services.keys.signing_key()
+        except NoSigningKey as exc:
+            await services.engine.dispose()
+            raise RuntimeError(f"{exc} (keys directory: {settings.keys_dir})") from None
+        app.state.services = services
+        yield
+        await services.engine.dispose()
+
+    app = FastAPI(
+        title="provider",
+        version=__version__,
+        description=(
+            "OAuth 2 / OpenID Connect-style token provider. Use **Authorize** with the "
+            "dev client's id and secret and a user's email and password to try the "
+            "protected endpoints."
+        ),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
+    app.include_router(oauth_router)
+    app.include_router(users_router)
+    app.include_router(ops_router)
+    _install_docs(app)
+    _install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI and ReDoc with their assets served by us: no CDN, no third-party script."""
+    app.mount(DOCS_PREFIX, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="provider — Swagger UI",
+            swagger_js_url=f"{DOCS_PREFIX}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_PREFIX}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_PREFIX}/favicon.png",
+            init_oauth={"usePkceWithAuthorizationCodeGrant": False},
+            swagger_ui_parameters={"persistAuthorization": False, "tryItOutEnabled": True},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title="provider — ReDoc",
+            redoc_js_url=f"{DOCS_PREFIX}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_PREFIX}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OAuthError)
+    async def oauth_error(_request: Request, exc: OAuthError) -> Response:
+        OAUTH_ERRORS.labels(exc.error).inc()
+        headers = {"Cache-Control": "no-store", "Pragma": "no-cache", **exc.headers()}
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(ProviderError)
+    async def provider_error(_request: Request, exc: ProviderError) -> Response:
+        return problem(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        # Echo where and what, never the submitted value (it may be a password).
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""),
+             "type": err.get("type", "")}
+            for err in exc.errors()
+        ]
+        return problem(_validation(errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                 415: "unsupported_media_type"}
+        body = {
+            "type": "about:blank",
+            "title": str(exc.detail),
+            "status": exc.status_code,
+            "code": codes.get(exc.status_code, "http_error"),
+        }
+        return JSONResponse(body, status_code=exc.status_code,
+                            media_type="application/problem+json",
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+        body = {"type": "about:blank", "title": "Internal server error.", "status": 500,
+                "code": "internal_error"}
+        return JSONResponse(body, status_code=500, media_type="application/problem+json")
+
+
+def _validation(errors: list[dict[str, Any]]) -> ProviderError:
+    from provider.errors import ValidationFailed
+
+    return ValidationFailed(errors=errors)
+
+
+def problem(exc: ProviderError) -> Response:
+    return JSONResponse(exc.body(), status_code=exc.status,
+                        media_type="application/problem+json", headers=dict(exc.headers))
+
+
+API_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+DOCS_CSP = (
+    b"content-security-policy",
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+)
+
+
+class HardeningMiddleware:
+    """Security headers on every response and a cap on request bodies (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        is_docs = path in ("/docs", "/redoc") or path.startswith(DOCS_PREFIX)
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body_bytes
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await problem(PayloadTooLarge())(scope, receive, send)
+                    return
+
+        received = 0
+        limit = self.max_body_bytes
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in API_SECURITY_HEADERS if h[0] not in present)
+                headers.append(DOCS_CSP if is_docs else API_CSP)
+                if b"cache-control" not in present and not is_docs:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        except _BodyTooLarge:
+            await problem(PayloadTooLarge())(scope, receive, send_with_headers)
+
+
+class _BodyTooLarge(Exception):
+    pass

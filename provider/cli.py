@@ -1,0 +1,396 @@
+"""The `provider` command line: serve, migrate, openapi, keys, clients, users.
+
+Bad arguments exit 2 with a one-line message on stderr, and write nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import click
+import typer
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from provider.clock import SystemClock
+from provider.errors import ProviderError
+from provider.keys.store import KeyStore, KeyStoreError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="provider: an OAuth2 / OIDC-style token provider.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+keys_app = typer.Typer(help="Manage RS256 signing keys (in PROVIDER_KEYS_DIR).",
+                       no_args_is_help=True)
+clients_app = typer.Typer(help="Manage OAuth clients.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(clients_app, name="clients")
+app.add_typer(users_app, name="users")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEV_CLIENT_FILE = "dev-client.json"
+
+
+def fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def settings() -> Any:
+    from provider.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        fail(f"invalid configuration ({where}): {first.get('msg')}")
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    try:
+        yield
+    except ProviderError as exc:
+        detail = exc.detail or exc.title
+        fail(detail if isinstance(detail, str) else exc.title)
+    except KeyStoreError as exc:
+        fail(str(exc))
+
+
+def in_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction: all of it is written, or none of it."""
+    from provider.db import create_engine, session_factory
+
+    async def runner() -> T:
+        engine = create_engine(settings().database_url)
+        try:
+            async with session_factory(engine)() as session:
+                result = await work(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    with friendly_errors():
+        return asyncio.run(runner())
+
+
+def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    typer.echo(json.dumps(data) if as_json else text)
+
+
+# --- serve, migrate, openapi ---------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    current = settings()
+    if KeyStore(current.keys_dir).records() == []:
+        fail("no signing key; run `provider keys generate` first")
+    uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
+                workers=workers, access_log=False, proxy_headers=False,
+                server_header=False)
+
+
+def alembic_config(database_url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the database (DATABASE_URL) to the newest schema."""
+    from alembic import command
+
+    command.upgrade(alembic_config(settings().database_url), "head")
+    typer.echo("database is at the newest revision")
+
+
+@app.command()
+def openapi(
+    write: Annotated[bool, typer.Option("--write", help="Update openapi.yaml.")] = False,
+) -> None:
+    """Print the OpenAPI document as YAML (or write openapi.yaml)."""
+    from provider.openapi import render_openapi
+
+    text = render_openapi()
+    if write:
+        (REPO_ROOT / "openapi.yaml").write_text(text)
+        typer.echo("wrote openapi.yaml")
+    else:
+        sys.stdout.write(text)
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+def key_store() -> KeyStore:
+    return KeyStore(settings().keys_dir)
+
+
+def key_line(record: Any) -> str:
+    when = record.created_at.strftime("%Y-%m-%d %H:%M")
+    return f"{record.kid}  {record.status:<9}  created {when}"
+
+
+@keys_app.command("generate")
+def keys_generate(
+    if_missing: Annotated[bool, typer.Option(
+        "--if-missing", help="Do nothing when a signing key exists.")] = False,
+    activate: Annotated[bool, typer.Option(
+        "--activate", help="Sign with the new key at once.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create an RSA-2048 key. The first key signs; later ones are published for a
+    later `keys rotate` (so resource servers learn them before they are used)."""
+    from provider.keys.store import generate_key
+
+    store = key_store()
+    with friendly_errors():
+        if if_missing and any(r.status == "active" for r in store.records()):
+            active = next(r for r in store.records() if r.status == "active")
+            emit(as_json, {"kid": active.kid, "status": active.status, "created": False},
+                 f"signing key present: {active.kid}")
+            return
+        record = generate_key(store, activate=True if activate else None)
+    emit(as_json, {"kid": record.kid, "status": record.status, "created": True},
+         f"generated {record.kid} ({record.status})")
+
+
+@keys_app.command("rotate")
+def keys_rotate(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+                ) -> None:
+    """Sign with the newest published key (a new one if none is waiting). The previous
+    key stays in the JWKS until tokens it signed have expired."""
+    from provider.keys.store import rotate
+
+    with friendly_errors():
+        record = rotate(key_store())
+    emit(as_json, {"kid": record.kid, "status": record.status},
+         f"now signing with {record.kid}")
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+              ) -> None:
+    """List keys with their state: active (signs), published (in JWKS), retired."""
+    with friendly_errors():
+        records = key_store().records()
+    if as_json:
+        typer.echo(json.dumps({"keys": [r.to_json() for r in records]}))
+    else:
+        for record in records:
+            typer.echo(key_line(record))
+        if not records:
+            typer.echo("no keys; run `provider keys generate`")
+
+
+@keys_app.command("retire")
+def keys_retire(kid: Annotated[str, typer.Argument(help="The key id (kid) to retire.")],
+                ) -> None:
+    """Remove a key from the JWKS: tokens it signed stop verifying everywhere."""
+    from provider.keys.store import retire
+
+    with friendly_errors():
+        record = retire(key_store(), kid)
+    typer.echo(f"retired {record.kid}")
+
+
+@keys_app.command("import")
+def keys_import(
+    pem_file: Annotated[Path, typer.Argument(help="RSA private key (PEM), >= 2048 bits.")],
+    activate: Annotated[bool, typer.Option("--activate", help="Sign with it at once.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Import an existing RSA private key."""
+    from provider.keys.store import add_key, parse_private_pem
+
+    try:
+        data = pem_file.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {pem_file}: {exc.strerror}")
+    with friendly_errors():
+        record = add_key(key_store(), parse_private_pem(data),
+                         activate=True if activate else None)
+    emit(as_json, {"kid": record.kid, "status": record.status},
+         f"imported {record.kid} ({record.status})")
+
+
+# --- clients --------------------------------------------------------------------------
+
+
+@clients_app.command("create")
+def clients_create(
+    name: Annotated[str, typer.Option(help="A name people will recognise.")],
+    grant: Annotated[list[str], typer.Option(
+        help="Allowed grant type (repeat): password, refresh_token, client_credentials.")],
+    scope: Annotated[str, typer.Option(help="Allowed scopes, space-separated.")] = "",
+    public: Annotated[bool, typer.Option("--public", help="No secret (native/SPA).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a client. Its secret is printed once and stored only as a digest."""
+    from provider.clients.service import create_client
+
+    async def work(session: AsyncSession) -> tuple[str, str | None]:
+        client, secret = await create_client(
+            session, name=name, grant_types=grant, scopes=[scope], is_public=public,
+            now=SystemClock().now(),
+        )
+        return client.client_id, secret
+
+    client_id, secret = in_session(work)
+    text = f"client_id:     {client_id}"
+    if secret:
+        text += f"\nclient_secret: {secret}\n(the secret is shown only now)"
+    emit(as_json, {"client_id": client_id, "client_secret": secret}, text)
+
+
+@clients_app.command("list")
+def clients_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+                 ) -> None:
+    """List clients."""
+    from provider.clients.service import list_clients
+
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        clients = await list_clients(session, limit=10_000)
+        return [{"client_id": c.client_id, "name": c.name, "is_public": c.is_public,
+                 "grant_types": c.grant_types, "scopes": c.scopes, "is_active": c.is_active}
+                for c in clients]
+
+    items = in_session(work)
+    if as_json:
+        typer.echo(json.dumps({"items": items}))
+        return
+    for c in items:
+        kind = "public" if c["is_public"] else "confidential"
+        state = "" if c["is_active"] else "  (disabled)"
+        typer.echo(f"{c['client_id']}  {c['name']}  {kind}  grants={','.join(c['grant_types'])}"
+                   f"  scope={' '.join(c['scopes'])}{state}")
+
+
+@clients_app.command("delete")
+def clients_delete(client_id: Annotated[str, typer.Argument(help="The client to delete.")],
+                   ) -> None:
+    """Delete a client and every refresh token issued to it."""
+    from provider.clients.service import delete_client
+
+    in_session(lambda session: delete_client(session, client_id))
+    typer.echo(f"deleted {client_id}")
+
+
+@clients_app.command("ensure-dev")
+def clients_ensure_dev() -> None:
+    """Create the development client for Swagger UI if it is missing, and print it.
+
+    Its credentials are kept in PROVIDER_KEYS_DIR/dev-client.json (git-ignored) so that
+    `make run` can show them again. Not for production.
+    """
+    from provider.clients.service import create_client, get_client
+
+    current = settings()
+    if current.env == "production":
+        fail("the dev client is not created when PROVIDER_ENV=production")
+    path = current.keys_dir / DEV_CLIENT_FILE
+    saved = None
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = None
+
+    async def work(session: AsyncSession) -> dict[str, str]:
+        if saved:
+            try:
+                await get_client(session, saved["client_id"])
+                return dict(saved)
+            except ProviderError:
+                pass
+        client, secret = await create_client(
+            session, name="Swagger UI (development)",
+            grant_types=["password", "refresh_token"],
+            scopes=["openid profile email admin"], is_public=False, now=SystemClock().now(),
+        )
+        return {"client_id": client.client_id, "client_secret": secret or ""}
+
+    creds = in_session(work)
+    if creds != saved:
+        current.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(json.dumps(creds))
+        path.chmod(0o600)
+    typer.echo(
+        "Development client for Swagger UI (Authorize -> client_id / client_secret):\n"
+        f"  client_id:     {creds['client_id']}\n  client_secret: {creds['client_secret']}"
+    )
+
+
+# --- users ----------------------------------------------------------------------------
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="Email address (the login name).")],
+    password: Annotated[str, typer.Option(
+        help="Password (checked against the password policy).",
+        prompt=True, hide_input=True, confirmation_prompt=True)],
+    username: Annotated[str | None, typer.Option(help="Optional unique username.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Give the admin role.")] = False,
+    verified: Annotated[bool, typer.Option(
+        "--verified", help="Mark the email as verified.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a user."""
+    from provider.passwords import PasswordHasher
+    from provider.users.service import create_user
+
+    current = settings()
+
+    async def work(session: AsyncSession) -> tuple[str, str]:
+        user = await create_user(
+            session, PasswordHasher(current), email=email, password=password,
+            min_password_length=current.password_min_length, now=SystemClock().now(),
+            username=username, is_admin=admin, is_verified=verified,
+        )
+        return str(user.id), user.email
+
+    user_id, normalized = in_session(work)
+    emit(as_json, {"id": user_id, "email": normalized}, f"created user {user_id} ({normalized})")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except click.exceptions.ClickException as exc:
+        message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,25 @@
+"""The OAuth clients table."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from provider.db import Base
+
+
+class Client(Base):
+    __tablename__ = "clients"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # SHA-256 of a 256-bit generated secret; None for public clients.
+    secret_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    name: Mapped[str] = mapped_column(String(200))
+    is_public: Mapped[bool] = mapped_column(Boolean, default=False)
+    grant_types: Mapped[list[str]] = mapped_column(JSON)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

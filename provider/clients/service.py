@@ -1,0 +1,207 @@
+"""OAuth clients: creation, secrets, and the in-process cache the token path reads.
+
+Client secrets are 256-bit random values, stored as SHA-256 digests and compared in
+constant time. They are machine-generated, so a slow hash would buy nothing but latency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from provider.clients.models import Client
+from provider.errors import NotFound, ValidationFailed
+
+GRANT_TYPES = ("password", "refresh_token", "client_credentials")
+# Grants a public client may use: it has no secret to prove who it is.
+PUBLIC_GRANT_TYPES = ("password", "refresh_token")
+STANDARD_SCOPES = ("openid", "profile", "email", "admin")
+# RFC 6749 §3.3 scope-token: printable ASCII except space, quote and backslash.
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,64}$")
+CLIENT_ID_PREFIX = "cl_"
+
+
+class ClientNotFound(NotFound):
+    code = "client_not_found"
+    title = "No such client."
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What the token path needs of a client, immutable and cacheable."""
+
+    client_id: str
+    secret_hash: bytes | None
+    is_public: bool
+    grant_types: frozenset[str]
+    scopes: tuple[str, ...]
+    is_active: bool
+
+    def check_secret(self, secret: str) -> bool:
+        if self.secret_hash is None:
+            return False
+        return hmac.compare_digest(hash_secret(secret), self.secret_hash)
+
+    @classmethod
+    def of(cls, client: Client) -> ClientInfo:
+        return cls(
+            client_id=client.client_id,
+            secret_hash=client.secret_hash,
+            is_public=client.is_public,
+            grant_types=frozenset(client.grant_types),
+            scopes=tuple(client.scopes),
+            is_active=client.is_active,
+        )
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def generate_client_id() -> str:
+    # A prefix that no user id (a UUID) can have: client and user `sub`s never collide
+    # (RFC 9700 §4.15).
+    return CLIENT_ID_PREFIX + secrets.token_urlsafe(16)
+
+
+def generate_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def validate_grant_types(grant_types: Iterable[str], *, is_public: bool) -> list[str]:
+    chosen = list(dict.fromkeys(grant_types))
+    if not chosen:
+        raise ValidationFailed("at least one grant type is required")
+    unknown = [g for g in chosen if g not in GRANT_TYPES]
+    if unknown:
+        raise ValidationFailed(
+            f"unknown grant type {unknown[0]!r}; choose from {', '.join(GRANT_TYPES)}"
+        )
+    if is_public and "client_credentials" in chosen:
+        raise ValidationFailed("a public client cannot use client_credentials")
+    return chosen
+
+
+def validate_scopes(scopes: Iterable[str]) -> list[str]:
+    chosen = list(dict.fromkeys(s for scope in scopes for s in scope.split()))
+    bad = [s for s in chosen if not SCOPE_TOKEN.fullmatch(s)]
+    if bad:
+        raise ValidationFailed(f"invalid scope token {bad[0]!r}")
+    return chosen
+
+
+async def create_client(
+    session: AsyncSession,
+    *,
+    name: str,
+    grant_types: Sequence[str],
+    scopes: Sequence[str],
+    is_public: bool,
+    now: datetime,
+) -> tuple[Client, str | None]:
+    """Create a client; return it with its secret (None for public clients), shown once."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ValidationFailed("name must be 1 to 200 characters")
+    secret = None if is_public else generate_secret()
+    client = Client(
+        client_id=generate_client_id(),
+        secret_hash=hash_secret(secret) if secret else None,
+        name=name,
+        is_public=is_public,
+        grant_types=validate_grant_types(grant_types, is_public=is_public),
+        scopes=validate_scopes(scopes),
+        is_active=True,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(client)
+    await session.flush()
+    return client, secret
+
+
+async def get_client(session: AsyncSession, client_id: str) -> Client:
+    client = await session.get(Client, client_id)
+    if client is None:
+        raise ClientNotFound()
+    return client
+
+
+async def list_clients(
+    session: AsyncSession, *, after: str | None = None, limit: int = 100
+) -> list[Client]:
+    query = select(Client).order_by(Client.client_id).limit(limit)
+    if after is not None:
+        query = query.where(Client.client_id > after)
+    return list((await session.scalars(query)).all())
+
+
+async def rotate_secret(session: AsyncSession, client_id: str, *, now: datetime) -> str:
+    client = await get_client(session, client_id)
+    if client.is_public:
+        raise ValidationFailed("a public client has no secret")
+    secret = generate_secret()
+    client.secret_hash = hash_secret(secret)
+    client.updated_at = now
+    await session.flush()
+    return secret
+
+
+async def delete_client(session: AsyncSession, client_id: str) -> None:
+    """Delete a client; its refresh tokens go with it (ON DELETE CASCADE)."""
+    client = await get_client(session, client_id)
+    await session.delete(client)
+    await session.flush()
+
+
+class ClientCache:
+    """Clients by id for the token path, kept for a few seconds per process.
+
+    A change made by another process (secret rotation, deactivation) takes effect here
+    within ``ttl_seconds``; changes made through this process take effect at once.
+    """
+
+    def __init__(self, engine: AsyncEngine, ttl_seconds: float = 5.0) -> None:
+        self._engine = engine
+        self._ttl = ttl_seconds
+        self._entries: dict[str, tuple[float, ClientInfo | None]] = {}
+
+    async def get(self, client_id: str) -> ClientInfo | None:
+        now = time.monotonic()
+        hit = self._entries.get(client_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        async with self._engine.connect() as conn:
+            table = Client.__table__
+            row = (await conn.execute(select(table).where(table.c.client_id == client_id))).first()
+        info = (
+            ClientInfo(
+                client_id=row.client_id,
+                secret_hash=row.secret_hash,
+                is_public=row.is_public,
+                grant_types=frozenset(row.grant_types),
+                scopes=tuple(row.scopes),
+                is_active=row.is_active,
+            )
+            if row is not None
+            else None
+        )
+        if len(self._entries) > 10_000:  # unknown ids must not grow memory without bound
+            self._entries.clear()
+        self._entries[client_id] = (now, info)
+        return info
+
+    def invalidate(self, client_id: str | None = None) -> None:
+        if client_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(client_id, None)

@@ -1,0 +1,149 @@
+"""Annotated dependencies: the per-process services, the unit of work, the bearer user."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from provider.clients.service import ClientCache
+from provider.clock import Clock
+from provider.db import unit_of_work
+from provider.keys.service import KeyRing
+from provider.oauth.errors import (
+    InsufficientScope,
+    InvalidBearerRequest,
+    InvalidToken,
+    MissingToken,
+)
+from provider.oauth.grants.base import ADMIN_SCOPE, Grant, GrantContext
+from provider.passwords import PasswordHasher
+from provider.settings import Settings
+from provider.tokens.jwt import AccessClaims, JwtService, TokenRejected
+from provider.tokens.service import session_is_live
+from provider.users.models import User
+
+
+@dataclass(frozen=True)
+class Services:
+    """Built once per process by the app's lifespan."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    clock: Clock
+    keys: KeyRing
+    jwt: JwtService
+    hasher: PasswordHasher
+    clients: ClientCache
+    grants: dict[str, Grant]
+
+    @property
+    def grant_context(self) -> GrantContext:
+        return GrantContext(
+            settings=self.settings, engine=self.engine, clock=self.clock, jwt=self.jwt,
+            hasher=self.hasher, clients=self.clients,
+        )
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+def get_clock(services: ServicesDep) -> Clock:
+    return services.clock
+
+
+async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    async for session in unit_of_work(services.sessions):
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ClockDep = Annotated[Clock, Depends(get_clock)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def bearer_token(request: Request) -> str:
+    """RFC 6750 §2.1: the Authorization header only; query and body transport refused."""
+    if "access_token" in request.query_params:
+        raise InvalidBearerRequest("Access tokens are not accepted in the query string.")
+    header = request.headers.get("authorization")
+    if not header:
+        raise MissingToken()
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise MissingToken()
+    return token.strip()
+
+
+# Declares the scheme to OpenAPI, which gives Swagger UI its Authorize button (password
+# flow against our token endpoint); the token itself is read by bearer_token().
+oauth2_scheme = OAuth2PasswordBearer(
+    tokenUrl="/oauth/token",
+    scopes={
+        "openid": "OpenID Connect: adds an ID token",
+        "profile": "Your username and profile",
+        "email": "Your email address",
+        "admin": "Administer users and clients (admins only)",
+    },
+    auto_error=False,
+)
+
+
+async def get_claims(
+    request: Request,
+    services: ServicesDep,
+    _declared: Annotated[str | None, Security(oauth2_scheme)] = None,
+) -> AccessClaims:
+    token = bearer_token(request)
+    try:
+        return services.jwt.verify_access_token(token, now=services.clock.now())
+    except TokenRejected:
+        raise InvalidToken() from None
+
+
+ClaimsDep = Annotated[AccessClaims, Depends(get_claims)]
+
+
+async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
+    """The token's user, if the user is active and the token not revoked (one query)."""
+    try:
+        user_id = uuid.UUID(claims.sub)
+    except ValueError:
+        raise InvalidToken("The access token does not represent a user.") from None
+    family = uuid.UUID(claims.sid) if claims.sid else None
+    user = await session.scalar(
+        select(User).where(
+            User.id == user_id, User.is_active.is_(True), session_is_live(family, claims.jti)
+        )
+    )
+    if user is None:
+        raise InvalidToken()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_admin_user(claims: ClaimsDep, user: CurrentUser) -> User:
+    if ADMIN_SCOPE not in claims.scope or not user.is_admin:
+        raise InsufficientScope(ADMIN_SCOPE)
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin_user)]

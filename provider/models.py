@@ -1,0 +1,8 @@
+"""Every table, imported in one place for Alembic and metadata-wide operations."""
+
+from provider.clients.models import Client
+from provider.db import Base
+from provider.tokens.models import RefreshToken, RevokedAccessToken
+from provider.users.models import User
+
+__all__ = ["Base", "Client", "RefreshToken", "RevokedAccessToken", "User"]

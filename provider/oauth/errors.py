@@ -1,0 +1,157 @@
+"""OAuth errors, one class per code (RFC 6749 §5.2, RFC 6750 §3.1, RFC 7009 §2.2.1).
+
+The handler in ``provider.app`` renders them as ``{"error", "error_description"}`` with
+``Cache-Control: no-store``, and adds ``WWW-Authenticate`` where the RFCs ask for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from provider.errors import ExpectedError
+
+
+class OAuthError(ExpectedError):
+    error: ClassVar[str] = "invalid_request"
+    status: ClassVar[int] = 400
+    description: ClassVar[str] = "The request is invalid."
+
+    def __init__(self, description: str | None = None, **extra: Any) -> None:
+        super().__init__(description or self.description)
+        self.error_description = description or self.description
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "error_description": self.error_description, **self.extra}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    error = "invalid_client"
+    status = 401
+    description = "Client authentication failed."
+
+    def __init__(self, description: str | None = None, *, used_basic: bool = False) -> None:
+        super().__init__(description)
+        self.used_basic = used_basic
+
+    def headers(self) -> dict[str, str]:
+        # RFC 6749 §5.2: a client that tried the Authorization header gets a challenge for it.
+        if self.used_basic:
+            return {"WWW-Authenticate": 'Basic realm="provider", charset="UTF-8"'}
+        return {}
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+    description = "The grant or refresh token is invalid, expired or revoked."
+
+
+class UnauthorizedClient(OAuthError):
+    error = "unauthorized_client"
+    description = "The client is not allowed to use this grant type."
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+    description = "The grant type is not supported."
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+    description = "The requested scope is invalid, unknown or exceeds what is allowed."
+
+
+class UnsupportedTokenType(OAuthError):
+    error = "unsupported_token_type"
+    description = "Revocation of this token type is not supported."
+
+
+class MfaRequired(OAuthError):
+    """Auth0's convention: 403 with an mfa_token to finish the login with a TOTP code."""
+
+    error = "mfa_required"
+    status = 403
+    description = "Multi-factor authentication is required."
+
+
+class SlowDown(OAuthError):
+    """Login throttling: 429 with Retry-After (never a permanent lockout)."""
+
+    error = "slow_down"
+    status = 429
+    description = "Too many attempts. Try again later."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TemporarilyUnavailable(OAuthError):
+    error = "temporarily_unavailable"
+    status = 503
+    description = "The server cannot handle the request right now. Try again later."
+
+
+class BearerError(OAuthError):
+    """Errors of bearer-protected resources (RFC 6750 §3)."""
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="provider", error="{self.error}", '
+                f'error_description="{self.error_description}"'
+            )
+        }
+
+
+class MissingToken(BearerError):
+    """No credentials at all: 401 with a bare challenge and no error code (§3.1)."""
+
+    error = "invalid_token"
+    status = 401
+    description = "An access token is required."
+
+    def body(self) -> dict[str, Any]:
+        return {"error": "invalid_token", "error_description": self.error_description}
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="provider"'}
+
+
+class InvalidToken(BearerError):
+    error = "invalid_token"
+    status = 401
+    description = "The access token is invalid, expired or revoked."
+
+
+class InvalidBearerRequest(BearerError):
+    error = "invalid_request"
+    status = 400
+    description = "The request carries the access token in an unsupported way."
+
+
+class InsufficientScope(BearerError):
+    error = "insufficient_scope"
+    status = 403
+    description = "The access token lacks the scope this resource requires."
+
+    def __init__(self, scope: str) -> None:
+        super().__init__()
+        self.scope = scope
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="provider", error="insufficient_scope", scope="{self.scope}"'
+            )
+        }

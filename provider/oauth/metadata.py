@@ -1,0 +1,30 @@
+"""RFC 8414 authorization server metadata; OIDC discovery adds to the same facts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provider.clients.service import STANDARD_SCOPES
+from provider.settings import Settings
+
+GRANT_TYPES_SUPPORTED = ["password", "refresh_token", "client_credentials"]
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+
+def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
+    issuer = settings.issuer
+    return {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/oauth/token",
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "revocation_endpoint": f"{issuer}/oauth/revoke",
+        "introspection_endpoint": f"{issuer}/oauth/introspect",
+        "userinfo_endpoint": f"{issuer}/oauth/userinfo",
+        "scopes_supported": list(STANDARD_SCOPES),
+        "response_types_supported": ["token"],
+        "grant_types_supported": GRANT_TYPES_SUPPORTED,
+        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": AUTH_METHODS[:2],
+        "service_documentation": f"{issuer}/docs",
+    }

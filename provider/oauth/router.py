@@ -1,0 +1,222 @@
+"""OAuth HTTP endpoints: token, revocation, introspection, userinfo, metadata, JWKS."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from provider.metrics import TOKENS_ISSUED
+from provider.deps import ClaimsDep, CurrentUser, ServicesDep
+from provider.oauth.client_auth import authenticate_client
+from provider.oauth.errors import (
+    InsufficientScope,
+    InvalidClient,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+)
+from provider.oauth.form import FORM_TYPE, read_form
+from provider.oauth.grants.base import require
+from provider.oauth.introspection import introspect
+from provider.oauth.metadata import authorization_server_metadata
+from provider.oauth.revocation import revoke
+from provider.oauth.schemas import (
+    IntrospectionResponse,
+    MfaRequiredBody,
+    OAuthErrorBody,
+    TokenResponse,
+    UserInfo,
+)
+from provider.oidc.discovery import openid_configuration
+
+router = APIRouter(tags=["oauth"])
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+JWKS_CACHE = {"Cache-Control": "public, max-age=300"}
+METADATA_CACHE = {"Cache-Control": "public, max-age=3600"}
+
+
+def _form_body(fields: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                FORM_TYPE: {
+                    "schema": {"type": "object", "properties": fields, "required": required}
+                }
+            },
+        }
+    }
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "Invalid request (RFC 6749 §5.2)",
+        401: "Client authentication failed",
+        403: "Multi-factor authentication required",
+        429: "Too many attempts; see Retry-After",
+    }
+    out: dict[int | str, dict[str, Any]] = {
+        code: {"model": OAuthErrorBody, "description": described[code]} for code in codes
+    }
+    if 403 in out:
+        out[403]["model"] = MfaRequiredBody
+    return out
+
+
+_string = {"type": "string"}
+TOKEN_FORM = _form_body(
+    {
+        "grant_type": {"type": "string",
+                       "enum": ["password", "refresh_token", "client_credentials"]},
+        "username": {**_string, "description": "email or username (password grant)"},
+        "password": {**_string, "format": "password"},
+        "refresh_token": _string,
+        "scope": {**_string, "description": "space-separated scopes"},
+        "client_id": {**_string, "description": "client_secret_post or public clients"},
+        "client_secret": {**_string, "format": "password"},
+    },
+    ["grant_type"],
+)
+TOKEN_ARG_FORM = _form_body(
+    {
+        "token": _string,
+        "token_type_hint": {"type": "string", "enum": ["access_token", "refresh_token"]},
+        "client_id": _string,
+        "client_secret": {**_string, "format": "password"},
+    },
+    ["token"],
+)
+
+
+@router.post(
+    "/oauth/token",
+    summary="Issue tokens (password, refresh_token, client_credentials)",
+    response_model=TokenResponse,
+    response_model_exclude_none=True,
+    responses=_errors(400, 401, 403, 429),
+    openapi_extra=TOKEN_FORM,
+)
+async def token(request: Request, services: ServicesDep) -> Response:
+    form = await read_form(request)
+    grant_type = require(form, "grant_type")
+    grant = services.grants.get(grant_type)
+    auth = await authenticate_client(
+        services.clients, form, request.headers.get("authorization")
+    )
+    if grant is None:
+        raise UnsupportedGrantType()
+    if grant_type not in auth.client.grant_types:
+        raise UnauthorizedClient()
+    body = await grant.exchange(form, auth.client)
+    TOKENS_ISSUED.labels(grant_type).inc()
+    return JSONResponse(body, headers=NO_STORE)
+
+
+@router.post(
+    "/oauth/revoke",
+    summary="Revoke a refresh or access token (RFC 7009)",
+    responses={200: {"description": "Revoked, or the token was not valid"},
+               **_errors(400, 401)},
+    openapi_extra=TOKEN_ARG_FORM,
+)
+async def revocation(request: Request, services: ServicesDep) -> Response:
+    form = await read_form(request)
+    auth = await authenticate_client(
+        services.clients, form, request.headers.get("authorization")
+    )
+    token_value = require(form, "token")
+    await revoke(services.grant_context, auth.client, token_value, form.get("token_type_hint"))
+    return Response(status_code=200, headers=NO_STORE)
+
+
+@router.post(
+    "/oauth/introspect",
+    summary="Introspect a token (RFC 7662; confidential clients only)",
+    response_model=IntrospectionResponse,
+    response_model_exclude_none=True,
+    responses=_errors(400, 401),
+    openapi_extra=TOKEN_ARG_FORM,
+)
+async def introspection(request: Request, services: ServicesDep) -> Response:
+    form = await read_form(request)
+    auth = await authenticate_client(
+        services.clients, form, request.headers.get("authorization")
+    )
+    if auth.client.is_public:
+        # RFC 7662 §2.1: the endpoint must be protected; a public client proves nothing.
+        raise InvalidClient("Public clients may not introspect tokens.")
+    token_value = require(form, "token")
+    body = await introspect(
+        services.grant_context, auth.client, token_value, form.get("token_type_hint")
+    )
+    return JSONResponse(body, headers=NO_STORE)
+
+
+def _userinfo(claims: ClaimsDep, user: CurrentUser) -> UserInfo:
+    if "openid" not in claims.scope:
+        raise InsufficientScope("openid")
+    info: dict[str, Any] = {"sub": str(user.id)}
+    if "email" in claims.scope:
+        info["email"] = user.email
+        info["email_verified"] = user.is_verified
+    if "profile" in claims.scope:
+        if user.username:
+            info["preferred_username"] = user.username
+        for name in ("name", "given_name", "family_name"):
+            if isinstance(user.profile.get(name), str):
+                info[name] = user.profile[name]
+    return UserInfo(**info)
+
+
+_userinfo_doc: dict[str, Any] = {
+    "summary": "OpenID Connect userinfo for a bearer access token with scope openid",
+    "response_model": UserInfo,
+    "response_model_exclude_none": True,
+    "responses": {401: {"model": OAuthErrorBody}, 403: {"model": OAuthErrorBody}},
+}
+
+
+@router.get("/oauth/userinfo", **_userinfo_doc)
+async def userinfo_get(claims: ClaimsDep, user: CurrentUser) -> UserInfo:
+    return _userinfo(claims, user)
+
+
+@router.post("/oauth/userinfo", **_userinfo_doc)
+async def userinfo_post(claims: ClaimsDep, user: CurrentUser) -> UserInfo:
+    return _userinfo(claims, user)
+
+
+def _json(document: dict[str, Any], headers: dict[str, str]) -> Response:
+    return Response(json.dumps(document), media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/.well-known/openid-configuration",
+    summary="OpenID Connect discovery",
+    response_model=dict[str, Any],
+)
+async def discovery(services: ServicesDep) -> Response:
+    return _json(openid_configuration(services.settings), METADATA_CACHE)
+
+
+@router.get(
+    "/.well-known/oauth-authorization-server",
+    summary="OAuth 2.0 authorization server metadata (RFC 8414)",
+    response_model=dict[str, Any],
+)
+async def oauth_metadata(services: ServicesDep) -> Response:
+    return _json(authorization_server_metadata(services.settings), METADATA_CACHE)
+
+
+@router.get(
+    "/.well-known/jwks.json",
+    summary="Public signing keys (JWKS)",
+    response_model=dict[str, Any],
+)
+async def jwks(services: ServicesDep) -> Response:
+    return Response(
+        services.keys.jwks_json(), media_type="application/json", headers=JWKS_CACHE
+    )

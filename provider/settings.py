@@ -1,0 +1,91 @@
+"""Settings: the one place that reads the environment (prefix PROVIDER_, plus DATABASE_URL)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    """Every knob of the provider. Durations accept seconds or ISO 8601 (``PT15M``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROVIDER_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "production", "test"] = "development"
+    issuer: str = "http://127.0.0.1:8000"
+    # The `aud` of access tokens. Resource servers (and our own protected endpoints)
+    # accept only tokens minted for them (RFC 9700 §2.3, RFC 8725 §3.9).
+    audience: str | None = None
+    database_url: str = Field(
+        default="sqlite:///./provider.db",
+        validation_alias=AliasChoices("DATABASE_URL", "PROVIDER_DATABASE_URL"),
+    )
+    keys_dir: Path = Path("./keys")
+    redis_url: str | None = None
+    smtp_url: SecretStr | None = None
+    mail_from: str = "provider <no-reply@localhost>"
+    secret_key: SecretStr | None = None
+
+    access_token_ttl: timedelta = timedelta(minutes=15)
+    id_token_ttl: timedelta = timedelta(minutes=15)
+    refresh_token_ttl: timedelta = timedelta(days=30)
+    refresh_token_absolute_ttl: timedelta = timedelta(days=90)
+    refresh_reuse_grace: timedelta = timedelta(0)
+    email_code_ttl: timedelta = timedelta(minutes=10)
+    mfa_token_ttl: timedelta = timedelta(minutes=5)
+
+    # argon2id: OWASP's recommended floor (m=19 MiB, t=2, p=1).
+    argon2_memory_cost: int = 19 * 1024
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+    # Concurrent argon2 computations per process: bounds memory and keeps the loop free.
+    password_hash_concurrency: int = 2
+    password_min_length: int = 8
+
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    cors_origins: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = 64 * 1024
+
+    @field_validator("trusted_proxies", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_is_url(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("PROVIDER_ISSUER must be an http(s) URL")
+        return value
+
+    @field_validator("password_min_length")
+    @classmethod
+    def _min_length_floor(cls, value: int) -> int:
+        if value < 8:
+            raise ValueError("PROVIDER_PASSWORD_MIN_LENGTH may not be below 8 (NIST 800-63B)")
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.env == "production" and not self.issuer.startswith("https://"):
+            raise ValueError("PROVIDER_ISSUER must use https:// when PROVIDER_ENV=production")
+        if self.refresh_token_absolute_ttl < self.refresh_token_ttl:
+            raise ValueError(
+                "PROVIDER_REFRESH_TOKEN_ABSOLUTE_TTL must not be shorter than "
+                "PROVIDER_REFRESH_TOKEN_TTL"
+            )
+        return self
+
+    @property
+    def token_audience(self) -> str:
+        return self.audience or self.issuer

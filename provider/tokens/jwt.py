@@ -1,0 +1,176 @@
+"""The one signing point: RS256 JWTs for access tokens (RFC 9068) and ID tokens.
+
+Verification trusts nothing in the header but ``kid`` as a lookup key into our own
+key ring: the algorithm is pinned (RFC 8725 §3.1), ``typ`` keeps token kinds apart
+(§3.11, §3.12), ``jku``/``x5u``/``jwk`` are never followed (§3.10), unknown ``crit``
+rejects the token (RFC 7515 §4.1.11), and iss/aud/exp are checked exactly.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+
+from provider.keys.service import KeyRing
+
+ALGORITHM = "RS256"
+ACCESS_TOKEN_TYP = "at+jwt"
+ID_TOKEN_TYP = "JWT"
+# Tolerated clock difference for iat/nbf in the future (our own processes only).
+CLOCK_SKEW = timedelta(seconds=30)
+MAX_TOKEN_LENGTH = 8192
+
+
+class TokenRejected(Exception):
+    """A presented JWT is not a valid access token of ours. The reason is for logs only."""
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    sub: str
+    client_id: str
+    scope: frozenset[str]
+    jti: str
+    exp: int
+    iat: int
+    sid: str | None
+    """The refresh-token family the token was issued with (None for client_credentials)."""
+    raw: dict[str, Any]
+
+
+class JwtService:
+    def __init__(self, keys: KeyRing, *, issuer: str, audience: str) -> None:
+        self._keys = keys
+        self.issuer = issuer
+        self.audience = audience
+
+    def _sign(self, claims: dict[str, Any], typ: str) -> str:
+        kid, key = self._keys.signing_key()
+        header = {"alg": ALGORITHM, "typ": typ, "kid": kid}
+        return jwt.encode(header, claims, key, algorithms=[ALGORITHM])
+
+    def issue_access_token(
+        self,
+        *,
+        sub: str,
+        client_id: str,
+        scope: str,
+        now: datetime,
+        ttl: timedelta,
+        sid: str | None = None,
+        auth_time: datetime | None = None,
+    ) -> tuple[str, str]:
+        """Return (token, jti)."""
+        iat = int(now.timestamp())
+        jti = secrets.token_urlsafe(16)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": self.audience,
+            "exp": iat + int(ttl.total_seconds()),
+            "iat": iat,
+            "jti": jti,
+            "client_id": client_id,
+            "scope": scope,
+        }
+        if sid is not None:
+            claims["sid"] = sid
+        if auth_time is not None:
+            claims["auth_time"] = int(auth_time.timestamp())
+        return self._sign(claims, ACCESS_TOKEN_TYP), jti
+
+    def issue_id_token(
+        self,
+        *,
+        sub: str,
+        client_id: str,
+        now: datetime,
+        ttl: timedelta,
+        auth_time: datetime,
+        sid: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        iat = int(now.timestamp())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": client_id,
+            "azp": client_id,
+            "exp": iat + int(ttl.total_seconds()),
+            "iat": iat,
+            "auth_time": int(auth_time.timestamp()),
+            "jti": secrets.token_urlsafe(16),
+        }
+        if sid is not None:
+            claims["sid"] = sid
+        claims.update(extra or {})
+        return self._sign(claims, ID_TOKEN_TYP)
+
+    def verify_access_token(self, token: str, *, now: datetime) -> AccessClaims:
+        if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+            raise TokenRejected("malformed")
+        try:
+            header = jws.extract_compact(token.encode("ascii")).protected
+        except (JoseError, ValueError, UnicodeError):
+            raise TokenRejected("malformed") from None
+        if header.get("alg") != ALGORITHM:
+            raise TokenRejected("algorithm not allowed")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
+            raise TokenRejected("not an access token")
+        if "crit" in header:
+            raise TokenRejected("unsupported critical header")
+        key = self._keys.verification_key(header.get("kid"))
+        if key is None:
+            raise TokenRejected("unknown key")
+        try:
+            claims = jwt.decode(token, key, algorithms=[ALGORITHM]).claims
+        except (JoseError, ValueError):
+            raise TokenRejected("bad signature") from None
+        return self._check_claims(claims, now)
+
+    def _check_claims(self, claims: dict[str, Any], now: datetime) -> AccessClaims:
+        if claims.get("iss") != self.issuer:
+            raise TokenRejected("wrong issuer")
+        aud = claims.get("aud")
+        audiences = aud if isinstance(aud, list) else [aud]
+        if self.audience not in audiences:
+            raise TokenRejected("wrong audience")
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not _is_int(exp) or not _is_int(iat):
+            raise TokenRejected("missing exp/iat")
+        timestamp = now.timestamp()
+        if exp <= timestamp:
+            raise TokenRejected("expired")
+        skew = CLOCK_SKEW.total_seconds()
+        if iat > timestamp + skew:
+            raise TokenRejected("issued in the future")
+        nbf = claims.get("nbf")
+        if nbf is not None and (not _is_int(nbf) or nbf > timestamp + skew):
+            raise TokenRejected("not yet valid")
+        sub, client_id, jti = claims.get("sub"), claims.get("client_id"), claims.get("jti")
+        scope, sid = claims.get("scope", ""), claims.get("sid")
+        if not all(isinstance(v, str) and v for v in (sub, client_id, jti)):
+            raise TokenRejected("missing sub/client_id/jti")
+        if not isinstance(scope, str) or (sid is not None and not isinstance(sid, str)):
+            raise TokenRejected("malformed scope/sid")
+        return AccessClaims(
+            sub=str(sub),
+            client_id=str(client_id),
+            scope=frozenset(scope.split()),
+            jti=str(jti),
+            exp=int(exp),
+            iat=int(iat),
+            sid=sid,
+            raw=claims,
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
