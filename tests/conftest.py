@@ -1,0 +1,181 @@
+"""Shared fixtures: a fresh migrated database per run, the app, clients, a movable clock.
+
+PostgreSQL comes from tests.pgserver (PROVIDER_TEST_DATABASE_URL, or a throwaway
+cluster); without one the suite runs on SQLite and says so loudly, unless
+PROVIDER_TEST_REQUIRE_POSTGRES=1, which makes that an error.
+
+Isolation: the token path owns its transactions (Core, ``engine.begin()``), so the
+"join the session into an outer transaction" recipe cannot wrap it. Each run gets its
+own database and every test makes its own users and clients with unique names.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+
+from provider.app import build_services, create_app
+from provider.deps import Services
+from provider.keys.store import KeyStore, generate_key
+from provider.settings import Settings
+from tests.factories import Factory
+from tests.pgserver import LAST_ERROR, create_database, drop_database, provision_postgres
+
+REQUIRE_POSTGRES = os.environ.get("PROVIDER_TEST_REQUIRE_POSTGRES") == "1"
+
+
+class TestClock:
+    """The real time plus an offset that a test can move; reset after every test."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+        self.frozen_at: datetime | None = None
+
+    def now(self) -> datetime:
+        base = self.frozen_at or datetime.now(UTC)
+        return base + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta
+
+    def freeze(self) -> None:
+        self.frozen_at = datetime.now(UTC)
+
+    def reset(self) -> None:
+        self.offset = timedelta(0)
+        self.frozen_at = None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str | None]:
+    with provision_postgres() as server_url:
+        if server_url is None:
+            if REQUIRE_POSTGRES:
+                pytest.exit(f"PostgreSQL is required but unavailable: {LAST_ERROR}", 3)
+            banner = "!" * 78
+            print(f"\n{banner}\n!!! NO POSTGRESQL: the suite runs on SQLite only; "
+                  f"PostgreSQL tests are SKIPPED.\n!!! reason: {LAST_ERROR}\n{banner}")
+        yield server_url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: str | None) -> Iterator[str]:
+    if postgres_server is None:
+        pytest.skip("no PostgreSQL available")
+    name = f"provider_test_{secrets.token_hex(4)}"
+    url = create_database(postgres_server, name)
+    yield url
+    drop_database(postgres_server, name)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="provider-tests-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(workdir: Path) -> str:
+    return f"sqlite:///{workdir}/provider.db"
+
+
+@pytest.fixture(scope="session")
+def database_url(request: pytest.FixtureRequest, postgres_server: str | None,
+                 sqlite_url: str) -> str:
+    """The suite's main database: PostgreSQL when there is one, else SQLite."""
+    if postgres_server is not None:
+        return str(request.getfixturevalue("postgres_url"))
+    return sqlite_url
+
+
+@pytest.fixture(scope="session")
+def keys_dir(workdir: Path) -> Path:
+    path = workdir / "keys"
+    generate_key(KeyStore(path))
+    return path
+
+
+def make_settings(database_url: str, keys_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "test",
+        "database_url": database_url,
+        "keys_dir": keys_dir,
+        "issuer": "http://127.0.0.1:8000",
+        # Cheap argon2 for speed; the production parameters are measured in bench/.
+        "argon2_memory_cost": 1024,
+        "argon2_time_cost": 1,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def migrate(database_url: str) -> None:
+    from alembic import command
+
+    from provider.cli import alembic_config
+
+    config = alembic_config(database_url)
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "head")
+
+
+@pytest.fixture(scope="session")
+def migrated(database_url: str) -> str:
+    migrate(database_url)
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def settings(migrated: str, keys_dir: Path) -> Settings:
+    return make_settings(migrated, keys_dir)
+
+
+@pytest.fixture(scope="session")
+def clock() -> TestClock:
+    return TestClock()
+
+
+@pytest.fixture(autouse=True)
+def _reset_clock(clock: TestClock) -> Iterator[None]:
+    yield
+    clock.reset()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def app(settings: Settings, clock: TestClock) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, clock=clock)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+def services(app: FastAPI) -> Services:
+    result: Services = app.state.services
+    return result
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
+        yield c
+
+
+@pytest.fixture
+def factory(services: Services) -> Factory:
+    return Factory(services)
+
+
+__all__ = ["TestClock", "build_services", "make_settings", "migrate"]

@@ -1,0 +1,105 @@
+"""Test data through the real services (no fixtures written around them)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from provider.clients.service import create_client
+from provider.deps import Services
+from provider.users.models import User
+from provider.users.service import create_user
+
+DEFAULT_PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class TestUser:
+    id: str
+    email: str
+    password: str
+    username: str | None
+
+
+@dataclass
+class TestClient:
+    client_id: str
+    client_secret: str | None
+
+    @property
+    def basic(self) -> dict[str, str]:
+        raw = f"{self.client_id}:{self.client_secret or ''}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+    @property
+    def auth(self) -> httpx.BasicAuth:
+        return httpx.BasicAuth(self.client_id, self.client_secret or "")
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{secrets.token_hex(6)}@example.com"
+
+
+class Factory:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def user(
+        self,
+        *,
+        email: str | None = None,
+        password: str = DEFAULT_PASSWORD,
+        username: str | None = None,
+        is_admin: bool = False,
+        is_verified: bool = True,
+        **profile: Any,
+    ) -> TestUser:
+        services = self.services
+        async with services.sessions() as session:
+            user = await create_user(
+                session, services.hasher, email=email or unique_email(), password=password,
+                min_password_length=services.settings.password_min_length,
+                now=services.clock.now(), username=username, is_admin=is_admin,
+                is_verified=is_verified, profile=profile or None,
+            )
+            await session.commit()
+            return TestUser(str(user.id), user.email, password, user.username)
+
+    async def client(
+        self,
+        *,
+        grants: tuple[str, ...] = ("password", "refresh_token"),
+        scopes: str = "openid profile email admin",
+        public: bool = False,
+        name: str = "test client",
+    ) -> TestClient:
+        services = self.services
+        async with services.sessions() as session:
+            client, secret = await create_client(
+                session, name=name, grant_types=grants, scopes=[scopes], is_public=public,
+                now=services.clock.now(),
+            )
+            await session.commit()
+            return TestClient(client.client_id, secret)
+
+    async def set_user(self, user_id: str, **values: Any) -> None:
+        import uuid
+
+        services = self.services
+        async with services.sessions() as session:
+            user = await session.get(User, uuid.UUID(user_id))
+            assert user is not None
+            for name, value in values.items():
+                setattr(user, name, value)
+            await session.commit()
+
+
+async def password_login(
+    http: httpx.AsyncClient, client: TestClient, user: TestUser, **form: str
+) -> httpx.Response:
+    data = {"grant_type": "password", "username": user.email, "password": user.password, **form}
+    return await http.post("/oauth/token", data=data, auth=client.auth)
