@@ -35,6 +35,7 @@ from provider.oauth.grants.refresh_token import RefreshTokenGrant
 from provider.oauth.router import router as oauth_router
 from provider.ops import router as ops_router
 from provider.passwords import PasswordHasher
+from provider.ratelimit import Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import JwtService
 from provider.users.router import router as users_router
@@ -54,12 +55,19 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
     hasher = PasswordHasher(settings)
     clients = ClientCache(engine)
+    throttles = Throttles(
+        settings.redis_url,
+        login_account=settings.login_throttle_account,
+        login_address=settings.login_throttle_address,
+        email_code=settings.email_code_throttle,
+        registration=settings.registration_throttle,
+    )
     ctx = GrantContext(settings=settings, engine=engine, clock=clock, jwt=jwt, hasher=hasher,
-                       clients=clients)
+                       clients=clients, throttles=throttles)
     grants: dict[str, Grant] = {g.grant_type: g(ctx) for g in GRANTS}
     return Services(settings=settings, engine=engine, sessions=session_factory(engine),
                     clock=clock, keys=keys, jwt=jwt, hasher=hasher, clients=clients,
-                    grants=grants)
+                    throttles=throttles, grants=grants)
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:

@@ -44,7 +44,8 @@ DEV_CLIENT_FILE = "dev-client.json"
 
 
 def fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    one_line = " ".join(message.split("\n")).strip()
+    typer.echo(f"error: {one_line}", err=True)
     raise typer.Exit(2)
 
 
@@ -381,16 +382,24 @@ def users_create(
 
 
 def main() -> None:
+    # standalone_mode=False: usage errors reach us as exceptions, so we print them as one
+    # `error: ...` line instead of Click's usage block. Typer >= 0.20 vendors its own Click
+    # (its exceptions derive from typer.TyperException, not click.ClickException), so
+    # both families are caught.
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Abort:
+        code = app(standalone_mode=False)
+    except (click.exceptions.Abort, typer.Abort):
         typer.echo("aborted", err=True)
         sys.exit(1)
-    except click.exceptions.ClickException as exc:
-        message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
-        typer.echo(f"error: {message}", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
+    except (click.exceptions.ClickException, typer.TyperException) as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `provider keys` alone: show help
+            typer.echo(exc.format_message(), err=True)
+            sys.exit(2)
+        lines = exc.format_message().strip().splitlines()
+        typer.echo(f"error: {lines[0] if lines else type(exc).__name__}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    except (typer.Exit, click.exceptions.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    # Without standalone mode a command's `raise typer.Exit(2)` comes back as a return
+    # value: it must still become the process's exit status.
+    sys.exit(code if isinstance(code, int) else 0)

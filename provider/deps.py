@@ -24,6 +24,7 @@ from provider.oauth.errors import (
 )
 from provider.oauth.grants.base import ADMIN_SCOPE, Grant, GrantContext
 from provider.passwords import PasswordHasher
+from provider.ratelimit import Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import AccessClaims, JwtService, TokenRejected
 from provider.tokens.service import session_is_live
@@ -42,13 +43,14 @@ class Services:
     jwt: JwtService
     hasher: PasswordHasher
     clients: ClientCache
+    throttles: Throttles
     grants: dict[str, Grant]
 
     @property
     def grant_context(self) -> GrantContext:
         return GrantContext(
             settings=self.settings, engine=self.engine, clock=self.clock, jwt=self.jwt,
-            hasher=self.hasher, clients=self.clients,
+            hasher=self.hasher, clients=self.clients, throttles=self.throttles,
         )
 
 
@@ -76,6 +78,19 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def client_address(request: Request, settings: Settings) -> str:
+    """The caller's address; X-Forwarded-For counts only from a trusted proxy."""
+    peer = request.client.host if request.client else "unknown"
+    if peer in settings.trusted_proxies:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            # The right-most address not of a trusted proxy is the one that reached us.
+            for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+                if hop not in settings.trusted_proxies:
+                    return hop
+    return peer
 
 
 def bearer_token(request: Request) -> str:

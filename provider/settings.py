@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 class Settings(BaseSettings):
@@ -48,6 +47,13 @@ class Settings(BaseSettings):
     # Concurrent argon2 computations per process: bounds memory and keeps the loop free.
     password_hash_concurrency: int = 2
     password_min_length: int = 8
+
+    # Login throttling (limits syntax; tiers separated by ';'). Only failures count.
+    login_throttle_account: str = "5 per minute; 20 per hour; 100 per day"
+    login_throttle_address: str = "30 per minute; 300 per hour"
+    # Email one-time codes sent per address, and self-registrations per client address.
+    email_code_throttle: str = "3 per 10 minutes; 10 per day"
+    registration_throttle: str = "10 per hour"
 
     trusted_proxies: Annotated[list[str], NoDecode] = []
     cors_origins: Annotated[list[str], NoDecode] = []

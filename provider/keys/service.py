@@ -99,8 +99,8 @@ class KeyRing:
 
     def _has_expiring_keys(self) -> bool:
         return any(
-            r.status == "published" and r.deactivated_at is not None and r.kid in self._snapshot.keys
-            and not self._is_published(r)
+            r.status == "published" and r.deactivated_at is not None
+            and r.kid in self._snapshot.keys and not self._is_published(r)
             for r in self._records
         )
 

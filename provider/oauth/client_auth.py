@@ -44,6 +44,7 @@ async def authenticate_client(
 ) -> Authenticated:
     basic = _basic_credentials(authorization) if authorization else None
     form_id, form_secret = form.get("client_id"), form.get("client_secret")
+    secret: str | None
 
     if basic is not None:
         if form_secret is not None:

@@ -6,9 +6,9 @@ Anything not active, not ours to see, or unknown answers exactly ``{"active": fa
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from provider.clients.service import ClientInfo
@@ -18,7 +18,7 @@ from provider.tokens.service import find_refresh_token, session_is_live
 from provider.users.models import User
 
 INACTIVE: dict[str, Any] = {"active": False}
-users = User.__table__
+users = cast(Table, User.__table__)
 
 
 async def introspect(
@@ -75,7 +75,7 @@ async def introspect(
     }
 
 
-async def _live_user(conn: AsyncConnection, claims: AccessClaims) -> str | None | bool:
+async def _live_user(conn: AsyncConnection, claims: AccessClaims) -> str | bool | None:
     """The username of the token's user if the token still stands, else False.
 
     A client_credentials token has no user: None when it is not revoked.

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from provider.deps import ClaimsDep, CurrentUser, ServicesDep, client_address
 from provider.metrics import TOKENS_ISSUED
-from provider.deps import ClaimsDep, CurrentUser, ServicesDep
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
     InsufficientScope,
@@ -18,7 +18,7 @@ from provider.oauth.errors import (
     UnsupportedGrantType,
 )
 from provider.oauth.form import FORM_TYPE, read_form
-from provider.oauth.grants.base import require
+from provider.oauth.grants.base import TokenRequest, require
 from provider.oauth.introspection import introspect
 from provider.oauth.metadata import authorization_server_metadata
 from provider.oauth.revocation import revoke
@@ -110,7 +110,8 @@ async def token(request: Request, services: ServicesDep) -> Response:
         raise UnsupportedGrantType()
     if grant_type not in auth.client.grant_types:
         raise UnauthorizedClient()
-    body = await grant.exchange(form, auth.client)
+    token_request = TokenRequest(form, client_address(request, services.settings))
+    body = await grant.exchange(token_request, auth.client)
     TOKENS_ISSUED.labels(grant_type).inc()
     return JSONResponse(body, headers=NO_STORE)
 

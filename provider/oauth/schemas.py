@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict
 
 class TokenResponse(BaseModel):
     access_token: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105
     expires_in: int
     scope: str
     refresh_token: str | None = None

@@ -19,8 +19,8 @@ from joserfc.errors import JoseError
 from provider.keys.service import KeyRing
 
 ALGORITHM = "RS256"
-ACCESS_TOKEN_TYP = "at+jwt"
-ID_TOKEN_TYP = "JWT"
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105
+ID_TOKEN_TYP = "JWT"  # noqa: S105
 # Tolerated clock difference for iat/nbf in the future (our own processes only).
 CLOCK_SKEW = timedelta(seconds=30)
 MAX_TOKEN_LENGTH = 8192
@@ -142,7 +142,8 @@ class JwtService:
         if self.audience not in audiences:
             raise TokenRejected("wrong audience")
         exp, iat = claims.get("exp"), claims.get("iat")
-        if not _is_int(exp) or not _is_int(iat):
+        if not isinstance(exp, int) or not isinstance(iat, int) or not _is_int(exp) \
+                or not _is_int(iat):
             raise TokenRejected("missing exp/iat")
         timestamp = now.timestamp()
         if exp <= timestamp:
@@ -151,7 +152,8 @@ class JwtService:
         if iat > timestamp + skew:
             raise TokenRejected("issued in the future")
         nbf = claims.get("nbf")
-        if nbf is not None and (not _is_int(nbf) or nbf > timestamp + skew):
+        if nbf is not None and (not isinstance(nbf, int) or not _is_int(nbf)
+                                or nbf > timestamp + skew):
             raise TokenRejected("not yet valid")
         sub, client_id, jti = claims.get("sub"), claims.get("client_id"), claims.get("jti")
         scope, sid = claims.get("scope", ""), claims.get("sid")

@@ -13,17 +13,17 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, and_, exists, insert, select, update
+from sqlalchemy import ColumnElement, Row, Table, and_, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from provider.tokens.models import RefreshToken, RevokedAccessToken
 from provider.users.models import User
 
-rt = RefreshToken.__table__
-users = User.__table__
-revoked_ats = RevokedAccessToken.__table__
+rt = cast(Table, RefreshToken.__table__)
+users = cast(Table, User.__table__)
+revoked_ats = cast(Table, RevokedAccessToken.__table__)
 
 # 256 bits of entropy (RFC 6749 §10.10 asks for at most 2^-128 guessing odds).
 REFRESH_TOKEN_BYTES = 32
@@ -227,7 +227,7 @@ async def find_refresh_token(conn: AsyncConnection, token: str) -> StoredRefresh
     )
 
 
-def _session(row: Row[Any], client_id: str) -> Session:
+def _session(row: Row[Any] | Any, client_id: str) -> Session:
     return Session(
         family_id=row.family_id,
         user_id=row.user_id,

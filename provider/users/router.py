@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from provider.deps import CurrentUser
@@ -10,7 +12,7 @@ from provider.users.schemas import UserRead
 
 router = APIRouter(tags=["users"])
 
-BEARER_ERRORS = {
+BEARER_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
     403: {"model": OAuthErrorBody, "description": "The token lacks a required scope"},
 }

@@ -6,10 +6,10 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -17,7 +17,7 @@ from provider.errors import Conflict, NotFound, ValidationFailed
 from provider.passwords import PasswordHasher, check_password_policy
 from provider.users.models import User
 
-users = User.__table__
+users = cast(Table, User.__table__)
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
 
 

@@ -12,6 +12,7 @@ from provider.clients.service import ClientCache, ClientInfo
 from provider.clock import Clock
 from provider.oauth.errors import InvalidRequest, InvalidScope
 from provider.passwords import PasswordHasher
+from provider.ratelimit import Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import JwtService
 from provider.tokens.service import Session
@@ -30,12 +31,21 @@ class GrantContext:
     jwt: JwtService
     hasher: PasswordHasher
     clients: ClientCache
+    throttles: Throttles
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """A parsed token request: its form parameters and where it came from."""
+
+    form: dict[str, str]
+    client_address: str
 
 
 class Grant(Protocol):
     grant_type: ClassVar[str]
 
-    async def exchange(self, form: dict[str, str], client: ClientInfo) -> TokenResponse: ...
+    async def exchange(self, request: TokenRequest, client: ClientInfo) -> TokenResponse: ...
 
 
 def require(form: dict[str, str], name: str) -> str:

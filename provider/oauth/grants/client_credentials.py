@@ -6,7 +6,14 @@ from typing import ClassVar
 
 from provider.clients.service import ClientInfo
 from provider.oauth.errors import InvalidScope, UnauthorizedClient
-from provider.oauth.grants.base import GrantContext, TokenResponse, parse_scope, resolve_scope, token_response
+from provider.oauth.grants.base import (
+    GrantContext,
+    TokenRequest,
+    TokenResponse,
+    parse_scope,
+    resolve_scope,
+    token_response,
+)
 
 # Scopes that only mean something for a user.
 USER_ONLY_SCOPES = frozenset({"openid", "profile", "email", "admin", "offline_access"})
@@ -18,7 +25,8 @@ class ClientCredentialsGrant:
     def __init__(self, ctx: GrantContext) -> None:
         self.ctx = ctx
 
-    async def exchange(self, form: dict[str, str], client: ClientInfo) -> TokenResponse:
+    async def exchange(self, request: TokenRequest, client: ClientInfo) -> TokenResponse:
+        form = request.form
         if client.is_public:
             raise UnauthorizedClient("A public client cannot use client_credentials.")
         allowed = [s for s in client.scopes if s not in USER_ONLY_SCOPES]

@@ -7,12 +7,13 @@ time: the password is verified against a dummy hash when there is no user.
 from __future__ import annotations
 
 import uuid
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 from provider.clients.service import ClientInfo
-from provider.oauth.errors import InvalidGrant
+from provider.oauth.errors import InvalidGrant, SlowDown
 from provider.oauth.grants.base import (
     GrantContext,
+    TokenRequest,
     TokenResponse,
     parse_scope,
     require,
@@ -32,20 +33,27 @@ class PasswordGrant:
     def __init__(self, ctx: GrantContext) -> None:
         self.ctx = ctx
 
-    async def exchange(self, form: dict[str, str], client: ClientInfo) -> TokenResponse:
+    async def exchange(self, request: TokenRequest, client: ClientInfo) -> TokenResponse:
+        form = request.form
         ctx = self.ctx
         username = require(form, "username")
         password = require(form, "password")
         requested = parse_scope(form.get("scope"))
+        throttles = ctx.throttles
+        waits = [await throttles.login_account.retry_after(username),
+                 await throttles.login_address.retry_after(request.client_address)]
+        if any(waits):
+            raise SlowDown(max(w for w in waits if w))
         if len(password) > MAX_PASSWORD_LENGTH:
             # Longer than any password we accept: refuse before hashing (DoS guard).
-            raise InvalidGrant(BAD_CREDENTIALS)
+            await self._failed(request, username)
 
         async with ctx.engine.connect() as conn:
             user = await find_login_candidate(conn, username)
         valid, new_hash = await ctx.hasher.verify(password, user.password_hash if user else None)
         if user is None or not valid or not user.is_active:
-            raise InvalidGrant(BAD_CREDENTIALS)
+            await self._failed(request, username)
+        await throttles.login_account.clear(username)
 
         scope = resolve_scope(requested, client.scopes, may_admin=user.is_admin)
 
@@ -68,4 +76,9 @@ class PasswordGrant:
                 )
         return token_response(ctx, sub=str(user.id), client_id=client.client_id, scope=scope,
                               session=session, refresh_token=refresh_token)
+
+    async def _failed(self, request: TokenRequest, username: str) -> NoReturn:
+        await self.ctx.throttles.login_account.hit(username)
+        await self.ctx.throttles.login_address.hit(request.client_address)
+        raise InvalidGrant(BAD_CREDENTIALS)
 

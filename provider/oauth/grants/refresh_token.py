@@ -10,7 +10,14 @@ from typing import ClassVar
 
 from provider.clients.service import ClientInfo
 from provider.oauth.errors import InvalidGrant, InvalidScope
-from provider.oauth.grants.base import GrantContext, TokenResponse, parse_scope, require, token_response
+from provider.oauth.grants.base import (
+    GrantContext,
+    TokenRequest,
+    TokenResponse,
+    parse_scope,
+    require,
+    token_response,
+)
 from provider.tokens.service import Outcome, rotate_refresh_token
 
 
@@ -20,7 +27,8 @@ class RefreshTokenGrant:
     def __init__(self, ctx: GrantContext) -> None:
         self.ctx = ctx
 
-    async def exchange(self, form: dict[str, str], client: ClientInfo) -> TokenResponse:
+    async def exchange(self, request: TokenRequest, client: ClientInfo) -> TokenResponse:
+        form = request.form
         ctx = self.ctx
         token = require(form, "refresh_token")
         requested = parse_scope(form.get("scope"))
@@ -32,16 +40,14 @@ class RefreshTokenGrant:
                 idle_ttl=ctx.settings.refresh_token_ttl,
                 reuse_grace=ctx.settings.refresh_reuse_grace,
             )
-            if rotation.outcome is Outcome.ROTATED and requested is not None:
-                assert rotation.session is not None
-                granted = rotation.session.scope.split()
+            session = rotation.session
+            if session is not None and requested is not None:
+                granted = session.scope.split()
                 if not requested or any(s not in granted for s in requested):
                     # Nothing may stay written: raising inside the block rolls back.
                     raise InvalidScope("The requested scope exceeds the original grant.")
-        if rotation.outcome is not Outcome.ROTATED:
+        if rotation.outcome is not Outcome.ROTATED or session is None:
             raise InvalidGrant()
-        assert rotation.session is not None
-        session = rotation.session
         scope = " ".join(requested) if requested is not None else session.scope
         return token_response(ctx, sub=str(session.user_id), client_id=client.client_id,
                               scope=scope, session=session, refresh_token=rotation.refresh_token)
