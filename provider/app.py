@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provider import __version__
+from provider.clients.router import router as admin_clients_router
 from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
 from provider.db import create_engine, session_factory
@@ -38,6 +39,7 @@ from provider.passwords import PasswordHasher
 from provider.ratelimit import Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import JwtService
+from provider.users.admin_router import router as admin_users_router
 from provider.users.router import router as users_router
 
 log = logging.getLogger("provider")
@@ -100,6 +102,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     app.include_router(oauth_router)
     app.include_router(users_router)
+    app.include_router(admin_users_router)
+    app.include_router(admin_clients_router)
     app.include_router(ops_router)
     _install_docs(app)
     _install_error_handlers(app)
