@@ -1,0 +1,104 @@
+"""The committed openapi.yaml is the app's document, and the document is complete."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from provider.openapi import render_openapi
+
+COMMITTED = Path(__file__).resolve().parent.parent / "openapi.yaml"
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> str:
+    return render_openapi()
+
+
+@pytest.fixture(scope="module")
+def spec(rendered: str) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(rendered)
+    return document
+
+
+def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, operation)
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    ]
+
+
+def test_committed_openapi_yaml_is_up_to_date(rendered: str) -> None:
+    committed = COMMITTED.read_text() if COMMITTED.exists() else ""
+    if committed != rendered:
+        diff = "".join(difflib.unified_diff(
+            committed.splitlines(keepends=True), rendered.splitlines(keepends=True),
+            "openapi.yaml (committed)", "render_openapi()", n=2,
+        ))
+        pytest.fail(
+            "openapi.yaml is out of date with the app: run `provider openapi --write` "
+            "(or `make openapi`) and commit the result.\n" + diff[:4000],
+            pytrace=False,
+        )
+
+
+def test_openapi_is_deterministic(rendered: str) -> None:
+    assert render_openapi() == rendered
+
+
+def test_openapi_version_and_yaml_shape(spec: dict[str, Any]) -> None:
+    assert str(spec["openapi"]).startswith("3.")
+    assert spec["info"]["title"]
+    assert spec["paths"]
+
+
+def test_every_operation_declares_responses(spec: dict[str, Any]) -> None:
+    missing = [f"{method} {path}" for method, path, op in operations(spec)
+               if not op.get("responses")]
+    assert missing == []
+
+
+def test_every_operation_has_a_unique_operation_id(spec: dict[str, Any]) -> None:
+    ids = [op.get("operationId") for _, _, op in operations(spec)]
+    assert None not in ids
+    assert len(ids) == len(set(ids))
+
+
+def test_security_scheme_is_oauth2_password_at_token_endpoint(spec: dict[str, Any]) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    password_flows = [
+        scheme["flows"]["password"]
+        for scheme in schemes.values()
+        if scheme.get("type") == "oauth2" and "password" in scheme.get("flows", {})
+    ]
+    assert len(password_flows) == 1, schemes
+    assert password_flows[0]["tokenUrl"] == "/oauth/token"
+    assert {"openid", "profile", "email"} <= set(password_flows[0]["scopes"])
+
+
+def test_contract_endpoints_are_documented(spec: dict[str, Any]) -> None:
+    documented = {(method, path) for method, path, _ in operations(spec)}
+    for endpoint in [
+        ("POST", "/oauth/token"),
+        ("POST", "/oauth/revoke"),
+        ("POST", "/oauth/introspect"),
+        ("GET", "/oauth/userinfo"),
+        ("GET", "/.well-known/openid-configuration"),
+        ("GET", "/.well-known/oauth-authorization-server"),
+        ("GET", "/.well-known/jwks.json"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+    ]:
+        assert endpoint in documented, f"{endpoint} is missing from the OpenAPI document"
+
+
+def test_token_endpoint_takes_a_form_body(spec: dict[str, Any]) -> None:
+    body = spec["paths"]["/oauth/token"]["post"]["requestBody"]["content"]
+    assert "application/x-www-form-urlencoded" in body
