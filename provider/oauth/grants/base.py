@@ -67,7 +67,8 @@ def resolve_scope(
     """RFC 6749 §3.3: the requested scope, which must be allowed; or the allowed default."""
     permitted = [s for s in allowed if s != ADMIN_SCOPE or may_admin]
     if requested is None:
-        return " ".join(permitted)
+        # Least privilege (ASVS 10.4.11): admin power is granted only when asked for.
+        return " ".join(s for s in permitted if s != ADMIN_SCOPE)
     if not requested:
         raise InvalidScope("The scope parameter is empty.")
     refused = [s for s in requested if s not in permitted]
