@@ -26,8 +26,10 @@ from provider.db import create_engine, session_factory
 from provider.deps import Services
 from provider.errors import PayloadTooLarge, ProviderError
 from provider.keys.service import KeyRing, NoSigningKey
-from provider.keys.store import KeyStore
+from provider.keys.store import KeyStore, load_secret_key
+from provider.mail import make_sender
 from provider.metrics import OAUTH_ERRORS
+from provider.mfa.codes import EmailCodes
 from provider.oauth.errors import OAuthError
 from provider.oauth.grants.base import Grant, GrantContext
 from provider.oauth.grants.client_credentials import ClientCredentialsGrant
@@ -39,6 +41,7 @@ from provider.passwords import PasswordHasher
 from provider.ratelimit import Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import JwtService
+from provider.users.accounts import Accounts
 from provider.users.admin_router import router as admin_users_router
 from provider.users.router import router as users_router
 
@@ -67,9 +70,19 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     ctx = GrantContext(settings=settings, engine=engine, clock=clock, jwt=jwt, hasher=hasher,
                        clients=clients, throttles=throttles)
     grants: dict[str, Grant] = {g.grant_type: g(ctx) for g in GRANTS}
-    return Services(settings=settings, engine=engine, sessions=session_factory(engine),
+    sessions = session_factory(engine)
+    secret = load_secret_key(
+        settings.secret_key.get_secret_value() if settings.secret_key else None,
+        settings.keys_dir,
+    )
+    accounts = Accounts(
+        settings=settings, sessions=sessions, clock=clock, hasher=hasher,
+        codes=EmailCodes(secret, settings.email_code_ttl), mailer=make_sender(settings),
+        throttles=throttles,
+    )
+    return Services(settings=settings, engine=engine, sessions=sessions,
                     clock=clock, keys=keys, jwt=jwt, hasher=hasher, clients=clients,
-                    throttles=throttles, grants=grants)
+                    throttles=throttles, grants=grants, accounts=accounts)
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
@@ -196,7 +209,7 @@ def _validation(errors: list[dict[str, Any]]) -> ProviderError:
 
 def problem(exc: ProviderError) -> Response:
     return JSONResponse(exc.body(), status_code=exc.status,
-                        media_type="application/problem+json", headers=dict(exc.headers))
+                        media_type="application/problem+json", headers=exc.response_headers())
 
 
 API_SECURITY_HEADERS = [

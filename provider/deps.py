@@ -28,6 +28,7 @@ from provider.ratelimit import Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import AccessClaims, JwtService, TokenRejected
 from provider.tokens.service import session_is_live
+from provider.users.accounts import Accounts
 from provider.users.models import User
 
 
@@ -45,6 +46,7 @@ class Services:
     clients: ClientCache
     throttles: Throttles
     grants: dict[str, Grant]
+    accounts: Accounts
 
     @property
     def grant_context(self) -> GrantContext:
@@ -75,9 +77,16 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+def get_accounts(services: ServicesDep) -> Accounts:
+    return services.accounts
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the transaction commits before the response is sent, so a client
+# never sees a success that was not stored.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 
 
 def client_address(request: Request, settings: Settings) -> str:

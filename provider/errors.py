@@ -26,6 +26,9 @@ class ProviderError(ExpectedError):
         self.detail = detail
         self.extra = extra
 
+    def response_headers(self) -> dict[str, str]:
+        return dict(self.headers)
+
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "type": "about:blank",

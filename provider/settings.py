@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     password_hash_concurrency: int = 2
     password_min_length: int = 8
 
+    registration_open: bool = True
+    # Unverified users get no tokens (the error says so only after a correct password).
+    require_verified_email: bool = True
+
     # Login throttling (limits syntax; tiers separated by ';'). Only failures count.
     login_throttle_account: str = "5 per minute; 20 per hour; 100 per day"
     login_throttle_address: str = "30 per minute; 300 per hour"

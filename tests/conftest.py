@@ -31,6 +31,7 @@ from provider.keys.store import KeyStore, generate_key
 from provider.settings import Settings
 from tests.factories import Factory
 from tests.pgserver import LAST_ERROR, create_database, drop_database, provision_postgres
+from tests.smtp_sink import SmtpSink
 
 REQUIRE_POSTGRES = os.environ.get("PROVIDER_TEST_REQUIRE_POSTGRES") == "1"
 
@@ -141,8 +142,15 @@ def migrated(database_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(migrated: str, keys_dir: Path) -> Settings:
-    return make_settings(migrated, keys_dir)
+def mail_sink() -> Iterator[SmtpSink]:
+    """A real SMTP server on loopback that the shared app sends its mail to."""
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture(scope="session")
+def settings(migrated: str, keys_dir: Path, mail_sink: SmtpSink) -> Settings:
+    return make_settings(migrated, keys_dir, smtp_url=mail_sink.url)
 
 
 @pytest.fixture(scope="session")

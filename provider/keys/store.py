@@ -17,6 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
 STATE_FILE = "keys.json"
@@ -78,8 +81,7 @@ class KeyStore:
         return self.directory / STATE_FILE
 
     def pem_path(self, kid: str) -> Path:
-        if not is_valid_kid(kid):
-            raise KeyStoreError(f"not a key id: {kid!r}")
+        _check_kid(kid)
         return self.directory / f"{kid}.pem"
 
     def fingerprint(self) -> tuple[int, int] | None:
@@ -141,16 +143,25 @@ def now_utc() -> datetime:
 
 def parse_private_pem(data: bytes) -> RSAKey:
     """An RSA private key of at least 2048 bits, or KeyStoreError."""
+    # cryptography checks type and size first: joserfc warns (SecurityWarning) on a
+    # short key, which would be noise on the CLI's stderr and an error under -W error.
     try:
-        key = RSAKey.import_key(data)
-    except Exception:  # joserfc raises several types for junk input
-        raise KeyStoreError("not an RSA private key in PEM form") from None
-    if not key.is_private:
-        raise KeyStoreError("the PEM holds a public key; a private key is needed to sign")
-    bits = key.private_key.key_size if key.private_key is not None else 0
-    if bits < MIN_RSA_BITS:
-        raise KeyStoreError(f"RSA key is {bits} bits; at least {MIN_RSA_BITS} are required")
-    return key
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        try:
+            serialization.load_pem_public_key(data)
+        except (ValueError, UnsupportedAlgorithm):
+            raise KeyStoreError("not an RSA private key in PEM form") from None
+        raise KeyStoreError(
+            "the PEM holds a public key; a private key is needed to sign"
+        ) from None
+    if not isinstance(private, rsa.RSAPrivateKey):
+        raise KeyStoreError("not an RSA private key in PEM form")
+    if private.key_size < MIN_RSA_BITS:
+        raise KeyStoreError(
+            f"RSA key is {private.key_size} bits; at least {MIN_RSA_BITS} are required"
+        )
+    return RSAKey.import_key(data)
 
 
 def generate_key(store: KeyStore, *, activate: bool | None = None) -> KeyRecord:
@@ -191,7 +202,13 @@ def rotate(store: KeyStore) -> KeyRecord:
         return next(r for r in records if r.kid == kid)
 
 
+def _check_kid(kid: str) -> None:
+    if not is_valid_kid(kid):
+        raise KeyStoreError(f"not a key id: {kid!r}")
+
+
 def activate(store: KeyStore, kid: str) -> KeyRecord:
+    _check_kid(kid)
     now = now_utc()
     with store.editing() as records:
         target = next((r for r in records if r.kid == kid), None)
@@ -205,6 +222,7 @@ def activate(store: KeyStore, kid: str) -> KeyRecord:
 
 def retire(store: KeyStore, kid: str) -> KeyRecord:
     """Take a key out of the JWKS for good: tokens it signed stop verifying."""
+    _check_kid(kid)
     with store.editing() as records:
         for index, record in enumerate(records):
             if record.kid != kid:
@@ -226,3 +244,34 @@ def _activate(records: list[KeyRecord], kid: str, now: datetime) -> None:
             records[index] = replace(record, status="active", activated_at=now)
         elif record.status == "active":
             records[index] = replace(record, status="published", deactivated_at=now)
+
+
+SECRET_KEY_FILE = "secret.key"  # noqa: S105 (a file name)
+
+
+def load_secret_key(configured: str | None, directory: Path) -> bytes:
+    """The server secret (HMAC of one-time codes, encryption of TOTP secrets).
+
+    PROVIDER_SECRET_KEY when set; otherwise a 256-bit key generated once into the keys
+    directory, so every process that shares the directory shares the secret.
+    """
+    if configured:
+        if len(configured) < 32:
+            raise KeyStoreError("PROVIDER_SECRET_KEY must be at least 32 characters")
+        return configured.encode("utf-8")
+    path = directory / SECRET_KEY_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        raise KeyStoreError(f"{path} is not a hex-encoded key") from None
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = os.urandom(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.hex())
+    return key

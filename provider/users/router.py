@@ -1,16 +1,39 @@
-"""Self-service account endpoints for the bearer's own user."""
+"""Self-service account endpoints: registration, email codes, password and profile."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, BackgroundTasks, Request, Response
 
-from provider.deps import CurrentUser
+from provider.deps import (
+    AccountsDep,
+    ClaimsDep,
+    CurrentUser,
+    ServicesDep,
+    SessionDep,
+    client_address,
+)
+from provider.errors import Problem
 from provider.oauth.schemas import OAuthErrorBody
-from provider.users.schemas import UserRead
+from provider.users.accounts import Mailbox, WrongPassword
+from provider.users.schemas import (
+    Accepted,
+    ChangePassword,
+    ConfirmEmail,
+    DeleteAccount,
+    Done,
+    EmailOnly,
+    Register,
+    ResetPassword,
+    UserRead,
+    UserUpdate,
+    UserUpdated,
+    VerifyEmail,
+)
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["accounts"])
 
 BEARER_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
@@ -18,6 +41,116 @@ BEARER_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {400: "Invalid code or password", 403: "Forbidden", 409: "Conflict",
+                 422: "Invalid input or weak password", 429: "Rate limited"}
+    return {code: {"model": Problem, "description": described[code]} for code in codes}
+
+
+def mailbox_for(background: BackgroundTasks, accounts: AccountsDep) -> Mailbox:
+    """Mail and per-address work run after the response: same time for everyone."""
+    mailbox = Mailbox()
+    background.add_task(accounts.deliver, mailbox)
+    return mailbox
+
+
+ACCEPTED = "If the address can receive it, a message is on its way."
+
+
+@router.post("/auth/register", status_code=202, response_model=Accepted,
+             responses=problems(403, 409, 422, 429))
+async def register(body: Register, request: Request, background: BackgroundTasks,
+                   services: ServicesDep, accounts: AccountsDep,
+                   session: SessionDep) -> Accepted:
+    await accounts.register(
+        session, mailbox_for(background, accounts), email=body.email,
+        password=body.password, username=body.username, profile=dict(body.profile),
+        client_address=client_address(request, services.settings),
+    )
+    return Accepted(detail=ACCEPTED + " Confirm your address with the code it contains.")
+
+
+@router.post("/auth/verify-email/request", status_code=202, response_model=Accepted,
+             responses=problems(422))
+async def request_verification(body: EmailOnly, background: BackgroundTasks,
+                               accounts: AccountsDep) -> Accepted:
+    accounts.request_verification(mailbox_for(background, accounts), email=body.email)
+    return Accepted(detail=ACCEPTED)
+
+
+@router.post("/auth/verify-email", response_model=Done, responses=problems(400, 422))
+async def verify_email(body: VerifyEmail, accounts: AccountsDep,
+                       session: SessionDep) -> Done:
+    await accounts.verify_email(session, email=body.email, code=body.code)
+    return Done(status="verified")
+
+
+@router.post("/auth/forgot-password", status_code=202, response_model=Accepted,
+             responses=problems(422))
+async def forgot_password(body: EmailOnly, background: BackgroundTasks,
+                          accounts: AccountsDep) -> Accepted:
+    accounts.forgot_password(mailbox_for(background, accounts), email=body.email)
+    return Accepted(detail=ACCEPTED)
+
+
+@router.post("/auth/reset-password", response_model=Done, responses=problems(400, 422))
+async def reset_password(body: ResetPassword, background: BackgroundTasks,
+                         accounts: AccountsDep, session: SessionDep) -> Done:
+    await accounts.reset_password(session, mailbox_for(background, accounts),
+                                  email=body.email, code=body.code,
+                                  new_password=body.new_password)
+    return Done(status="password_reset")
+
+
 @router.get("/users/me", response_model=UserRead, responses=BEARER_ERRORS)
 async def read_me(user: CurrentUser) -> UserRead:
     return UserRead.model_validate(user)
+
+
+@router.patch("/users/me", response_model=UserUpdated,
+              responses={**BEARER_ERRORS, **problems(400, 409, 422, 429)})
+async def update_me(body: UserUpdate, user: CurrentUser, background: BackgroundTasks,
+                    accounts: AccountsDep, session: SessionDep) -> UserUpdated:
+    fields = body.model_fields_set
+    mailbox = mailbox_for(background, accounts)
+    pending = None
+    if "email" in fields and body.email is not None:
+        if not body.password:
+            raise WrongPassword("Changing the email address requires your password.")
+        pending = await accounts.request_email_change(
+            session, mailbox, user, new_email=body.email, password=body.password)
+    if "username" in fields or "profile" in fields:
+        await accounts.update_profile(
+            session, user, username=body.username, set_username="username" in fields,
+            profile=dict(body.profile) if body.profile is not None else None)
+    return UserUpdated(**UserRead.model_validate(user).model_dump(), pending_email=pending)
+
+
+@router.post("/users/me/email/confirm", response_model=UserRead,
+             responses={**BEARER_ERRORS, **problems(400, 409, 422)})
+async def confirm_email(body: ConfirmEmail, user: CurrentUser, background: BackgroundTasks,
+                        accounts: AccountsDep, session: SessionDep) -> UserRead:
+    await accounts.confirm_email_change(session, mailbox_for(background, accounts), user,
+                                        code=body.code)
+    return UserRead.model_validate(user)
+
+
+@router.post("/users/me/password", status_code=204, response_class=Response,
+             responses={**BEARER_ERRORS, **problems(400, 422)})
+async def change_password(body: ChangePassword, user: CurrentUser, claims: ClaimsDep,
+                          background: BackgroundTasks, accounts: AccountsDep,
+                          session: SessionDep) -> Response:
+    await accounts.change_password(
+        session, mailbox_for(background, accounts), user,
+        current_password=body.current_password, new_password=body.new_password,
+        keep_family=uuid.UUID(claims.sid) if claims.sid else None)
+    return Response(status_code=204)
+
+
+@router.delete("/users/me", status_code=204, response_class=Response,
+               responses={**BEARER_ERRORS, **problems(400, 422)})
+async def delete_me(body: DeleteAccount, user: CurrentUser, background: BackgroundTasks,
+                    accounts: AccountsDep, session: SessionDep) -> Response:
+    await accounts.delete_account(session, mailbox_for(background, accounts), user,
+                                  password=body.password)
+    return Response(status_code=204)

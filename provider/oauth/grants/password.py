@@ -54,6 +54,9 @@ class PasswordGrant:
         if user is None or not valid or not user.is_active:
             await self._failed(request, username)
         await throttles.login_account.clear(username)
+        if ctx.settings.require_verified_email and not user.is_verified:
+            # Said only to someone who proved the password: it reveals nothing new.
+            raise InvalidGrant("The email address has not been verified yet.")
 
         scope = resolve_scope(requested, client.scopes, may_admin=user.is_admin)
 

@@ -1,0 +1,363 @@
+"""Self-service account flows: register, verify email, forgot/reset/change password,
+change email, delete. The rules live here; the HTTP shapes live in router.py.
+
+Answers never tell whether an address is registered: flows that start from an email
+address (register, verification request, forgot password) do their per-address work
+after the response (see ``Mailbox.later``), so status, body and time are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from provider.clock import Clock
+from provider.errors import ProviderError
+from provider.mail import MailError, MailSender, Message
+from provider.mail import templates as mail
+from provider.metrics import MAIL_FAILURES
+from provider.mfa.codes import EmailCodes, InvalidCode, Purpose
+from provider.passwords import PasswordHasher, check_password_policy
+from provider.ratelimit import Throttles
+from provider.settings import Settings
+from provider.tokens.service import revoke_user_tokens
+from provider.users.models import User
+from provider.users.service import (
+    InvalidEmail,
+    ensure_available,
+    normalize_email,
+    normalize_username,
+)
+
+log = logging.getLogger("provider.accounts")
+PRODUCT = "provider"
+
+
+class RegistrationClosed(ProviderError):
+    status = 403
+    code = "registration_closed"
+    title = "Self-registration is closed on this server."
+
+
+class WrongPassword(ProviderError):
+    status = 400
+    code = "invalid_password"
+    title = "The current password is not correct."
+
+
+class TooManyRequests(ProviderError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests. Try again later."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+@dataclass
+class Mailbox:
+    """Mail and deferred work of one request, run after its transaction commits."""
+
+    outbox: list[Message] = field(default_factory=list)
+    deferred: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def send(self, message: Message) -> None:
+        self.outbox.append(message)
+
+    def later(self, work: Callable[[], Awaitable[None]]) -> None:
+        self.deferred.append(work)
+
+
+class Accounts:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        hasher: PasswordHasher,
+        codes: EmailCodes,
+        mailer: MailSender,
+        throttles: Throttles,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.clock = clock
+        self.hasher = hasher
+        self.codes = codes
+        self.mailer = mailer
+        self.throttles = throttles
+
+    @property
+    def _ttl_minutes(self) -> int:
+        return max(1, int(self.codes.ttl.total_seconds() // 60))
+
+    # --- delivery ---------------------------------------------------------------------
+
+    async def deliver(self, mailbox: Mailbox) -> None:
+        """Run deferred work, then send mail. Never raises: failures are logged, counted."""
+        for work in mailbox.deferred:
+            try:
+                await work()
+            except Exception:
+                log.exception("deferred account work failed")
+        for message in mailbox.outbox:
+            await self._send(message)
+
+    async def _send(self, message: Message) -> None:
+        try:
+            await self.mailer.send(message)
+        except MailError as exc:
+            MAIL_FAILURES.inc()
+            log.error("mail not sent (%s): %s", message.subject, exc)
+
+    async def _in_transaction(self, work: Callable[[AsyncSession, Mailbox],
+                                                   Awaitable[None]]) -> None:
+        """Deferred per-address work: its own transaction, its own mail after commit."""
+        mailbox = Mailbox()
+        async with self.sessions() as session:
+            await work(session, mailbox)
+            await session.commit()
+        await self.deliver(mailbox)
+
+    async def _may_send_code(self, email: str) -> bool:
+        if await self.throttles.email_code.retry_after(email) is not None:
+            log.info("email code throttled")
+            return False
+        await self.throttles.email_code.hit(email)
+        return True
+
+    # --- registration -----------------------------------------------------------------
+
+    async def register(
+        self,
+        session: AsyncSession,
+        mailbox: Mailbox,
+        *,
+        email: str,
+        password: str,
+        username: str | None,
+        profile: dict[str, Any],
+        client_address: str,
+    ) -> None:
+        if not self.settings.registration_open:
+            raise RegistrationClosed()
+        wait = await self.throttles.registration.retry_after(client_address)
+        if wait is not None:
+            raise TooManyRequests(wait)
+        await self.throttles.registration.hit(client_address)
+        email = normalize_email(email)
+        username = normalize_username(username) if username else None
+        password = check_password_policy(
+            password, min_length=self.settings.password_min_length, email=email
+        )
+        if username is not None:
+            await ensure_available(session, username=username)  # usernames are public
+        # Hash now, whatever happens next, so both outcomes cost the same.
+        password_hash = await self.hasher.hash(password)
+
+        async def create_or_notify(session: AsyncSession, mailbox: Mailbox) -> None:
+            now = self.clock.now()
+            if await session.scalar(select(User.id).where(User.email == email)) is not None:
+                # Someone else's address: tell its owner, tell the caller nothing.
+                mailbox.send(mail.registration_attempt(
+                    email, base_url=self.settings.issuer, product=PRODUCT))
+                return
+            user = User(id=uuid.uuid4(), email=email, username=username,
+                        password_hash=password_hash, profile=profile, is_active=True,
+                        is_verified=False, is_admin=False, created_at=now, updated_at=now)
+            session.add(user)
+            await session.flush()
+            code = await self.codes.issue(session, user_id=user.id,
+                                          purpose=Purpose.VERIFY_EMAIL, now=now)
+            mailbox.send(mail.verification_code(
+                email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
+            await self.throttles.email_code.hit(email)
+
+        mailbox.later(lambda: self._in_transaction(create_or_notify))
+
+    # --- email verification -----------------------------------------------------------
+
+    def request_verification(self, mailbox: Mailbox, *, email: str) -> None:
+        async def send_code(session: AsyncSession, mailbox: Mailbox) -> None:
+            user = await self._user_by_email(session, email)
+            if user is None or user.is_verified or not user.is_active:
+                return
+            if not await self._may_send_code(user.email):
+                return
+            code = await self.codes.issue(session, user_id=user.id,
+                                          purpose=Purpose.VERIFY_EMAIL, now=self.clock.now())
+            mailbox.send(mail.verification_code(
+                user.email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
+
+        mailbox.later(lambda: self._in_transaction(send_code))
+
+    async def verify_email(self, session: AsyncSession, *, email: str, code: str) -> None:
+        user = await self._user_by_email(session, email)
+        if user is None or not user.is_active:
+            raise InvalidCode()  # the same answer as a wrong code: no enumeration
+        await self.codes.consume(session, user_id=user.id, purpose=Purpose.VERIFY_EMAIL,
+                                 code=code, now=self.clock.now())
+        user.is_verified = True
+        user.updated_at = self.clock.now()
+        await session.flush()
+
+    # --- forgotten password -----------------------------------------------------------
+
+    def forgot_password(self, mailbox: Mailbox, *, email: str) -> None:
+        async def send_code(session: AsyncSession, mailbox: Mailbox) -> None:
+            user = await self._user_by_email(session, email)
+            if user is None or not user.is_active:
+                return
+            if not await self._may_send_code(user.email):
+                return
+            code = await self.codes.issue(session, user_id=user.id,
+                                          purpose=Purpose.RESET_PASSWORD, now=self.clock.now())
+            mailbox.send(mail.password_reset_code(
+                user.email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
+
+        mailbox.later(lambda: self._in_transaction(send_code))
+
+    async def reset_password(
+        self, session: AsyncSession, mailbox: Mailbox, *, email: str, code: str,
+        new_password: str,
+    ) -> None:
+        user = await self._user_by_email(session, email)
+        if user is None or not user.is_active:
+            raise InvalidCode()
+        password = check_password_policy(
+            new_password, min_length=self.settings.password_min_length, email=user.email
+        )
+        now = self.clock.now()
+        await self.codes.consume(session, user_id=user.id, purpose=Purpose.RESET_PASSWORD,
+                                 code=code, now=now)
+        user.password_hash = await self.hasher.hash(password)
+        # The code proved control of the address.
+        user.is_verified = True
+        user.updated_at = now
+        await session.flush()
+        await revoke_user_tokens(await session.connection(), user.id, now=now)
+        await self.throttles.login_account.clear(user.email)
+        mailbox.send(mail.password_changed(user.email, product=PRODUCT))
+
+    # --- signed-in changes ------------------------------------------------------------
+
+    async def change_password(
+        self, session: AsyncSession, mailbox: Mailbox, user: User, *,
+        current_password: str, new_password: str, keep_family: uuid.UUID | None,
+    ) -> None:
+        await self._check_password(user, current_password)
+        password = check_password_policy(
+            new_password, min_length=self.settings.password_min_length, email=user.email
+        )
+        now = self.clock.now()
+        user.password_hash = await self.hasher.hash(password)
+        user.updated_at = now
+        await session.flush()
+        # Every other session ends; the caller's own stays (ASVS 7.4.3).
+        await revoke_user_tokens(await session.connection(), user.id, now=now,
+                                 keep_family=keep_family)
+        mailbox.send(mail.password_changed(user.email, product=PRODUCT))
+
+    async def update_profile(
+        self, session: AsyncSession, user: User, *, username: str | Any | None,
+        profile: dict[str, Any] | None, set_username: bool,
+    ) -> None:
+        if set_username:
+            new = normalize_username(username) if username else None
+            if new is not None and new != user.username:
+                await ensure_available(session, username=new, exclude=user.id)
+            user.username = new
+        if profile is not None:
+            user.profile = profile
+        user.updated_at = self.clock.now()
+        await session.flush()
+
+    async def request_email_change(
+        self, session: AsyncSession, mailbox: Mailbox, user: User, *, new_email: str,
+        password: str,
+    ) -> str:
+        """Send a code to the new address; nothing changes until it is confirmed."""
+        await self._check_password(user, password)
+        new_email = normalize_email(new_email)
+        if new_email == user.email:
+            raise InvalidEmail("This is already your email address.")
+        await ensure_available(session, email=new_email, exclude=user.id)
+        if not await self._may_send_code(new_email):
+            raise TooManyRequests(await self.throttles.email_code.retry_after(new_email) or 60)
+        code = await self.codes.issue(session, user_id=user.id, purpose=Purpose.CHANGE_EMAIL,
+                                      now=self.clock.now(), target_email=new_email)
+        mailbox.send(mail.email_change_code(
+            new_email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
+        return new_email
+
+    async def confirm_email_change(
+        self, session: AsyncSession, mailbox: Mailbox, user: User, *, code: str
+    ) -> None:
+        now = self.clock.now()
+        used = await self.codes.consume(session, user_id=user.id,
+                                        purpose=Purpose.CHANGE_EMAIL, code=code, now=now)
+        if used.target_email is None:
+            raise InvalidCode()
+        await ensure_available(session, email=used.target_email, exclude=user.id)
+        old_email = user.email
+        user.email = used.target_email
+        user.is_verified = True
+        user.updated_at = now
+        await session.flush()
+        mailbox.send(mail.email_change_notice(
+            old_email, new_email_hint=_hint(used.target_email), product=PRODUCT))
+
+    async def delete_account(
+        self, session: AsyncSession, mailbox: Mailbox, user: User, *, password: str
+    ) -> None:
+        """Disable the account, end its sessions, and free its email and username.
+
+        The row stays (audit, foreign keys) but carries no personal data or credential.
+        """
+        await self._check_password(user, password)
+        now = self.clock.now()
+        old_email = user.email
+        user.is_active = False
+        user.email = f"deleted+{user.id.hex}@deleted.invalid"
+        user.username = None
+        user.password_hash = None
+        user.profile = {}
+        user.updated_at = now
+        await session.flush()
+        await revoke_user_tokens(await session.connection(), user.id, now=now)
+        mailbox.send(mail.account_deleted(old_email, product=PRODUCT))
+
+    # --- helpers ----------------------------------------------------------------------
+
+    async def _check_password(self, user: User, password: str) -> None:
+        valid, new_hash = await self.hasher.verify(password, user.password_hash)
+        if not valid:
+            raise WrongPassword()
+        if new_hash is not None:
+            user.password_hash = new_hash
+
+    async def _user_by_email(self, session: AsyncSession, email: str) -> User | None:
+        try:
+            address = normalize_email(email)
+        except InvalidEmail:
+            return None
+        user: User | None = await session.scalar(select(User).where(User.email == address))
+        return user
+
+
+def _hint(email: str) -> str:
+    """j***@example.com: enough for the owner to recognise, little for anyone else."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}"
+
