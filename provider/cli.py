@@ -6,6 +6,7 @@ Bad arguments exit 2 with a one-line message on stderr, and write nothing.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -110,7 +111,18 @@ def serve(
         fail("no signing key; run `provider keys generate` first")
     uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
                 workers=workers, access_log=False, proxy_headers=False,
-                server_header=False)
+                server_header=False, log_config=log_config())
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, plus our `provider.*` loggers at INFO on stderr (the console
+    mailer's messages included, so a developer can read the codes)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["provider"] = {"handlers": ["default"], "level": "INFO",
+                                     "propagate": False}
+    return config
 
 
 def alembic_config(database_url: str) -> Any:
