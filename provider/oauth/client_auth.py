@@ -22,6 +22,9 @@ MAX_CREDENTIAL_LENGTH = 512
 class Authenticated:
     client: ClientInfo
     method: str  # client_secret_basic | client_secret_post | none
+    # The Authorization header carried the credentials: a later invalid_client for this
+    # caller must challenge with Basic too (RFC 6749 §5.2).
+    used_basic: bool = False
 
 
 def _basic_credentials(header: str) -> tuple[str, str] | None:
@@ -70,7 +73,7 @@ async def authenticate_client(
         # A public client has no secret; one that sends a secret is misconfigured.
         if secret:
             raise InvalidClient(used_basic=used_basic)
-        return Authenticated(client, "none")
+        return Authenticated(client, "none", used_basic)
     if not secret or not client.check_secret(secret):
         raise InvalidClient(used_basic=used_basic)
-    return Authenticated(client, method)
+    return Authenticated(client, method, used_basic)

@@ -148,7 +148,8 @@ async def introspection(request: Request, services: ServicesDep) -> Response:
     )
     if auth.client.is_public:
         # RFC 7662 §2.1: the endpoint must be protected; a public client proves nothing.
-        raise InvalidClient("Public clients may not introspect tokens.")
+        raise InvalidClient("Public clients may not introspect tokens.",
+                            used_basic=auth.used_basic)
     token_value = require(form, "token")
     body = await introspect(
         services.grant_context, auth.client, token_value, form.get("token_type_hint")

@@ -1,0 +1,235 @@
+"""POST /oauth/introspect (RFC 7662): for the confidential client the token was issued to."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from provider.deps import Services
+from provider.settings import Settings
+from tests.conftest import TestClock as MovableClock
+from tests.factories import Factory
+from tests.oauth.helpers import (
+    BASIC_CHALLENGE,
+    TOKEN,
+    assert_no_store,
+    assert_oauth_error,
+    basic,
+    login,
+    refresh,
+    unverified,
+)
+
+INTROSPECT = "/oauth/introspect"
+INACTIVE = {"active": False}
+
+
+async def introspect(http: httpx.AsyncClient, oauth, token: str, **form: str) -> dict:
+    response = await http.post(INTROSPECT, data={"token": token, **form}, auth=oauth.auth)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert_no_store(response)
+    body: dict = response.json()
+    return body
+
+
+async def test_active_access_token(client, factory: Factory, settings: Settings) -> None:
+    name = f"intro-{factory.services.clock.now().microsecond}"
+    user = await factory.user(username=name)
+    oauth = await factory.client()
+    tokens = await login(client, oauth, user, scope="profile openid")
+    claims = unverified(tokens["access_token"])[1]
+    body = await introspect(client, oauth, tokens["access_token"])
+    assert body == {
+        "active": True,
+        "token_type": "Bearer",
+        "scope": "openid profile",
+        "client_id": oauth.client_id,
+        "sub": user.id,
+        "aud": settings.token_audience,
+        "iss": settings.issuer,
+        "exp": claims["exp"],
+        "iat": claims["iat"],
+        "jti": claims["jti"],
+        "username": name,
+    }
+
+
+async def test_active_access_token_username_falls_back_to_email(
+    client, factory: Factory
+) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    body = await introspect(client, oauth, tokens["access_token"], token_type_hint="access_token")
+    assert body["username"] == user.email
+
+
+async def test_active_client_credentials_token(client, factory: Factory) -> None:
+    oauth = await factory.client(grants=("client_credentials",), scopes="reports:read")
+    token = (await client.post(TOKEN, data={"grant_type": "client_credentials"},
+                               auth=oauth.auth)).json()["access_token"]
+    body = await introspect(client, oauth, token)
+    assert body["active"] is True
+    assert body["sub"] == oauth.client_id
+    assert body["client_id"] == oauth.client_id
+    assert body["scope"] == "reports:read"
+    assert "username" not in body
+
+
+async def test_active_refresh_token(
+    client, factory: Factory, services: Services, settings: Settings
+) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    before = int(services.clock.now().timestamp())
+    tokens = await login(client, oauth, user, scope="openid email")
+    body = await introspect(client, oauth, tokens["refresh_token"],
+                            token_type_hint="refresh_token")
+    assert set(body) == {"active", "token_type", "scope", "client_id", "sub", "iss", "exp",
+                         "iat"}
+    assert body["active"] is True
+    assert body["token_type"] == "refresh_token"
+    assert body["scope"] == "openid email"
+    assert body["client_id"] == oauth.client_id
+    assert body["sub"] == user.id
+    assert body["iss"] == settings.issuer
+    assert before <= body["iat"] <= before + 5
+    assert body["exp"] - body["iat"] == int(settings.refresh_token_ttl.total_seconds())
+
+
+async def test_hint_does_not_matter(client, factory: Factory) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    for hint in ("refresh_token", "bogus"):
+        body = await introspect(client, oauth, tokens["access_token"], token_type_hint=hint)
+        assert body["active"] is True
+    body = await introspect(client, oauth, tokens["refresh_token"],
+                            token_type_hint="access_token")
+    assert body["active"] is True
+
+
+async def test_revoked_tokens_are_inactive(client, factory: Factory) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    await client.post("/oauth/revoke", data={"token": tokens["refresh_token"]},
+                      auth=oauth.auth)
+    assert await introspect(client, oauth, tokens["refresh_token"]) == INACTIVE
+    assert await introspect(client, oauth, tokens["access_token"]) == INACTIVE
+
+
+async def test_revoked_access_token_is_inactive(client, factory: Factory) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    await client.post("/oauth/revoke", data={"token": tokens["access_token"]},
+                      auth=oauth.auth)
+    assert await introspect(client, oauth, tokens["access_token"]) == INACTIVE
+    assert (await introspect(client, oauth, tokens["refresh_token"]))["active"] is True
+
+
+async def test_expired_tokens_are_inactive(
+    client, factory: Factory, clock: MovableClock, settings: Settings
+) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    clock.advance(settings.access_token_ttl)
+    assert await introspect(client, oauth, tokens["access_token"]) == INACTIVE
+    assert (await introspect(client, oauth, tokens["refresh_token"]))["active"] is True
+    clock.advance(settings.refresh_token_ttl)
+    assert await introspect(client, oauth, tokens["refresh_token"]) == INACTIVE
+
+
+async def test_rotated_refresh_token_is_inactive(client, factory: Factory) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    second = (await refresh(client, oauth, tokens["refresh_token"])).json()
+    assert await introspect(client, oauth, tokens["refresh_token"]) == INACTIVE
+    # Introspecting a rotated token is not a reuse: the family lives on.
+    assert (await introspect(client, oauth, second["refresh_token"]))["active"] is True
+
+
+async def test_disabled_users_tokens_are_inactive(client, factory: Factory) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    await factory.set_user(user.id, is_active=False)
+    assert await introspect(client, oauth, tokens["access_token"]) == INACTIVE
+    assert await introspect(client, oauth, tokens["refresh_token"]) == INACTIVE
+
+
+async def test_another_clients_tokens_are_inactive(client, factory: Factory) -> None:
+    user = await factory.user()
+    owner, other = await factory.client(), await factory.client()
+    tokens = await login(client, owner, user)
+    assert await introspect(client, other, tokens["access_token"]) == INACTIVE
+    assert await introspect(client, other, tokens["refresh_token"]) == INACTIVE
+    # Looking did not hurt the owner's tokens.
+    assert (await introspect(client, owner, tokens["refresh_token"]))["active"] is True
+
+
+async def test_id_token_is_not_an_active_access_token(client, factory: Factory) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user, scope="openid")
+    assert await introspect(client, oauth, tokens["id_token"]) == INACTIVE
+
+
+@pytest.mark.parametrize("token", ["garbage", "a.b.c", "x" * 5000, "..", "é"])
+async def test_garbage_is_inactive(client, factory: Factory, token: str) -> None:
+    oauth = await factory.client()
+    assert await introspect(client, oauth, token) == INACTIVE
+
+
+async def test_public_client_may_not_introspect(client, factory: Factory) -> None:
+    user, oauth = await factory.user(), await factory.client(public=True)
+    tokens = (await client.post(TOKEN, data={
+        "grant_type": "password", "client_id": oauth.client_id, "username": user.email,
+        "password": user.password,
+    })).json()
+    response = await client.post(INTROSPECT, data={"token": tokens["access_token"],
+                                                   "client_id": oauth.client_id})
+    assert_oauth_error(response, 401, "invalid_client",
+                       "Public clients may not introspect tokens.")
+    # Identified with the Authorization header (an empty password): the Basic challenge.
+    with_basic = await client.post(INTROSPECT, data={"token": tokens["access_token"]},
+                                   headers=basic(oauth.client_id, ""))
+    assert_oauth_error(with_basic, 401, "invalid_client",
+                       "Public clients may not introspect tokens.",
+                       www_authenticate=BASIC_CHALLENGE)
+
+
+async def test_bad_credentials_are_401(client, factory: Factory) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    wrong = await client.post(INTROSPECT, data={"token": tokens["access_token"]},
+                              headers=basic(oauth.client_id, "wrong"))
+    assert_oauth_error(wrong, 401, "invalid_client", "Client authentication failed.",
+                       www_authenticate=BASIC_CHALLENGE)
+    wrong_post = await client.post(INTROSPECT, data={
+        "token": tokens["access_token"], "client_id": oauth.client_id, "client_secret": "no",
+    })
+    assert_oauth_error(wrong_post, 401, "invalid_client", "Client authentication failed.")
+    anonymous = await client.post(INTROSPECT, data={"token": tokens["access_token"]})
+    assert_oauth_error(anonymous, 401, "invalid_client", "Client authentication is required.")
+
+
+async def test_missing_token_is_invalid_request(client, factory: Factory) -> None:
+    oauth = await factory.client()
+    response = await client.post(INTROSPECT, data={"token_type_hint": "access_token"},
+                                 auth=oauth.auth)
+    assert_oauth_error(response, 400, "invalid_request", "The token parameter is required.")
+
+
+async def test_token_in_query_is_refused(client, factory: Factory) -> None:
+    oauth = await factory.client()
+    response = await client.post(INTROSPECT, params={"token": "x"}, data={"token": "x"},
+                                 auth=oauth.auth)
+    assert_oauth_error(response, 400, "invalid_request",
+                       "Parameters must be sent in the request body, not the query.")
+
+
+async def test_access_token_near_expiry_still_active(
+    client, factory: Factory, clock: MovableClock, settings: Settings
+) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    clock.advance(settings.access_token_ttl - timedelta(seconds=5))
+    assert (await introspect(client, oauth, tokens["access_token"]))["active"] is True
