@@ -1,0 +1,404 @@
+"""The `provider` command line, run as the real program in subprocesses.
+
+Each run starts a Python process (~0.5 s), so scenarios are chained and independent
+calls run in parallel. The environment is built from scratch: DATABASE_URL and
+PROVIDER_KEYS_DIR point into a temporary directory, and the working directory is that
+directory, so neither the developer's shell nor the repository's `.env` leaks in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import typer.main
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from typer.testing import CliRunner
+
+from provider.cli import app
+from tests.pgserver import create_database, drop_database
+
+BIN = Path(sys.executable).parent / "provider"
+COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "provider"]
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Result:
+    args: Sequence[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def ok(self) -> Result:
+        assert self.returncode == 0, f"provider {' '.join(self.args)}: {self}"
+        return self
+
+    def json(self) -> Any:
+        self.ok()
+        lines = self.stdout.strip().splitlines()
+        assert len(lines) == 1, f"--json must print one JSON object, got {self.stdout!r}"
+        return json.loads(lines[0])
+
+    def usage_error(self) -> str:
+        """Exit 2, nothing on stdout, one `error: ...` line on stderr; returns the line."""
+        assert self.returncode == 2, f"provider {' '.join(self.args)}: {self}"
+        assert self.stdout == ""
+        lines = self.stderr.splitlines()
+        assert len(lines) == 1, f"expected one line on stderr, got {self.stderr!r}"
+        assert lines[0].startswith("error: ")
+        return lines[0]
+
+
+@dataclass
+class Cli:
+    home: Path
+    database_url: str
+    keys_dir: Path
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith("PROVIDER_") and k != "DATABASE_URL"}
+        return {
+            **base,
+            "DATABASE_URL": self.database_url,
+            "PROVIDER_KEYS_DIR": str(self.keys_dir),
+            "PROVIDER_ENV": "test",
+            # Cheap argon2: these tests are about the CLI, not the hash parameters.
+            "PROVIDER_ARGON2_MEMORY_COST": "1024",
+            "PROVIDER_ARGON2_TIME_COST": "1",
+            **overrides,
+        }
+
+    def __call__(self, *args: str, **env: str) -> Result:
+        proc = subprocess.run(
+            [*COMMAND, *args], cwd=self.home, env=self.env(**env), stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        return Result(args, proc.returncode, proc.stdout, proc.stderr)
+
+    def many(self, *commands: Sequence[str]) -> list[Result]:
+        """Independent commands, run in parallel; results in the order given."""
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(lambda args: self(*args), commands))
+
+    def with_keys_dir(self, keys_dir: Path) -> Cli:
+        return Cli(self.home, self.database_url, keys_dir)
+
+
+def sqlite_rows(cli: Cli, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    path = cli.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    home = tmp_path_factory.mktemp("cli")
+    instance = Cli(home, f"sqlite:///{home}/provider.db", home / "keys")
+    instance("migrate").ok()
+    return instance
+
+
+@pytest.fixture(scope="module")
+def pems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pems")
+    good = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    short = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+    private = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+               serialization.NoEncryption())
+    files = {
+        "good": good.private_bytes(*private),
+        "short": short.private_bytes(*private),
+        "public": good.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "garbage": b"this is not a key\n",
+    }
+    for name, data in files.items():
+        (folder / f"{name}.pem").write_bytes(data)
+    return {name: folder / f"{name}.pem" for name in files}
+
+
+# --- help, usage errors, migrate, openapi ---------------------------------------------
+
+
+def all_command_paths() -> list[list[str]]:
+    paths: list[list[str]] = []
+
+    def walk(command: click.Command | Any, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_every_command_has_help() -> None:
+    # In-process (a subprocess per command would cost seconds); the real program's
+    # --help is checked below.
+    paths = all_command_paths()
+    assert ["keys", "import"] in paths and ["clients", "ensure-dev"] in paths
+    assert len(paths) == 17
+    runner = CliRunner()
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage:" in result.output and "--help" in result.output, path
+
+
+def test_help_of_the_real_program(cli: Cli) -> None:
+    top = cli("--help").ok()
+    assert all(word in top.stdout for word in ("keys", "clients", "users", "migrate"))
+
+
+def test_usage_errors_exit_2_with_one_line(cli: Cli) -> None:
+    bad_option, missing_option, bad_value, bad_command, no_subcommand = cli.many(
+        ["clients", "create", "--name", "x", "--grant", "password", "--bogus"],
+        ["clients", "create", "--name", "x"],
+        ["serve", "--port", "0"],
+        ["no-such-command"],
+        ["keys"],
+    )
+    assert bad_option.usage_error() == "error: No such option: --bogus"
+    assert missing_option.usage_error() == "error: Missing option '--grant'."
+    assert "--port" in bad_value.usage_error()
+    assert "no-such-command" in bad_command.usage_error()
+    # A group without its subcommand shows the group's help (on stderr, exit 2).
+    assert no_subcommand.returncode == 2
+    assert "Usage:" in no_subcommand.stderr and "rotate" in no_subcommand.stderr
+
+
+def test_migrate_twice_is_idempotent(cli: Cli) -> None:
+    # The fixture migrated once already.
+    again = cli("migrate").ok()
+    assert "newest revision" in again.stdout
+    tables = {row[0] for row in sqlite_rows(cli, "SELECT name FROM sqlite_master "
+                                                 "WHERE type = 'table'")}
+    assert {"users", "clients", "refresh_tokens", "alembic_version"} <= tables
+    assert len(sqlite_rows(cli, "SELECT version_num FROM alembic_version")) == 1
+
+
+def test_openapi_prints_the_yaml_document(cli: Cli) -> None:
+    result = cli("openapi").ok()
+    assert result.stdout.startswith("openapi:")
+    document = yaml.safe_load(result.stdout)
+    assert "/oauth/token" in document["paths"]
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+def test_keys_life_cycle(cli: Cli, tmp_path: Path) -> None:
+    keys = cli.with_keys_dir(tmp_path / "keys")
+
+    first = keys("keys", "generate", "--json").json()
+    assert first == {"kid": first["kid"], "status": "active", "created": True}
+    second = keys("keys", "generate", "--json").json()
+    assert second == {"kid": second["kid"], "status": "published", "created": True}
+    assert second["kid"] != first["kid"]
+    present = keys("keys", "generate", "--if-missing", "--json").json()
+    assert present == {"kid": first["kid"], "status": "active", "created": False}
+    assert len(list((tmp_path / "keys").glob("*.pem"))) == 2
+
+    rotated = keys("keys", "rotate", "--json").json()
+    assert rotated == {"kid": second["kid"], "status": "active"}
+
+    refused = keys("keys", "retire", second["kid"]).usage_error()
+    assert refused == (f"error: key {second['kid']} is the active signing key; "
+                       "rotate to another key first")
+    assert keys("keys", "retire", first["kid"]).ok().stdout.strip() == f"retired {first['kid']}"
+
+    listed = keys("keys", "list", "--json").json()
+    statuses = {k["kid"]: k["status"] for k in listed["keys"]}
+    assert statuses == {first["kid"]: "retired", second["kid"]: "active"}
+    assert set(listed["keys"][0]) == {"kid", "status", "created_at", "activated_at",
+                                      "deactivated_at"}
+
+
+def test_keys_import(cli: Cli, tmp_path: Path, pems: dict[str, Path]) -> None:
+    keys = cli.with_keys_dir(tmp_path / "keys")
+    existing = keys("keys", "generate", "--json").json()
+    short, public, garbage, missing, traversal, unknown = keys.many(
+        ["keys", "import", str(pems["short"]), "--activate"],
+        ["keys", "import", str(pems["public"]), "--activate"],
+        ["keys", "import", str(pems["garbage"]), "--activate"],
+        ["keys", "import", str(tmp_path / "nope.pem")],
+        ["keys", "retire", "../../etc/passwd"],
+        ["keys", "retire", "A" * 43],
+    )
+    assert short.usage_error() == "error: RSA key is 1024 bits; at least 2048 are required"
+    assert public.usage_error() == (
+        "error: the PEM holds a public key; a private key is needed to sign")
+    assert garbage.usage_error() == "error: not an RSA private key in PEM form"
+    assert missing.usage_error().startswith("error: cannot read ")
+    assert traversal.usage_error() == "error: not a key id: '../../etc/passwd'"
+    assert unknown.usage_error() == f"error: no key {'A' * 43}"
+    assert len(list((tmp_path / "keys").glob("*.pem"))) == 1  # nothing was written
+
+    imported = keys("keys", "import", str(pems["good"]), "--activate", "--json").json()
+    assert imported["status"] == "active"
+    again = keys("keys", "import", str(pems["good"])).usage_error()
+    assert again == f"error: key {imported['kid']} is already in the key store"
+    listed = keys("keys", "list").ok().stdout.splitlines()
+    assert [line.split()[:2] for line in listed] == [
+        [existing["kid"], "published"], [imported["kid"], "active"]]
+
+
+# --- clients --------------------------------------------------------------------------
+
+
+def test_clients_create_list_delete(cli: Cli) -> None:
+    name = unique("app")
+    confidential, public, unknown_grant = cli.many(
+        ["clients", "create", "--name", name, "--grant", "password", "--grant",
+         "refresh_token", "--scope", "openid profile", "--json"],
+        ["clients", "create", "--name", unique("spa"), "--grant", "password", "--public",
+         "--json"],
+        ["clients", "create", "--name", unique("bad"), "--grant", "password", "--grant",
+         "magic", "--json"],
+    )
+    created = confidential.json()
+    assert set(created) == {"client_id", "client_secret"}
+    assert created["client_id"].startswith("cl_") and len(created["client_secret"]) >= 43
+    spa = public.json()
+    assert spa == {"client_id": spa["client_id"], "client_secret": None}
+    assert unknown_grant.usage_error() == (
+        "error: unknown grant type 'magic'; choose from password, refresh_token, "
+        "client_credentials")
+
+    # The secret is stored only as its SHA-256 digest.
+    [(digest,)] = sqlite_rows(cli, "SELECT secret_hash FROM clients WHERE client_id = ?",
+                              created["client_id"])
+    assert digest == hashlib.sha256(created["client_secret"].encode()).digest()
+
+    items = {c["client_id"]: c for c in cli("clients", "list", "--json").json()["items"]}
+    assert items[created["client_id"]] == {
+        "client_id": created["client_id"], "name": name, "is_public": False,
+        "grant_types": ["password", "refresh_token"], "scopes": ["openid", "profile"],
+        "is_active": True,
+    }
+    assert items[spa["client_id"]]["is_public"] is True
+    assert not [c for c in items.values() if c["name"].startswith("bad-")]
+
+    deleted = cli("clients", "delete", created["client_id"])
+    assert deleted.ok().stdout.strip() == f"deleted {created['client_id']}"
+    again = cli("clients", "delete", created["client_id"])
+    assert again.usage_error() == "error: No such client."
+
+
+def test_clients_ensure_dev_twice_prints_the_same_credentials(cli: Cli, tmp_path: Path) -> None:
+    dev = cli.with_keys_dir(tmp_path / "keys")
+    pattern = re.compile(r"client_id:\s+(\S+)\n\s+client_secret:\s+(\S+)")
+    first = pattern.search(dev("clients", "ensure-dev").ok().stdout)
+    second = pattern.search(dev("clients", "ensure-dev").ok().stdout)
+    assert first is not None and second is not None
+    assert first.groups() == second.groups()
+    saved = tmp_path / "keys" / "dev-client.json"
+    assert json.loads(saved.read_text()) == dict(zip(("client_id", "client_secret"),
+                                                     first.groups(), strict=True))
+    assert os.stat(saved).st_mode & 0o077 == 0
+
+
+# --- users ----------------------------------------------------------------------------
+
+
+def count_users(cli: Cli) -> int:
+    return int(sqlite_rows(cli, "SELECT count(*) FROM users")[0][0])
+
+
+def test_users_create_and_its_refusals(cli: Cli) -> None:
+    email = f"{unique('Ada')}@Example.com"
+    before = count_users(cli)
+    created, weak, invalid = cli.many(
+        ["users", "create", "--email", email, "--password", PASSWORD, "--json"],
+        ["users", "create", "--email", f"{unique('weak')}@example.com", "--password",
+         "password", "--json"],
+        ["users", "create", "--email", "not-an-email", "--password", PASSWORD],
+    )
+    user = created.json()
+    assert user == {"id": user["id"], "email": email.lower()}
+    assert weak.usage_error() == (
+        "error: The password is on a list of commonly used or breached passwords; "
+        "choose a different one.")
+    assert invalid.usage_error().startswith("error: ")
+    assert "@" in invalid.stderr
+    assert count_users(cli) == before + 1
+
+    duplicate = cli("users", "create", "--email", email.upper(), "--password", PASSWORD)
+    assert duplicate.usage_error() == "error: A user with this email already exists."
+    assert count_users(cli) == before + 1
+
+    [row] = sqlite_rows(cli, "SELECT is_admin, is_verified, username, password_hash "
+                             "FROM users WHERE email = ?", email.lower())
+    assert row[:3] == (0, 0, None)
+    assert row[3].startswith("$argon2id$")
+
+
+def test_users_create_admin_verified_with_username(cli: Cli) -> None:
+    email = f"{unique('root')}@example.com"
+    username = unique("root")
+    created = cli("users", "create", "--email", email, "--password", PASSWORD,
+                  "--username", username, "--admin", "--verified").ok()
+    assert created.stdout.startswith("created user ") and email in created.stdout
+    [row] = sqlite_rows(cli, "SELECT is_admin, is_verified, username FROM users "
+                             "WHERE email = ?", email)
+    assert row == (1, 1, username)
+
+
+# --- PostgreSQL -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_cli(postgres_server: str | None, tmp_path: Path) -> Iterator[Cli]:
+    if postgres_server is None:
+        pytest.skip("no PostgreSQL available")
+    name = f"provider_cli_{secrets.token_hex(4)}"
+    url = create_database(postgres_server, name)
+    try:
+        yield Cli(tmp_path, url, tmp_path / "keys")
+    finally:
+        drop_database(postgres_server, name)
+
+
+def test_create_flow_on_postgresql(postgres_cli: Cli) -> None:
+    cli = postgres_cli
+    cli("migrate").ok()
+    client, user, key = cli.many(
+        ["clients", "create", "--name", "pg app", "--grant", "password", "--grant",
+         "refresh_token", "--scope", "openid profile", "--json"],
+        ["users", "create", "--email", "pg@example.com", "--password", PASSWORD,
+         "--verified", "--json"],
+        ["keys", "generate", "--json"],
+    )
+    created = client.json()
+    assert set(created) == {"client_id", "client_secret"} and created["client_secret"]
+    assert user.json()["email"] == "pg@example.com"
+    assert key.json()["status"] == "active"
+    duplicate, listed = cli.many(
+        ["users", "create", "--email", "pg@example.com", "--password", PASSWORD],
+        ["clients", "list", "--json"],
+    )
+    assert duplicate.usage_error() == "error: A user with this email already exists."
+    [item] = listed.json()["items"]
+    assert item["client_id"] == created["client_id"]
+    assert item["scopes"] == ["openid", "profile"]
