@@ -107,7 +107,9 @@ def serve(
     import uvicorn
 
     current = settings()
-    if KeyStore(current.keys_dir).records() == []:
+    with friendly_errors():
+        records = KeyStore(current.keys_dir).records()
+    if not any(r.status == "active" for r in records):
         fail("no signing key; run `provider keys generate` first")
     uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
                 workers=workers, access_log=False, proxy_headers=False,

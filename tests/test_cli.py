@@ -171,13 +171,15 @@ def test_help_of_the_real_program(cli: Cli) -> None:
     assert all(word in top.stdout for word in ("keys", "clients", "users", "migrate"))
 
 
-def test_usage_errors_exit_2_with_one_line(cli: Cli) -> None:
-    bad_option, missing_option, bad_value, bad_command, no_subcommand = cli.many(
+def test_usage_errors_exit_2_with_one_line(cli: Cli, tmp_path: Path) -> None:
+    cli = cli.with_keys_dir(tmp_path / "no-keys")
+    bad_option, missing_option, bad_value, bad_command, no_subcommand, no_key = cli.many(
         ["clients", "create", "--name", "x", "--grant", "password", "--bogus"],
         ["clients", "create", "--name", "x"],
         ["serve", "--port", "0"],
         ["no-such-command"],
         ["keys"],
+        ["serve"],
     )
     assert bad_option.usage_error() == "error: No such option: --bogus"
     assert missing_option.usage_error() == "error: Missing option '--grant'."
@@ -186,6 +188,7 @@ def test_usage_errors_exit_2_with_one_line(cli: Cli) -> None:
     # A group without its subcommand shows the group's help (on stderr, exit 2).
     assert no_subcommand.returncode == 2
     assert "Usage:" in no_subcommand.stderr and "rotate" in no_subcommand.stderr
+    assert no_key.usage_error() == "error: no signing key; run `provider keys generate` first"
 
 
 def test_migrate_twice_is_idempotent(cli: Cli) -> None:
