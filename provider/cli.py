@@ -140,8 +140,13 @@ def alembic_config(database_url: str) -> Any:
 def migrate() -> None:
     """Upgrade the database (DATABASE_URL) to the newest schema."""
     from alembic import command
+    from sqlalchemy.exc import ArgumentError, DBAPIError
 
-    command.upgrade(alembic_config(settings().database_url), "head")
+    try:
+        command.upgrade(alembic_config(settings().database_url), "head")
+    except (OSError, DBAPIError, ArgumentError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        fail(f"cannot migrate the database: {reason}")
     typer.echo("database is at the newest revision")
 
 
