@@ -39,6 +39,7 @@ async def revoke(ctx: GrantContext, client: ClientInfo, token: str, hint: str | 
                 return
             async with ctx.engine.begin() as conn:
                 await revoke_access_token(
-                    conn, jti=claims.jti, expires_at=datetime.fromtimestamp(claims.exp, UTC)
+                    conn, jti=claims.jti, expires_at=datetime.fromtimestamp(claims.exp, UTC),
+                    now=now,
                 )
             return

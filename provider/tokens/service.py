@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, Table, and_, exists, insert, select, update
+from sqlalchemy import ColumnElement, Row, Table, and_, delete, exists, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from provider.tokens.models import RefreshToken, RevokedAccessToken
@@ -239,13 +241,16 @@ def _session(row: Row[Any] | Any, client_id: str) -> Session:
 
 
 async def revoke_access_token(
-    conn: AsyncConnection, *, jti: str, expires_at: datetime
+    conn: AsyncConnection, *, jti: str, expires_at: datetime, now: datetime
 ) -> None:
-    exists_already = (
-        await conn.execute(select(revoked_ats.c.jti).where(revoked_ats.c.jti == jti))
-    ).first()
-    if exists_already is None:
-        await conn.execute(insert(revoked_ats).values(jti=jti, expires_at=expires_at))
+    """Deny one access token until it expires; revoking twice is harmless."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    await conn.execute(
+        dialect_insert(revoked_ats).values(jti=jti, expires_at=expires_at)
+        .on_conflict_do_nothing(index_elements=["jti"])
+    )
+    # Entries are only needed while their token could still be presented.
+    await conn.execute(delete(revoked_ats).where(revoked_ats.c.expires_at <= now))
 
 
 def session_is_live(family_id: uuid.UUID | None, jti: str) -> ColumnElement[bool]:
