@@ -1,7 +1,126 @@
-"""Admin API for OAuth clients (scope `admin` of an admin user)."""
+"""Admin API for OAuth clients (scope `admin` of an admin user).
+
+Never returns a secret hash; a secret only once, when it is created or rotated. Every
+change drops the client from this process's cache, so the token path sees it at once
+(other processes within the cache's TTL). Changes are logged on ``provider.admin``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response
+
+from provider.clients.schemas import (
+    ClientCreate,
+    ClientCreated,
+    ClientPage,
+    ClientRead,
+    ClientSecret,
+    ClientUpdate,
+)
+from provider.clients.service import (
+    create_client,
+    delete_client,
+    get_client,
+    invalidate_on_commit,
+    list_clients_page,
+    rotate_secret,
+    update_client,
+)
+from provider.deps import AdminUser, ClockDep, ServicesDep, SessionDep
+from provider.errors import Problem
+from provider.oauth.schemas import OAuthErrorBody
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+audit = logging.getLogger("provider.admin")
+
+Responses = dict[int | str, dict[str, Any]]
+BEARER_ERRORS: Responses = {
+    401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
+    403: {"model": OAuthErrorBody,
+          "description": "The token lacks the admin scope or its user is not an admin"},
+}
+INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
+NOT_FOUND: Responses = {
+    404: {"model": Problem, "description": "No such client (client_not_found)"},
+}
+ClientId = Annotated[str, Path(description="The client's client_id")]
+
+
+@router.get("/clients", response_model=ClientPage, responses={**BEARER_ERRORS, **INVALID})
+async def admin_list_clients(
+    admin: AdminUser,
+    session: SessionDep,
+    cursor: Annotated[str | None, Query(
+        max_length=512, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+) -> ClientPage:
+    """Clients ordered by client_id, a page at a time."""
+    clients, next_cursor = await list_clients_page(session, cursor=cursor, limit=limit)
+    return ClientPage(items=[ClientRead.model_validate(c) for c in clients],
+                      next_cursor=next_cursor)
+
+
+@router.post("/clients", status_code=201, response_model=ClientCreated,
+             responses={**BEARER_ERRORS, **INVALID})
+async def admin_create_client(
+    admin: AdminUser, body: ClientCreate, session: SessionDep, clock: ClockDep,
+) -> ClientCreated:
+    """Create a client. Its secret (none for a public client) is shown only here."""
+    client, secret = await create_client(
+        session, name=body.name, grant_types=body.grant_types, scopes=body.scopes,
+        is_public=body.is_public, now=clock.now(),
+    )
+    audit.info("admin=%s action=client.create target=%s", admin.id, client.client_id)
+    return ClientCreated(**ClientRead.model_validate(client).model_dump(), client_secret=secret)
+
+
+@router.get("/clients/{client_id}", response_model=ClientRead,
+            responses={**BEARER_ERRORS, **NOT_FOUND, **INVALID})
+async def admin_read_client(admin: AdminUser, client_id: ClientId, session: SessionDep,
+                            ) -> ClientRead:
+    return ClientRead.model_validate(await get_client(session, client_id))
+
+
+@router.patch("/clients/{client_id}", response_model=ClientRead,
+              responses={**BEARER_ERRORS, **NOT_FOUND, **INVALID})
+async def admin_update_client(
+    admin: AdminUser, client_id: ClientId, body: ClientUpdate, session: SessionDep,
+    services: ServicesDep, clock: ClockDep,
+) -> ClientRead:
+    """Change only the fields sent; grants and scopes are validated as at creation."""
+    changes = body.model_dump(exclude_unset=True)
+    client = await update_client(session, client_id, changes, now=clock.now())
+    invalidate_on_commit(session, services.clients, client_id)
+    audit.info("admin=%s action=client.update target=%s fields=%s", admin.id, client_id,
+               ",".join(sorted(changes)))
+    return ClientRead.model_validate(client)
+
+
+@router.delete("/clients/{client_id}", status_code=204, response_model=None,
+               responses={**BEARER_ERRORS, **NOT_FOUND, **INVALID})
+async def admin_delete_client(
+    admin: AdminUser, client_id: ClientId, session: SessionDep, services: ServicesDep,
+) -> Response:
+    """Delete the client and, with it, every refresh token issued to it."""
+    await delete_client(session, client_id)
+    invalidate_on_commit(session, services.clients, client_id)
+    audit.info("admin=%s action=client.delete target=%s", admin.id, client_id)
+    return Response(status_code=204)
+
+
+@router.post("/clients/{client_id}/secret", response_model=ClientSecret,
+             responses={**BEARER_ERRORS, **NOT_FOUND,
+                        422: {"model": Problem,
+                              "description": "A public client has no secret"}})
+async def admin_rotate_client_secret(
+    admin: AdminUser, client_id: ClientId, session: SessionDep, services: ServicesDep,
+    clock: ClockDep,
+) -> ClientSecret:
+    """Replace the secret; the old one stops working at once. The new one is shown only here."""
+    secret = await rotate_secret(session, client_id, now=clock.now())
+    invalidate_on_commit(session, services.clients, client_id)
+    audit.info("admin=%s action=client.rotate_secret target=%s", admin.id, client_id)
+    return ClientSecret(client_id=client_id, client_secret=secret)

@@ -6,6 +6,7 @@ constant time. They are machine-generated, so a slow hash would buy nothing but 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -14,8 +15,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from provider.clients.models import Client
@@ -145,6 +147,73 @@ async def list_clients(
     return list((await session.scalars(query)).all())
 
 
+class InvalidClientCursor(ValidationFailed):
+    code = "invalid_cursor"
+    title = "The cursor is not valid."
+
+
+def _encode_client_cursor(client_id: str) -> str:
+    return base64.urlsafe_b64encode(client_id.encode()).decode("ascii").rstrip("=")
+
+
+def _decode_client_cursor(cursor: str) -> str:
+    try:
+        client_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        raise InvalidClientCursor() from None
+    if not client_id:
+        raise InvalidClientCursor()
+    return client_id
+
+
+async def list_clients_page(
+    session: AsyncSession, *, cursor: str | None = None, limit: int = 50
+) -> tuple[list[Client], str | None]:
+    """One page of clients ordered by client_id, and the cursor of the next page."""
+    after = _decode_client_cursor(cursor) if cursor is not None else None
+    page = await list_clients(session, after=after, limit=limit + 1)
+    if len(page) <= limit:
+        return page, None
+    page = page[:limit]
+    return page, _encode_client_cursor(page[-1].client_id)
+
+
+CLIENT_EDITABLE_FIELDS = frozenset({"name", "grant_types", "scopes", "is_active"})
+
+
+async def update_client(
+    session: AsyncSession, client_id: str, changes: dict[str, Any], *, now: datetime
+) -> Client:
+    """Apply a partial update; only CLIENT_EDITABLE_FIELDS may be in ``changes``.
+
+    ``is_public`` and the secret are not editable: a client changes kind by being
+    recreated, and its secret only by rotation. An inactive client fails client
+    authentication, so its refresh tokens stop working until it is reactivated.
+    """
+    unknown = sorted(set(changes) - CLIENT_EDITABLE_FIELDS)
+    if unknown:  # the wire schema forbids these already; this guards other callers
+        raise ValidationFailed(f"{unknown[0]!r} cannot be changed")
+    client = await get_client(session, client_id)
+    values = dict(changes)
+    if "name" in values:
+        values["name"] = values["name"].strip()
+        if not values["name"] or len(values["name"]) > 200:
+            raise ValidationFailed("name must be 1 to 200 characters")
+    if "grant_types" in values:
+        values["grant_types"] = validate_grant_types(
+            values["grant_types"], is_public=client.is_public
+        )
+    if "scopes" in values:
+        values["scopes"] = validate_scopes(values["scopes"])
+    changed = {name: value for name, value in values.items() if getattr(client, name) != value}
+    if changed:
+        for name, value in changed.items():
+            setattr(client, name, value)
+        client.updated_at = now
+        await session.flush()
+    return client
+
+
 async def rotate_secret(session: AsyncSession, client_id: str, *, now: datetime) -> str:
     client = await get_client(session, client_id)
     if client.is_public:
@@ -205,3 +274,16 @@ class ClientCache:
             self._entries.clear()
         else:
             self._entries.pop(client_id, None)
+
+
+def invalidate_on_commit(session: AsyncSession, cache: ClientCache, client_id: str) -> None:
+    """Drop a changed client from this process's cache now and again after the commit.
+
+    Dropping it only now would let a token request that arrives before the commit cache
+    the old row (old secret, still active) for the cache's whole TTL.
+    """
+    cache.invalidate(client_id)
+    event.listen(
+        session.sync_session, "after_commit", lambda _session: cache.invalidate(client_id),
+        once=True,
+    )

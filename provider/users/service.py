@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from provider.errors import Conflict, NotFound, ValidationFailed
 from provider.passwords import PasswordHasher, check_password_policy
+from provider.tokens.service import revoke_user_tokens
 from provider.users.models import User
 
 users = cast(Table, User.__table__)
@@ -163,4 +166,156 @@ async def update_password_hash(
     await conn.execute(
         update(users).where(users.c.id == user_id)
         .values(password_hash=password_hash, updated_at=now)
+    )
+
+
+# --- Admin API: listing, updates and disabling of any user -------------------------------
+
+ADMIN_EDITABLE_FIELDS = frozenset(
+    {"email", "username", "profile", "is_active", "is_admin", "is_verified"}
+)
+
+
+class InvalidUserCursor(ValidationFailed):
+    code = "invalid_cursor"
+    title = "The cursor is not valid."
+
+
+class CannotModifySelf(Conflict):
+    code = "cannot_modify_self"
+    title = "Admins cannot disable or demote their own account."
+
+
+class LastActiveAdmin(Conflict):
+    code = "last_active_admin"
+    title = "The change would leave no active admin."
+
+
+def parse_user_id(raw: str) -> uuid.UUID:
+    """A user id from a URL: text that is not a UUID names no user (404, like an unknown id)."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise UserNotFound() from None
+
+
+def _encode_user_cursor(user: User) -> str:
+    key = f"{user.created_at.isoformat()}|{user.id}".encode()
+    return base64.urlsafe_b64encode(key).decode("ascii").rstrip("=")
+
+
+def _decode_user_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        created, _, user_id = raw.partition("|")
+        created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return created_at, uuid.UUID(user_id)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        raise InvalidUserCursor() from None
+
+
+async def list_users(
+    session: AsyncSession,
+    *,
+    email_prefix: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[User], str | None]:
+    """One page of users ordered by (created_at, id), and the cursor of the next page.
+
+    Keyset pagination: a page stays correct while users are added or disabled. The
+    email filter is a case-insensitive prefix of the stored (lower-cased) address, with
+    LIKE wildcards escaped, so ``a_b`` matches only ``a_b...``.
+    """
+    query = select(User).order_by(User.created_at, User.id).limit(limit + 1)
+    if email_prefix and email_prefix.strip():
+        prefix = unicodedata.normalize("NFC", email_prefix.strip()).lower()
+        query = query.where(User.email.startswith(prefix, autoescape=True))
+    if cursor is not None:
+        after_created_at, after_id = _decode_user_cursor(cursor)
+        query = query.where(
+            (User.created_at > after_created_at)
+            | ((User.created_at == after_created_at) & (User.id > after_id))
+        )
+    page = list((await session.scalars(query)).all())
+    if len(page) <= limit:
+        return page, None
+    page = page[:limit]
+    return page, _encode_user_cursor(page[-1])
+
+
+async def _ensure_another_active_admin(session: AsyncSession, user_id: uuid.UUID) -> None:
+    # Lock the active admins' rows (in id order, so that concurrent demotions queue rather
+    # than deadlock) and count the others: two admins demoting each other at once cannot
+    # both succeed. SQLite ignores FOR UPDATE; there the write lock serialises requests.
+    admins = await session.scalars(
+        select(User.id)
+        .where(User.is_admin.is_(True), User.is_active.is_(True))
+        .order_by(User.id)
+        .with_for_update()
+    )
+    if not any(admin_id != user_id for admin_id in admins):
+        raise LastActiveAdmin()
+
+
+async def update_user_admin(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    changes: dict[str, Any],
+    *,
+    actor_id: uuid.UUID | None,
+    now: datetime,
+) -> User:
+    """Apply an admin's partial update; only ADMIN_EDITABLE_FIELDS may be in ``changes``.
+
+    The email is normalised and must be free; a new email is unverified unless
+    ``is_verified`` is set in the same change. Disabling revokes every refresh token.
+    ``actor_id`` (the admin acting) may not disable or demote themselves.
+    """
+    unknown = sorted(set(changes) - ADMIN_EDITABLE_FIELDS)
+    if unknown:  # the wire schema forbids these already; this guards other callers
+        raise ValidationFailed(f"{unknown[0]!r} cannot be changed")
+    values = dict(changes)
+    loses_admin = values.get("is_active") is False or values.get("is_admin") is False
+    if loses_admin and user_id == actor_id:
+        raise CannotModifySelf()
+    user = await get_user(session, user_id)
+    if "email" in values:
+        values["email"] = normalize_email(values["email"])
+        if values["email"] != user.email and "is_verified" not in values:
+            values["is_verified"] = False
+    if values.get("username") is not None:
+        values["username"] = normalize_username(values["username"])
+    await ensure_available(
+        session, email=values.get("email"), username=values.get("username"), exclude=user.id
+    )
+    if loses_admin and user.is_admin and user.is_active:
+        await _ensure_another_active_admin(session, user.id)
+
+    changed = {name: value for name, value in values.items() if getattr(user, name) != value}
+    if changed:
+        try:
+            # A savepoint, so that losing a uniqueness race does not poison the request's
+            # transaction. The changes are made inside it: begin_nested() flushes first.
+            async with session.begin_nested():
+                for name, value in changed.items():
+                    setattr(user, name, value)
+                user.updated_at = now
+                await session.flush()
+        except IntegrityError as exc:
+            raise (UsernameTaken() if "username" in str(exc.orig) else EmailTaken()) from None
+    if values.get("is_active") is False:
+        # Also when already disabled: makes sure nothing issued since survives (ASVS 7.4.2).
+        await revoke_user_tokens(await session.connection(), user.id, now=now)
+    return user
+
+
+async def disable_user(
+    session: AsyncSession, user_id: uuid.UUID, *, actor_id: uuid.UUID | None, now: datetime
+) -> User:
+    """The admin API's DELETE: disable the account and revoke its tokens. Idempotent."""
+    return await update_user_admin(
+        session, user_id, {"is_active": False}, actor_id=actor_id, now=now
     )

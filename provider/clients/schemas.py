@@ -1,0 +1,77 @@
+"""Wire formats of the admin API for OAuth clients. Never a secret hash; a secret only once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from provider.clients.service import GRANT_TYPES
+
+# Strict: a JSON "false" string or 0 is not quietly taken for a boolean on these fields.
+REQUEST = ConfigDict(extra="forbid", strict=True)
+# The default of PATCH fields that may be omitted but not null: never validated, so an
+# omitted field stays out of model_fields_set while a null fails the field's type.
+UNSET: Any = None
+GRANTS_HELP = f"Allowed grant types, any of: {', '.join(GRANT_TYPES)}"
+SCOPES_HELP = "Allowed scopes; each item may hold several space-separated scope tokens"
+
+
+class ClientRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    client_id: str
+    name: str
+    is_public: bool
+    grant_types: list[str]
+    scopes: list[str]
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ClientCreated(ClientRead):
+    """The new client and its secret, which is shown only in this response."""
+
+    client_secret: str | None = Field(description="null for a public client")
+
+
+class ClientCreate(BaseModel):
+    model_config = REQUEST
+
+    name: str = Field(max_length=200)
+    grant_types: list[str] = Field(min_length=1, description=GRANTS_HELP)
+    scopes: list[str] = Field(default_factory=list, description=SCOPES_HELP)
+    is_public: bool = Field(default=False, description="No secret (native apps, SPAs)")
+
+
+class ClientUpdate(BaseModel):
+    """PATCH: only the fields sent change. ``is_public`` is fixed at creation.
+
+    An omitted field is not in ``model_fields_set``; an explicit ``null`` is a 422.
+    Read the changes with ``model_dump(exclude_unset=True)``.
+    """
+
+    model_config = REQUEST
+
+    name: str = Field(default=UNSET, max_length=200)
+    grant_types: list[str] = Field(default=UNSET, min_length=1, description=GRANTS_HELP)
+    scopes: list[str] = Field(default=UNSET, description=SCOPES_HELP)
+    is_active: bool = Field(
+        default=UNSET, description="false makes client authentication fail (tokens stop working)"
+    )
+
+
+class ClientSecret(BaseModel):
+    """A rotated secret, shown only in this response; the old one stops working at once."""
+
+    client_id: str
+    client_secret: str
+
+
+class ClientPage(BaseModel):
+    """One page of clients by client_id; pass ``next_cursor`` back as ``cursor`` for more."""
+
+    items: list[ClientRead]
+    next_cursor: str | None
