@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, String, Uuid
+from sqlalchemy import JSON, Boolean, Index, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from provider.db import Base
@@ -26,3 +26,6 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+    # The admin list pages through users in (created_at, id) order.
+    __table_args__ = (Index("ix_users_created_at_id", "created_at", "id"),)
