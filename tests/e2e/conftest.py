@@ -1,0 +1,364 @@
+"""End-to-end fixtures: the real `provider serve` process, driven over loopback HTTP.
+
+``LiveServer`` starts ``.venv/bin/provider serve`` in its own process group (so that
+uvicorn's worker processes die with it), waits until every worker has started and
+``/healthz`` answers, and stops the whole group by PID: SIGTERM, then SIGKILL. Test
+data is made with the real CLI (``provider users create --json``, ``provider clients
+create --json``) against the same environment, which exercises the CLI as well.
+
+Servers are package-scoped (``live_pg``, ``live_sqlite``: started once for tests/e2e
+and stopped when it is done, so no idle connection pool outlives it) or module-scoped
+where a test needs one of its own (key rotation): the suite starts three in all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import migrate
+from tests.factories import DEFAULT_PASSWORD, unique_email
+from tests.factories import TestClient as OAuthClient
+from tests.factories import TestUser as User
+
+# (Aliased: test modules importing the names `Test*` would make pytest try to collect
+# them as test classes, and the collection warning is an error here.)
+
+VENV_BIN = Path(sys.executable).parent
+PROVIDER_BIN = VENV_BIN / "provider"
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+CLI_TIMEOUT_S = 60.0
+# Servers re-read the keys directory at most once a second (provider.keys.service).
+KEYS_RECHECK_WAIT_S = 1.5
+# Only plain HTTP is spoken, but every httpx client builds a TLS context (tens of ms,
+# which adds up with a client per request): share one.
+_TLS_CONTEXT = ssl.create_default_context()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """One ``provider serve`` process group on 127.0.0.1, plus the CLI in its environment."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        keys_dir: Path,
+        rundir: Path,
+        workers: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.database_url = database_url
+        self.keys_dir = keys_dir
+        self.workers = workers
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.issuer = self.base_url
+        # A directory of its own as the working directory: no stray `.env` is read.
+        self.rundir = rundir
+        rundir.mkdir(parents=True, exist_ok=True)
+        self.log_path = rundir / f"server-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("PROVIDER_") and k != "DATABASE_URL"}
+        env.update({
+            "DATABASE_URL": database_url,
+            "PROVIDER_KEYS_DIR": str(keys_dir),
+            "PROVIDER_ISSUER": self.issuer,
+            "PROVIDER_ENV": "test",
+            "PROVIDER_ARGON2_MEMORY_COST": "1024",
+            "PROVIDER_ARGON2_TIME_COST": "1",
+            **(extra_env or {}),
+        })
+        self.env = env
+
+    # --- process lifecycle -------------------------------------------------------------
+
+    def start(self) -> LiveServer:
+        args = [str(PROVIDER_BIN), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.workers > 1:
+            args += ["--workers", str(self.workers)]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                args, cwd=self.rundir, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        """Every worker has run its lifespan and /healthz answers (bounded)."""
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with httpx.Client(base_url=self.base_url, timeout=2.0, trust_env=False) as http:
+            while True:
+                if _has_exited(self.process.pid):
+                    pytest.fail(f"provider serve exited early:\n{self.log()}")
+                started = self.log().count("Application startup complete.")
+                if started >= self.workers:
+                    try:
+                        if http.get("/healthz").status_code == 200:
+                            return
+                    except httpx.TransportError:
+                        pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"provider serve not ready within {START_TIMEOUT_S:.0f} s:\n"
+                                f"{self.log()}")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, SIGKILL after STOP_TIMEOUT_S; then SIGKILL to
+        whatever is left of the group (workers) while the exited supervisor is still
+        unreaped, so that its PID, which is the group's id, cannot have been reused."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if not _has_exited(process.pid):
+            self._signal_group(process.pid, signal.SIGTERM)
+            if not _wait_exited(process.pid, STOP_TIMEOUT_S):
+                self._signal_group(process.pid, signal.SIGKILL)
+                _wait_exited(process.pid, STOP_TIMEOUT_S)
+        self._signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT_S)
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def worker_pids(self) -> list[int]:
+        """The uvicorn worker processes (children of the supervisor), when workers > 1."""
+        assert self.process is not None
+        if self.workers == 1:
+            return [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = [int(p) for p in children.read_text().split()]
+        # multiprocessing's spawn start method also runs a resource tracker: skip it.
+        return [pid for pid in pids if "resource_tracker" not in _cmdline(pid)]
+
+    def served_by(self, response: httpx.Response) -> int:
+        """The PID of the worker that answered ``response`` (its connection still open).
+
+        The client's local port names the TCP connection; the worker holding the
+        server end of it (found through /proc) is the one that served the request.
+        """
+        stream = response.extensions["network_stream"]
+        try:
+            _host, client_port = stream.get_extra_info("client_addr")
+        except OSError:  # the server closed the connection: after a 500, say
+            raise AssertionError(f"connection closed after {response.status_code} "
+                                 f"{response.text!r}:\n{self.log()[-3000:]}") from None
+        inode = _server_socket_inode(self.port, client_port)
+        for pid in self.worker_pids():
+            if inode in _socket_inodes(pid):
+                return pid
+        raise AssertionError(f"no worker holds the connection from port {client_port}")
+
+    # --- the CLI in the server's environment -------------------------------------------
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cli_parallel([list(args)], check=check)[0]
+
+    def cli_parallel(self, commands: list[list[str]],
+                     check: bool = True) -> list[subprocess.CompletedProcess[str]]:
+        """Run several CLI commands at once (each is a Python start-up: this halves the
+        wait on two cores), each bounded in time."""
+        processes = [
+            subprocess.Popen(
+                [str(PROVIDER_BIN), *args], cwd=self.rundir, env=self.env, text=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            for args in commands
+        ]
+        results = []
+        for args, process in zip(commands, processes, strict=True):
+            try:
+                out, err = process.communicate(timeout=CLI_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                out, err = process.communicate()
+                err += f"\n(killed after {CLI_TIMEOUT_S:.0f} s)"
+            results.append(subprocess.CompletedProcess(args, process.returncode, out, err))
+        for result in results:
+            if check and result.returncode != 0:
+                pytest.fail(f"provider {' '.join(result.args)} exited with "
+                            f"{result.returncode}:\n{result.stderr}{result.stdout}")
+        return results
+
+    def cli_json(self, *args: str) -> dict[str, Any]:
+        return _one_json_object(self.cli(*args, "--json"))
+
+    def create_account(self, *, client_name: str = "e2e", scope: str = "openid profile email",
+                       password: str = DEFAULT_PASSWORD) -> tuple[User, OAuthClient]:
+        """A verified user and a confidential password + refresh_token client, made with
+        `provider users create` and `provider clients create` (run side by side)."""
+        email = unique_email("e2e")
+        user_out, client_out = self.cli_parallel([
+            ["users", "create", "--email", email, "--password", password, "--verified",
+             "--json"],
+            ["clients", "create", "--name", client_name, "--grant", "password",
+             "--grant", "refresh_token", "--scope", scope, "--json"],
+        ])
+        user, client = _one_json_object(user_out), _one_json_object(client_out)
+        assert user == {"id": user["id"], "email": email}, user
+        assert set(client) == {"client_id", "client_secret"}, client
+        assert client["client_secret"], client
+        return (User(user["id"], email, password, None),
+                OAuthClient(client["client_id"], client["client_secret"]))
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    def http(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A new client (so new connections) for the server; plain HTTP on loopback."""
+        return httpx.AsyncClient(base_url=self.base_url, timeout=30.0, trust_env=False,
+                                 verify=_TLS_CONTEXT, **kwargs)
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether our child ``pid`` has exited, without reaping it (it stays a zombie)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _wait_exited(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _has_exited(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _one_json_object(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, f"--json printed other than one line: {result.stdout!r}"
+    data: dict[str, Any] = json.loads(lines[0])
+    return data
+
+
+def _server_socket_inode(server_port: int, client_port: int) -> str:
+    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[2] == remote:
+            return fields[9]
+    raise AssertionError(f"no TCP connection 127.0.0.1:{client_port} -> :{server_port}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.fixture(scope="package")
+def e2e_dir(workdir: Path) -> Path:
+    path = workdir / f"e2e-{secrets.token_hex(3)}"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="package")
+def live_pg(request: pytest.FixtureRequest, postgres_server: str | None, keys_dir: Path,
+            e2e_dir: Path) -> Iterator[LiveServer]:
+    """`provider serve --workers 2` on the session's migrated PostgreSQL database."""
+    if postgres_server is None:
+        pytest.skip("no PostgreSQL available")
+    database_url = str(request.getfixturevalue("migrated"))
+    assert database_url.startswith("postgres"), database_url
+    server = LiveServer(database_url=database_url, keys_dir=keys_dir,
+                        rundir=e2e_dir / "pg", workers=2)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="package")
+def sqlite_e2e_url(e2e_dir: Path) -> str:
+    """A fresh SQLite file of the e2e suite's own, migrated with Alembic."""
+    url = f"sqlite:///{e2e_dir}/live.db"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="package")
+def live_sqlite(sqlite_e2e_url: str, keys_dir: Path, e2e_dir: Path) -> Iterator[LiveServer]:
+    """`provider serve --workers 2` on its own migrated SQLite file."""
+    server = LiveServer(database_url=sqlite_e2e_url, keys_dir=keys_dir,
+                        rundir=e2e_dir / "sqlite", workers=2)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="package", params=["postgresql", "sqlite"])
+def live(request: pytest.FixtureRequest) -> LiveServer:
+    """Each live server in turn (PostgreSQL is skipped when there is none)."""
+    name = "live_pg" if request.param == "postgresql" else "live_sqlite"
+    server: LiveServer = request.getfixturevalue(name)
+    return server
+
+
+@pytest.fixture(scope="package")
+def live_account(live: LiveServer) -> tuple[User, OAuthClient]:
+    """A verified user and a confidential password/refresh client on ``live``, made with
+    the CLI once per server (tests only add refresh families to them)."""
+    return live.create_account()
+
+
+@pytest.fixture(scope="module")
+def private_keys_dir(keys_dir: Path, e2e_dir: Path) -> Path:
+    """A copy of the session keys directory that a test may rotate freely."""
+    target = e2e_dir / f"keys-{secrets.token_hex(3)}"
+    shutil.copytree(keys_dir, target)
+    return target
+

@@ -1,0 +1,147 @@
+"""Signing-key lifecycle driven by the CLI while a 2-worker server runs.
+
+`provider keys generate` publishes a key without signing with it; `keys rotate` makes
+it sign while the old key stays published, so tokens it signed keep verifying; `keys
+retire` withdraws the old key and its tokens stop verifying. Every server process
+notices each change by itself (the keys directory is re-checked at most once a
+second), which is checked on every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from tests.e2e.conftest import KEYS_RECHECK_WAIT_S, LiveServer, OAuthClient, User
+
+BATCH = 8
+MAX_BATCHES = 10
+
+
+@pytest.fixture(scope="module")
+def rotating(sqlite_e2e_url: str, private_keys_dir: Path,
+             e2e_dir: Path) -> Iterator[LiveServer]:
+    """A 2-worker server of its own, on a copy of the keys directory. (Keys do not care
+    about the database: SQLite spares a shared PostgreSQL two more connection pools.)"""
+    server = LiveServer(database_url=sqlite_e2e_url, keys_dir=private_keys_dir,
+                        rundir=e2e_dir / "rotation", workers=2)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
+
+
+async def on_every_worker(live: LiveServer, request: Request) -> list[httpx.Response]:
+    """Send ``request`` on fresh connections until every worker has answered it."""
+    responses: list[httpx.Response] = []
+    seen: set[int] = set()
+
+    async def one() -> None:
+        async with live.http() as http:
+            response = await request(http)
+            seen.add(live.served_by(response))
+            responses.append(response)
+
+    for _ in range(MAX_BATCHES):
+        await asyncio.gather(*(one() for _ in range(BATCH)))
+        if len(seen) == live.workers:
+            return responses
+    raise AssertionError(f"only workers {seen} answered {len(responses)} requests")
+
+
+def login(client: OAuthClient, user: User) -> Request:
+    async def send(http: httpx.AsyncClient) -> httpx.Response:
+        return await http.post("/oauth/token", auth=client.auth, data={
+            "grant_type": "password", "username": user.email, "password": user.password})
+    return send
+
+
+def get(path: str, token: str | None = None) -> Request:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def send(http: httpx.AsyncClient) -> httpx.Response:
+        return await http.get(path, headers=headers)
+    return send
+
+
+def kid_of(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    kid: str = jwt.get_unverified_header(response.json()["access_token"])["kid"]
+    return kid
+
+
+def jwks_kids(response: httpx.Response) -> set[str]:
+    assert response.status_code == 200, response.text
+    keys = response.json()["keys"]
+    assert all(k["kty"] == "RSA" and k["alg"] == "RS256" and k["use"] == "sig" for k in keys)
+    assert all("d" not in k for k in keys)  # public halves only
+    return {k["kid"] for k in keys}
+
+
+def pyjwt_verify(live: LiveServer, token: str) -> dict[str, object]:
+    """What a resource server does: fetch the served JWKS and verify offline."""
+    jwks = jwt.PyJWKClient(f"{live.base_url}/.well-known/jwks.json", cache_jwk_set=False)
+    claims: dict[str, object] = jwt.decode(
+        token, jwks.get_signing_key_from_jwt(token), algorithms=["RS256"],
+        audience=live.issuer, issuer=live.issuer)
+    return claims
+
+
+async def test_keys_generate_rotate_retire_seen_by_every_worker(rotating: LiveServer) -> None:
+    live = rotating
+    user, client = live.create_account(client_name="rotation")
+    before = jwks_kids((await on_every_worker(live, get("/.well-known/jwks.json")))[0])
+    old_token = (await on_every_worker(live, login(client, user)))[0].json()["access_token"]
+    old_kid = jwt.get_unverified_header(old_token)["kid"]
+    assert old_kid in before
+
+    # 1. generate: the new key is published ahead of use; the old one still signs.
+    generated = live.cli_json("keys", "generate")
+    new_kid = generated["kid"]
+    assert generated == {"kid": new_kid, "status": "published", "created": True}
+    await asyncio.sleep(KEYS_RECHECK_WAIT_S)
+    for response in await on_every_worker(live, get("/.well-known/jwks.json")):
+        assert jwks_kids(response) == before | {new_kid}
+    for response in await on_every_worker(live, login(client, user)):
+        assert kid_of(response) == old_kid
+
+    # 2. rotate: the published key signs now; the old one still verifies.
+    assert live.cli_json("keys", "rotate") == {"kid": new_kid, "status": "active"}
+    await asyncio.sleep(KEYS_RECHECK_WAIT_S)
+    fresh = await on_every_worker(live, login(client, user))
+    assert {kid_of(r) for r in fresh} == {new_kid}
+    new_token = fresh[0].json()["access_token"]
+    for response in await on_every_worker(live, get("/.well-known/jwks.json")):
+        assert jwks_kids(response) == before | {new_kid}
+    for response in await on_every_worker(live, get("/users/me", old_token)):
+        assert response.status_code == 200, response.text
+        assert response.json()["email"] == user.email
+    assert pyjwt_verify(live, old_token)["sub"] == user.id
+    assert pyjwt_verify(live, new_token)["sub"] == user.id
+
+    # 3. retire the old key: it leaves the JWKS and its tokens stop verifying.
+    assert live.cli("keys", "retire", old_kid).stdout == f"retired {old_kid}\n"
+    await asyncio.sleep(KEYS_RECHECK_WAIT_S)
+    for response in await on_every_worker(live, get("/.well-known/jwks.json")):
+        assert jwks_kids(response) == (before - {old_kid}) | {new_kid}
+    for response in await on_every_worker(live, get("/users/me", old_token)):
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"].startswith("Bearer ")
+        assert response.json()["error"] == "invalid_token"
+    for response in await on_every_worker(live, get("/users/me", new_token)):
+        assert response.status_code == 200, response.text
+    with pytest.raises(jwt.PyJWKClientError, match="Unable to find a signing key"):
+        pyjwt_verify(live, old_token)
+    assert pyjwt_verify(live, new_token)["sub"] == user.id
+
+    states = {k["kid"]: k["status"] for k in live.cli_json("keys", "list")["keys"]}
+    assert (states[old_kid], states[new_kid]) == ("retired", "active")
