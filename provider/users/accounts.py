@@ -232,12 +232,18 @@ class Accounts:
         self, session: AsyncSession, mailbox: Mailbox, *, email: str, code: str,
         new_password: str,
     ) -> None:
+        # The policy before the lookup, against the address as submitted: a weak password
+        # gets the same 422 whether or not the address is registered (no enumeration).
+        try:
+            address: str | None = normalize_email(email)
+        except InvalidEmail:
+            address = None
+        password = check_password_policy(
+            new_password, min_length=self.settings.password_min_length, email=address
+        )
         user = await self._user_by_email(session, email)
         if user is None or not user.is_active:
             raise InvalidCode()
-        password = check_password_policy(
-            new_password, min_length=self.settings.password_min_length, email=user.email
-        )
         now = self.clock.now()
         await self.codes.consume(session, user_id=user.id, purpose=Purpose.RESET_PASSWORD,
                                  code=code, now=now)
@@ -247,7 +253,10 @@ class Accounts:
         user.updated_at = now
         await session.flush()
         await revoke_user_tokens(await session.connection(), user.id, now=now)
+        # The login throttle counts per identifier as typed: free both of the account's.
         await self.throttles.login_account.clear(user.email)
+        if user.username:
+            await self.throttles.login_account.clear(user.username)
         mailbox.send(mail.password_changed(user.email, product=PRODUCT))
 
     # --- signed-in changes ------------------------------------------------------------

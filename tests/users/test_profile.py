@@ -1,0 +1,295 @@
+"""GET/PATCH /users/me and POST /users/me/email/confirm: profile and username changes,
+the email change (password, code to the new address, notice to the old one), and
+mass-assignment attempts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+
+from provider.deps import Services
+from tests.factories import Factory, password_login, unique_email
+from tests.oauth.helpers import assert_oauth_error, bearer, login
+from tests.smtp_sink import SmtpSink, plain_text
+from tests.users.flows import (
+    BAD_CREDENTIALS,
+    INVALID_CODE,
+    SUBJECT_CHANGE_EMAIL,
+    SUBJECT_EMAIL_NOTICE,
+    SUBJECT_EXISTS,
+    WRONG_PASSWORD,
+    assert_body,
+    credentials,
+    extra_forbidden,
+    http_client,
+    last_code,
+    problem,
+    settle,
+    subjects,
+    users_with_email,
+)
+
+USER_FIELDS = {"id", "email", "username", "profile", "is_verified", "is_active", "is_admin",
+               "mfa_enabled", "created_at", "updated_at"}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(app) as client:
+        yield client
+
+
+async def signed_in(http: httpx.AsyncClient, factory: Factory, **user: Any
+                    ) -> tuple[Any, dict[str, str]]:
+    account = await factory.user(**user)
+    tokens = await login(http, await factory.client(), account)
+    return account, bearer(tokens["access_token"])
+
+
+async def get_me(http: httpx.AsyncClient, auth: dict[str, str]) -> dict[str, Any]:
+    response = await http.get("/users/me", headers=auth)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def patch_me(http: httpx.AsyncClient, auth: dict[str, str], **body: Any
+                   ) -> httpx.Response:
+    return await http.patch("/users/me", headers=auth, json=body)
+
+
+# --- reading and simple updates ---------------------------------------------------------
+
+
+async def test_me_shows_the_user_and_no_secret(
+    http: httpx.AsyncClient, factory: Factory
+) -> None:
+    user, auth = await signed_in(http, factory, username=f"m{unique_email()[5:17]}",
+                                 name="Grace")
+    body = await get_me(http, auth)
+    assert set(body) == USER_FIELDS
+    assert body["id"] == user.id
+    assert body["email"] == user.email
+    assert body["username"] == user.username
+    assert body["profile"] == {"name": "Grace"}
+    assert (body["is_verified"], body["is_active"], body["is_admin"],
+            body["mfa_enabled"]) == (True, True, False, False)
+
+
+async def test_patch_updates_username_and_profile(
+    http: httpx.AsyncClient, factory: Factory
+) -> None:
+    _, auth = await signed_in(http, factory)
+    username = f"New.Name-{unique_email()[5:17]}"
+    profile = {"name": "Ada", "given_name": "Ada", "age": 36, "height": 1.65,
+               "newsletter": False, "nickname": None}
+    response = await patch_me(http, auth, username=username, profile=profile)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["username"] == username.lower()
+    assert body["profile"] == profile
+    assert body["pending_email"] is None
+    again = await get_me(http, auth)
+    assert again["username"] == username.lower()
+    assert again["profile"] == profile
+    assert again["updated_at"] >= again["created_at"]
+
+
+async def test_patch_clears_the_username_with_null(
+    http: httpx.AsyncClient, factory: Factory
+) -> None:
+    _, auth = await signed_in(http, factory, username=f"c{unique_email()[5:17]}")
+    response = await patch_me(http, auth, username=None)
+    assert response.status_code == 200, response.text
+    assert (await get_me(http, auth))["username"] is None
+
+
+async def test_patch_taken_username_is_409(http: httpx.AsyncClient, factory: Factory) -> None:
+    other = await factory.user(username=f"o{unique_email()[5:17]}")
+    _, auth = await signed_in(http, factory)
+    before = await get_me(http, auth)
+    response = await patch_me(http, auth, username=other.username)
+    assert_body(response, 409, problem(409, "username_taken", "This username is taken."))
+    assert await get_me(http, auth) == before
+
+
+async def test_patch_invalid_username_is_422(http: httpx.AsyncClient, factory: Factory) -> None:
+    _, auth = await signed_in(http, factory)
+    response = await patch_me(http, auth, username="no spaces allowed")
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_username"
+
+
+@pytest.mark.parametrize("profile", [
+    {"address": {"city": "London"}},
+    {"tags": ["a", "b"]},
+    {"bio": "x" * 1001},
+    {"": "empty key"},
+], ids=["nested-object", "list", "long-string", "empty-key"])
+async def test_patch_profile_values_are_flat_and_small(
+    http: httpx.AsyncClient, factory: Factory, profile: dict[str, Any]
+) -> None:
+    _, auth = await signed_in(http, factory, name="Before")
+    response = await patch_me(http, auth, profile=profile)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    assert (await get_me(http, auth))["profile"] == {"name": "Before"}
+
+
+async def test_patch_profile_has_at_most_32_keys(
+    http: httpx.AsyncClient, factory: Factory
+) -> None:
+    _, auth = await signed_in(http, factory)
+    assert (await patch_me(http, auth, profile={f"k{i}": i for i in range(32)})
+            ).status_code == 200
+    response = await patch_me(http, auth, profile={f"k{i}": i for i in range(33)})
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("is_admin", True), ("is_verified", False), ("is_active", False),
+    ("id", "00000000-0000-0000-0000-000000000001"), ("password_hash", "x"),
+    ("mfa_enabled", True), ("created_at", "2000-01-01T00:00:00Z"),
+])
+async def test_patch_mass_assignment_is_422_and_changes_nothing(
+    http: httpx.AsyncClient, factory: Factory, field: str, value: Any
+) -> None:
+    user, auth = await signed_in(http, factory)
+    before = await get_me(http, auth)
+    response = await patch_me(http, auth, username=f"x{unique_email()[5:17]}",
+                              **{field: value})
+    assert_body(response, 422, extra_forbidden(field))
+    assert await get_me(http, auth) == before
+    await login(http, await factory.client(), user)
+
+
+# --- email change -----------------------------------------------------------------------
+
+
+async def test_email_change_without_password_is_400(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    user, auth = await signed_in(http, factory)
+    new_email = unique_email("new")
+    for body in ({"email": new_email}, {"email": new_email, "password": ""}):
+        response = await http.patch("/users/me", headers=auth, json=body)
+        assert_body(response, 400, {
+            **WRONG_PASSWORD, "detail": "Changing the email address requires your password."})
+    assert (await get_me(http, auth))["email"] == user.email
+    assert mail_sink.messages_to(new_email) == []
+
+
+async def test_email_change_with_wrong_password_is_400(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    user, auth = await signed_in(http, factory)
+    new_email = unique_email("new")
+    response = await patch_me(http, auth, email=new_email, password="not my password")
+    assert_body(response, 400, WRONG_PASSWORD)
+    assert (await get_me(http, auth))["email"] == user.email
+    assert mail_sink.messages_to(new_email) == []
+
+
+async def test_email_change_sends_a_code_to_the_new_address_and_waits_for_it(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    user, auth = await signed_in(http, factory)
+    oauth = await factory.client()
+    new_email = unique_email("moved")
+
+    response = await patch_me(http, auth, email=new_email.upper(), password=user.password)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["pending_email"] == new_email
+    assert body["email"] == user.email  # unchanged until confirmed
+    [message] = await mail_sink.wait_for(new_email)
+    assert message["Subject"] == SUBJECT_CHANGE_EMAIL
+    code = await last_code(mail_sink, new_email)
+    assert (await get_me(http, auth))["email"] == user.email
+    await login(http, oauth, user)  # the old address still signs in meanwhile
+
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    assert_body(await http.post("/users/me/email/confirm", headers=auth, json={"code": wrong}),
+                400, INVALID_CODE)
+    confirmed = await http.post("/users/me/email/confirm", headers=auth, json={"code": code})
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["email"] == new_email
+    assert confirmed.json()["is_verified"] is True
+    assert (await get_me(http, auth))["email"] == new_email
+
+    [notice] = await mail_sink.wait_for(user.email)
+    assert notice["Subject"] == SUBJECT_EMAIL_NOTICE
+    assert f"{new_email[0]}***@example.com" in plain_text(notice)
+    assert new_email not in plain_text(notice)
+    await login(http, oauth, credentials(new_email, user.password))
+    assert_oauth_error(await password_login(http, oauth, user), 400, "invalid_grant",
+                       BAD_CREDENTIALS)
+    # The code is spent.
+    assert_body(await http.post("/users/me/email/confirm", headers=auth, json={"code": code}),
+                400, INVALID_CODE)
+
+
+async def test_email_change_to_a_taken_address_is_409(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    other = await factory.user()
+    user, auth = await signed_in(http, factory)
+    response = await patch_me(http, auth, email=other.email, password=user.password)
+    assert_body(response, 409, problem(409, "email_taken",
+                                       "A user with this email already exists."))
+    assert (await get_me(http, auth))["email"] == user.email
+    await settle(http, mail_sink, other.email)
+    assert subjects(mail_sink, other.email) == [SUBJECT_EXISTS]
+
+
+async def test_email_change_to_the_same_address_is_422(
+    http: httpx.AsyncClient, factory: Factory
+) -> None:
+    user, auth = await signed_in(http, factory)
+    response = await patch_me(http, auth, email=user.email.upper(), password=user.password)
+    assert_body(response, 422, problem(422, "invalid_email", "The email address is not valid.",
+                                       detail="This is already your email address."))
+
+
+async def test_email_change_loses_to_a_registration_of_the_address(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, services: Services
+) -> None:
+    """Someone registers the new address before the change is confirmed: 409, no change."""
+    user, auth = await signed_in(http, factory)
+    new_email = unique_email("race")
+    assert (await patch_me(http, auth, email=new_email, password=user.password)
+            ).status_code == 200
+    code = await last_code(mail_sink, new_email)
+    await factory.user(email=new_email)
+    response = await http.post("/users/me/email/confirm", headers=auth, json={"code": code})
+    assert_body(response, 409, problem(409, "email_taken",
+                                       "A user with this email already exists."))
+    assert (await get_me(http, auth))["email"] == user.email
+    assert await users_with_email(services, new_email) == 1
+
+
+async def test_email_confirm_without_a_pending_change_is_invalid_code(
+    http: httpx.AsyncClient, factory: Factory
+) -> None:
+    _, auth = await signed_in(http, factory)
+    response = await http.post("/users/me/email/confirm", headers=auth,
+                               json={"code": "123456"})
+    assert_body(response, 400, INVALID_CODE)
+
+
+async def test_email_change_and_profile_in_one_request(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    user, auth = await signed_in(http, factory)
+    new_email = unique_email("both")
+    response = await patch_me(http, auth, email=new_email, password=user.password,
+                              profile={"locale": "en-GB"})
+    assert response.status_code == 200, response.text
+    assert response.json()["profile"] == {"locale": "en-GB"}
+    assert response.json()["pending_email"] == new_email
+    await mail_sink.wait_for(new_email)

@@ -1,0 +1,275 @@
+"""POST /auth/register end to end: mail through a real SMTP server, verification, login,
+conflicts, policy, mass assignment, closed registration and the per-address throttle."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+
+from provider.deps import Services
+from provider.settings import Settings
+from tests.conftest import TestClock as MovableClock
+from tests.factories import Factory, password_login, unique_email
+from tests.oauth.helpers import assert_oauth_error, bearer, login
+from tests.smtp_sink import SmtpSink, plain_text
+from tests.users.flows import (
+    BAD_CREDENTIALS,
+    GOOD_PASSWORD,
+    REGISTER_ACCEPTED,
+    SUBJECT_EXISTS,
+    SUBJECT_VERIFY,
+    UNVERIFIED,
+    assert_body,
+    credentials,
+    extra_forbidden,
+    http_client,
+    last_code,
+    own_app,
+    problem,
+    register,
+    register_user,
+    subjects,
+    users_with_email,
+    weak_password,
+)
+
+STRONG = "Tq7-mirth-Oxbow-"
+OTHER = "granite walrus opera"
+
+
+def exactly(length: int) -> str:
+    return (STRONG * (length // len(STRONG) + 1))[:length]
+
+
+def fullwidth(text: str) -> str:
+    """The same ASCII text typed in fullwidth forms (U+FF01..U+FF5E)."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(app) as client:
+        yield client
+
+
+# --- the happy path ---------------------------------------------------------------------
+
+
+async def test_register_mails_a_code_then_verify_then_login(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    oauth = await factory.client()
+    email = unique_email("new")
+    response = await register(http, email, username=f"u{email[4:16]}",
+                              profile={"name": "Ada", "age": 36, "beta": True})
+    assert_body(response, 202, REGISTER_ACCEPTED)
+    [message] = await mail_sink.wait_for(email)
+    assert message["Subject"] == SUBJECT_VERIFY
+    code = await last_code(mail_sink, email)
+
+    user = credentials(email, GOOD_PASSWORD)
+    # Not verified yet: the right password learns why; a wrong one learns nothing.
+    assert_oauth_error(await password_login(http, oauth, user), 400, "invalid_grant",
+                       UNVERIFIED)
+    wrong = credentials(email, "not the password at all")
+    assert_oauth_error(await password_login(http, oauth, wrong), 400, "invalid_grant",
+                       BAD_CREDENTIALS)
+
+    verified = await http.post("/auth/verify-email", json={"email": email, "code": code})
+    assert_body(verified, 200, {"status": "verified"})
+
+    tokens = await login(http, oauth, user)
+    me = (await http.get("/users/me", headers=bearer(tokens["access_token"]))).json()
+    assert me["email"] == email
+    assert me["username"] == f"u{email[4:16]}"
+    assert me["profile"] == {"name": "Ada", "age": 36, "beta": True}
+    assert me["is_verified"] is True
+    assert me["is_admin"] is False
+    assert "password_hash" not in me
+
+
+async def test_register_normalises_the_email_address(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    email = unique_email("case")
+    await register_user(http, mail_sink, email=email.upper().replace("@EXAMPLE.COM",
+                                                                        "@Example.com"))
+    oauth = await factory.client()
+    await login(http, oauth, credentials(email, GOOD_PASSWORD))
+
+
+async def test_register_with_a_taken_email_answers_alike_and_mails_the_owner(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, services: Services
+) -> None:
+    owner = await factory.user()
+    fresh = unique_email("fresh")
+    taken = await register(http, owner.email.upper(), OTHER)
+    new = await register(http, fresh, OTHER)
+    assert_body(taken, 202, REGISTER_ACCEPTED)
+    assert_body(new, 202, REGISTER_ACCEPTED)
+
+    [notice] = await mail_sink.wait_for(owner.email)
+    assert notice["Subject"] == SUBJECT_EXISTS
+    assert "http://127.0.0.1:8000" in plain_text(notice)
+    assert mail_sink.codes_for(owner.email) == []  # no code: nothing to verify
+    assert await users_with_email(services, owner.email) == 1
+    # The owner's account is untouched: the old password works, the new one does not.
+    oauth = await factory.client()
+    await login(http, oauth, owner)
+    stranger = credentials(owner.email, OTHER)
+    assert_oauth_error(await password_login(http, oauth, stranger), 400, "invalid_grant",
+                       BAD_CREDENTIALS)
+
+
+async def test_register_taken_username_is_409_and_creates_nothing(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, services: Services
+) -> None:
+    existing = await factory.user(username=f"ada-{unique_email()[5:17]}")
+    assert existing.username is not None
+    email = unique_email("dup")
+    response = await register(http, email, username=existing.username.upper())
+    assert_body(response, 409, problem(409, "username_taken", "This username is taken."))
+    assert await users_with_email(services, email) == 0
+    assert mail_sink.messages_to(email) == []
+
+
+@pytest.mark.parametrize("email", ["not-an-email", "a@b", "two@@example.com",
+                                   "spaces in@example.com"])
+async def test_register_invalid_email_is_422(
+    http: httpx.AsyncClient, email: str
+) -> None:
+    response = await register(http, email)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body.pop("detail")  # what is wrong with it, from the validator
+    assert body == problem(422, "invalid_email", "The email address is not valid.")
+
+
+# --- password policy --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("password", "detail"),
+    [
+        (exactly(7), "The password must be at least 8 characters long."),
+        (exactly(1025), "The password must be at most 1024 characters long."),
+        ("Password123", "The password is on a list of commonly used or breached passwords; "
+                        "choose a different one."),
+        (fullwidth("password123"), "The password is on a list of commonly used or breached "
+                                "passwords; choose a different one."),
+        ("Ada.Lovelace.1815", "The password must not be the same as your email's local "
+                              "part (the part before the @)."),
+        # 8 code points typed, 7 after NFKC composes the accent: too short.
+        ("abcdefe\u0301", "The password must be at least 8 characters long."),
+    ],
+    ids=["7-chars", "1025-chars", "blocklisted", "blocklisted-fullwidth", "local-part",
+         "short-after-nfkc"],
+)
+async def test_register_weak_password_is_422_with_the_rule(
+    http: httpx.AsyncClient, mail_sink: SmtpSink, services: Services, password: str,
+    detail: str
+) -> None:
+    email = f"ada.lovelace.1815@{secrets.token_hex(4)}.example.com"
+    response = await register(http, email, password)
+    assert_body(response, 422, weak_password(detail))
+    assert await users_with_email(services, email) == 0
+    assert mail_sink.messages_to(email) == []
+
+
+@pytest.mark.parametrize("length", [8, 64, 1024])
+async def test_register_accepts_password_lengths_and_logs_in(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, length: int
+) -> None:
+    user = await register_user(http, mail_sink, password=exactly(length))
+    await login(http, await factory.client(), user)
+
+
+async def test_register_fullwidth_password_logs_in_with_its_ascii_form(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    ascii_form = "Kiwi Orbit 42!"
+    user = await register_user(http, mail_sink, password=fullwidth(ascii_form))
+    oauth = await factory.client()
+    await login(http, oauth, credentials(user.email, ascii_form))
+    await login(http, oauth, user)  # and as typed
+
+
+async def test_register_emoji_password_of_eight_code_points(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    password = "\U0001f40d\U0001f511\U0001f98a\U0001f335\U0001f3b2\U0001f9e9\U0001f6b2\U0001f34b"
+    assert len(password) == 8
+    user = await register_user(http, mail_sink, password=password)
+    oauth = await factory.client()
+    await login(http, oauth, user)
+    seven = credentials(unique_email("emoji"), password[:7])
+    assert_body(await register(http, seven.email, seven.password),
+                422, weak_password("The password must be at least 8 characters long."))
+
+
+# --- mass assignment and shape ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("is_admin", True), ("is_verified", True), ("id", "00000000-0000-0000-0000-000000000001"),
+    ("password_hash", "$argon2id$v=19$m=1024,t=1,p=1$c2FsdA$aGFzaA"),
+    ("is_active", True),
+])
+async def test_register_unknown_field_is_422_and_creates_nothing(
+    http: httpx.AsyncClient, mail_sink: SmtpSink, services: Services, field: str,
+    value: object
+) -> None:
+    email = unique_email("mass")
+    response = await register(http, email, **{field: value})
+    assert_body(response, 422, extra_forbidden(field))
+    assert await users_with_email(services, email) == 0
+    assert mail_sink.messages_to(email) == []
+
+
+@pytest.mark.parametrize("profile", [{"name": {"first": "Ada"}}, {"tags": ["a", "b"]}])
+async def test_register_profile_values_are_flat(
+    http: httpx.AsyncClient, services: Services, profile: dict[str, object]
+) -> None:
+    email = unique_email("flat")
+    response = await register(http, email, profile=profile)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    assert await users_with_email(services, email) == 0
+
+
+# --- closed registration and throttling --------------------------------------------------
+
+
+async def test_register_closed_is_403(
+    settings: Settings, clock: MovableClock, mail_sink: SmtpSink, services: Services
+) -> None:
+    email = unique_email("closed")
+    async with own_app(settings, clock, mail_sink, registration_open=False) as closed, \
+            closed.client() as http:
+        response = await register(http, email)
+    assert_body(response, 403, problem(403, "registration_closed",
+                                       "Self-registration is closed on this server."))
+    assert await users_with_email(services, email) == 0
+
+
+async def test_register_throttle_per_client_address_is_429_with_retry_after(
+    settings: Settings, clock: MovableClock, mail_sink: SmtpSink, services: Services
+) -> None:
+    async with own_app(settings, clock, mail_sink, registration_throttle="2 per hour") as own:
+        async with own.client() as http:
+            for _ in range(2):
+                assert_body(await register(http, unique_email("thr")), 202, REGISTER_ACCEPTED)
+            email = unique_email("thr")
+            response = await register(http, email)
+            assert_body(response, 429, problem(429, "rate_limited",
+                                               "Too many requests. Try again later."))
+            assert 1 <= int(response.headers["retry-after"]) <= 3600
+            assert await users_with_email(services, email) == 0
+        async with own.client() as elsewhere:  # another address is not affected
+            assert_body(await register(elsewhere, email), 202, REGISTER_ACCEPTED)
+    assert subjects(mail_sink, email) == [SUBJECT_VERIFY]
