@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -72,8 +73,14 @@ def get_clock(services: ServicesDep) -> Clock:
     return services.clock
 
 
+# Not `async for ... in unit_of_work(...)`: an exception thrown into that loop never
+# reaches the inner generator, so an expected error was rolled back (not committed) and
+# the connection stayed checked out until the garbage collector closed the generator.
+_unit_of_work = asynccontextmanager(unit_of_work)
+
+
 async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
-    async for session in unit_of_work(services.sessions):
+    async with _unit_of_work(services.sessions) as session:
         yield session
 
 
