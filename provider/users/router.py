@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request, Response
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from provider.deps import (
     AccountsDep,
@@ -19,7 +16,6 @@ from provider.deps import (
     client_address,
 )
 from provider.errors import Problem
-from provider.mfa.codes import InvalidCode
 from provider.oauth.schemas import OAuthErrorBody
 from provider.users.accounts import Mailbox, WrongPassword
 from provider.users.schemas import (
@@ -58,22 +54,6 @@ def mailbox_for(background: BackgroundTasks, accounts: AccountsDep) -> Mailbox:
     return mailbox
 
 
-@asynccontextmanager
-async def counting_failures(session: AsyncSession) -> AsyncIterator[None]:
-    """Keep a wrong code's counted failure: without it the 5-attempt cap never bites.
-
-    The unit of work is meant to commit on expected errors, but ``deps.get_session``
-    re-yields from ``unit_of_work`` with ``async for``, so the endpoint's exception never
-    reaches it and the transaction is rolled back. Committing here is harmless once
-    that is fixed.
-    """
-    try:
-        yield
-    except InvalidCode:
-        await session.commit()
-        raise
-
-
 ACCEPTED = "If the address can receive it, a message is on its way."
 
 
@@ -101,8 +81,7 @@ async def request_verification(body: EmailOnly, background: BackgroundTasks,
 @router.post("/auth/verify-email", response_model=Done, responses=problems(400, 422))
 async def verify_email(body: VerifyEmail, accounts: AccountsDep,
                        session: SessionDep) -> Done:
-    async with counting_failures(session):
-        await accounts.verify_email(session, email=body.email, code=body.code)
+    await accounts.verify_email(session, email=body.email, code=body.code)
     return Done(status="verified")
 
 
@@ -117,10 +96,9 @@ async def forgot_password(body: EmailOnly, background: BackgroundTasks,
 @router.post("/auth/reset-password", response_model=Done, responses=problems(400, 422))
 async def reset_password(body: ResetPassword, background: BackgroundTasks,
                          accounts: AccountsDep, session: SessionDep) -> Done:
-    async with counting_failures(session):
-        await accounts.reset_password(session, mailbox_for(background, accounts),
-                                      email=body.email, code=body.code,
-                                      new_password=body.new_password)
+    await accounts.reset_password(session, mailbox_for(background, accounts),
+                                  email=body.email, code=body.code,
+                                  new_password=body.new_password)
     return Done(status="password_reset")
 
 
@@ -152,9 +130,8 @@ async def update_me(body: UserUpdate, user: CurrentUser, background: BackgroundT
              responses={**BEARER_ERRORS, **problems(400, 409, 422)})
 async def confirm_email(body: ConfirmEmail, user: CurrentUser, background: BackgroundTasks,
                         accounts: AccountsDep, session: SessionDep) -> UserRead:
-    async with counting_failures(session):
-        await accounts.confirm_email_change(session, mailbox_for(background, accounts),
-                                            user, code=body.code)
+    await accounts.confirm_email_change(session, mailbox_for(background, accounts),
+                                        user, code=body.code)
     return UserRead.model_validate(user)
 
 
