@@ -39,6 +39,8 @@ REQUIRE_POSTGRES = os.environ.get("PROVIDER_TEST_REQUIRE_POSTGRES") == "1"
 class TestClock:
     """The real time plus an offset that a test can move; reset after every test."""
 
+    __test__ = False
+
     def __init__(self) -> None:
         self.offset = timedelta(0)
         self.frozen_at: datetime | None = None

@@ -19,6 +19,7 @@ DEFAULT_PASSWORD = "correct horse battery staple"
 
 @dataclass
 class TestUser:
+    __test__ = False  # not a test class, whatever its name
     id: str
     email: str
     password: str
@@ -27,6 +28,7 @@ class TestUser:
 
 @dataclass
 class TestClient:
+    __test__ = False
     client_id: str
     client_secret: str | None
 

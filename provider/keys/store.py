@@ -267,11 +267,16 @@ def load_secret_key(configured: str | None, directory: Path) -> bytes:
     except ValueError:
         raise KeyStoreError(f"{path} is not a hex-encoded key") from None
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = os.urandom(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return bytes.fromhex(path.read_text().strip())
+    # Write a complete file under a temporary name, then link it into place: a process
+    # that starts at the same moment sees either no file or the whole key, never half.
+    tmp = directory / f".{SECRET_KEY_FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(key.hex())
-    return key
+        handle.write(os.urandom(32).hex())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:  # another process made it first: use theirs
+        pass
+    finally:
+        tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())
