@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,13 +26,13 @@ from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
 from provider.db import create_engine, session_factory
 from provider.deps import Services
-from provider.errors import PayloadTooLarge, ProviderError
+from provider.errors import PayloadTooLarge, ProviderError, ServiceUnavailable
 from provider.keys.service import KeyRing, NoSigningKey
 from provider.keys.store import KeyStore, load_secret_key
 from provider.mail import make_sender
 from provider.metrics import OAUTH_ERRORS
 from provider.mfa.codes import EmailCodes
-from provider.oauth.errors import OAuthError
+from provider.oauth.errors import OAuthError, TemporarilyUnavailable
 from provider.oauth.grants.base import Grant, GrantContext
 from provider.oauth.grants.client_credentials import ClientCredentialsGrant
 from provider.oauth.grants.password import PasswordGrant
@@ -192,6 +194,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code,
                             media_type="application/problem+json",
                             headers=getattr(exc, "headers", None))
+
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        # Out of connections, failover, network: a client should retry, not see a 500.
+        log.error("database unavailable: %s", type(exc).__name__)
+        if request.url.path.startswith("/oauth/"):
+            return await oauth_error(request, TemporarilyUnavailable())
+        return problem(ServiceUnavailable("The database is unavailable. Try again shortly."))
+
+    for unavailable in (OperationalError, InterfaceError, PoolTimeout, ConnectionError):
+        app.add_exception_handler(unavailable, database_unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:

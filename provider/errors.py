@@ -82,6 +82,7 @@ class ServiceUnavailable(ProviderError):
     status = 503
     code = "service_unavailable"
     title = "A service this request needs is unavailable."
+    headers = {"Retry-After": "5"}  # noqa: RUF012 (read-only)
 
 
 class Problem(BaseModel):

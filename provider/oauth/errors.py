@@ -101,6 +101,9 @@ class TemporarilyUnavailable(OAuthError):
     status = 503
     description = "The server cannot handle the request right now. Try again later."
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
 
 class BearerError(OAuthError):
     """Errors of bearer-protected resources (RFC 6750 §3)."""
