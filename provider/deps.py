@@ -28,7 +28,7 @@ from provider.passwords import PasswordHasher
 from provider.ratelimit import Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import AccessClaims, JwtService, TokenRejected
-from provider.tokens.service import session_is_live
+from provider.tokens.service import user_token_is_live
 from provider.users.accounts import Accounts
 from provider.users.models import User
 
@@ -160,7 +160,8 @@ async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
     family = uuid.UUID(claims.sid) if claims.sid else None
     user = await session.scalar(
         select(User).where(
-            User.id == user_id, User.is_active.is_(True), session_is_live(family, claims.jti)
+            User.id == user_id, User.is_active.is_(True),
+            user_token_is_live(family, claims.jti, claims.iat),
         )
     )
     if user is None:

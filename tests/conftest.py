@@ -156,6 +156,13 @@ def settings(migrated: str, keys_dir: Path, mail_sink: SmtpSink) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def settings_keys(settings: Settings) -> tuple[str, Path]:
+    """The migrated database and keys of the shared app, for tests that build their own
+    app with other settings on the same data."""
+    return settings.database_url, settings.keys_dir
+
+
+@pytest.fixture(scope="session")
 def clock() -> TestClock:
     return TestClock()
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from provider.clients.service import ClientInfo
 from provider.oauth.grants.base import GrantContext
 from provider.tokens.jwt import AccessClaims, TokenRejected
-from provider.tokens.service import find_refresh_token, session_is_live
+from provider.tokens.service import find_refresh_token, session_is_live, user_token_is_live
 from provider.users.models import User
 
 INACTIVE: dict[str, Any] = {"active": False}
@@ -85,10 +85,10 @@ async def _live_user(conn: AsyncConnection, claims: AccessClaims) -> str | bool 
     except ValueError:
         user_id = None
     family = uuid.UUID(claims.sid) if claims.sid else None
-    live = session_is_live(family, claims.jti)
     if user_id is None:
-        row = (await conn.execute(select(live))).scalar()
+        row = (await conn.execute(select(session_is_live(family, claims.jti)))).scalar()
         return None if row else False
+    live = user_token_is_live(family, claims.jti, claims.iat)
     found = (
         await conn.execute(
             select(users.c.username, users.c.email)

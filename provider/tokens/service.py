@@ -12,10 +12,10 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Row, Table, and_, delete, exists, insert, select, update
+from sqlalchemy import ColumnElement, Row, Table, and_, delete, exists, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -183,11 +183,20 @@ async def revoke_user_tokens(
     now: datetime,
     keep_family: uuid.UUID | None = None,
 ) -> None:
-    """Revoke every refresh family of a user (optionally all but the caller's own)."""
+    """End every session of a user (optionally all but the caller's own family).
+
+    Refresh families are revoked, which ends their access tokens too; access tokens
+    issued without a family die through ``users.sessions_revoked_at``.
+    """
     query = update(rt).where(rt.c.user_id == user_id, rt.c.revoked_at.is_(None))
     if keep_family is not None:
         query = query.where(rt.c.family_id != keep_family)
     await conn.execute(query.values(revoked_at=now))
+    await conn.execute(
+        update(users).where(users.c.id == user_id)
+        # Whole seconds, like a token's `iat`: a token from this very second survives.
+        .values(sessions_revoked_at=now.replace(microsecond=0))
+    )
 
 
 @dataclass(frozen=True)
@@ -261,4 +270,17 @@ def session_is_live(family_id: uuid.UUID | None, jti: str) -> ColumnElement[bool
             condition,
             exists().where(rt.c.family_id == family_id, rt.c.revoked_at.is_(None)),
         )
+    return condition
+
+
+def user_token_is_live(family_id: uuid.UUID | None, jti: str, iat: int) -> ColumnElement[bool]:
+    """``session_is_live`` for a user's token; to be used in a query over ``users``.
+
+    A token without a family is checked against the user's last end of all sessions.
+    """
+    condition = session_is_live(family_id, jti)
+    if family_id is None:
+        issued = datetime.fromtimestamp(iat, UTC)
+        condition = and_(condition, or_(users.c.sessions_revoked_at.is_(None),
+                                        users.c.sessions_revoked_at <= issued))
     return condition

@@ -350,8 +350,14 @@ class Accounts:
     # --- helpers ----------------------------------------------------------------------
 
     async def _check_password(self, user: User, password: str) -> None:
+        """Re-authentication for sensitive changes, throttled like a login: a stolen
+        access token must not become an online password-guessing oracle."""
+        wait = await self.throttles.login_account.retry_after(user.email)
+        if wait is not None:
+            raise TooManyRequests(wait)
         valid, new_hash = await self.hasher.verify(password, user.password_hash)
         if not valid:
+            await self.throttles.login_account.hit(user.email)
             raise WrongPassword()
         if new_hash is not None:
             user.password_hash = new_hash

@@ -26,6 +26,9 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # When all the user's sessions were last ended (password reset or change, disabling):
+    # access tokens without a refresh family that are older than this stop working.
+    sessions_revoked_at: Mapped[datetime | None]
 
     # The admin list pages through users in (created_at, id) order.
     __table_args__ = (Index("ix_users_created_at_id", "created_at", "id"),)
