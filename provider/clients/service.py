@@ -6,7 +6,6 @@ constant time. They are machine-generated, so a slow hash would buy nothing but 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from provider.clients.models import Client
 from provider.errors import NotFound, ValidationFailed
+from provider.pagination import decode_cursor, encode_cursor
 
 GRANT_TYPES = ("password", "refresh_token", "client_credentials")
 # Grants a public client may use: it has no secret to prove who it is.
@@ -147,35 +147,16 @@ async def list_clients(
     return list((await session.scalars(query)).all())
 
 
-class InvalidClientCursor(ValidationFailed):
-    code = "invalid_cursor"
-    title = "The cursor is not valid."
-
-
-def _encode_client_cursor(client_id: str) -> str:
-    return base64.urlsafe_b64encode(client_id.encode()).decode("ascii").rstrip("=")
-
-
-def _decode_client_cursor(cursor: str) -> str:
-    try:
-        client_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
-        raise InvalidClientCursor() from None
-    if not client_id:
-        raise InvalidClientCursor()
-    return client_id
-
-
 async def list_clients_page(
     session: AsyncSession, *, cursor: str | None = None, limit: int = 50
 ) -> tuple[list[Client], str | None]:
     """One page of clients ordered by client_id, and the cursor of the next page."""
-    after = _decode_client_cursor(cursor) if cursor is not None else None
+    after = decode_cursor(cursor, 1)[0] if cursor is not None else None
     page = await list_clients(session, after=after, limit=limit + 1)
     if len(page) <= limit:
         return page, None
     page = page[:limit]
-    return page, _encode_client_cursor(page[-1].client_id)
+    return page, encode_cursor(page[-1].client_id)
 
 
 CLIENT_EDITABLE_FIELDS = frozenset({"name", "grant_types", "scopes", "is_active"})

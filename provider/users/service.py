@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 import unicodedata
 import uuid
@@ -16,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from provider.errors import Conflict, NotFound, ValidationFailed
+from provider.pagination import InvalidCursor, decode_cursor, encode_cursor
 from provider.passwords import PasswordHasher, check_password_policy
 from provider.tokens.service import revoke_user_tokens
 from provider.users.models import User
@@ -176,11 +176,6 @@ ADMIN_EDITABLE_FIELDS = frozenset(
 )
 
 
-class InvalidUserCursor(ValidationFailed):
-    code = "invalid_cursor"
-    title = "The cursor is not valid."
-
-
 class CannotModifySelf(Conflict):
     code = "cannot_modify_self"
     title = "Admins cannot disable or demote their own account."
@@ -200,20 +195,18 @@ def parse_user_id(raw: str) -> uuid.UUID:
 
 
 def _encode_user_cursor(user: User) -> str:
-    key = f"{user.created_at.isoformat()}|{user.id}".encode()
-    return base64.urlsafe_b64encode(key).decode("ascii").rstrip("=")
+    return encode_cursor(user.created_at.isoformat(), str(user.id))
 
 
 def _decode_user_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    created, user_id = decode_cursor(cursor, 2)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        created, _, user_id = raw.partition("|")
         created_at = datetime.fromisoformat(created)
         if created_at.tzinfo is None:
             raise ValueError("naive timestamp")
         return created_at, uuid.UUID(user_id)
-    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
-        raise InvalidUserCursor() from None
+    except ValueError:
+        raise InvalidCursor() from None
 
 
 async def list_users(
