@@ -209,6 +209,26 @@ async def test_revoke_user_tokens_ends_every_family(
     await refreshed(client, oauth, unrelated["refresh_token"])
 
 
+async def test_revoke_user_tokens_also_ends_family_less_access_tokens(
+    client, factory: Factory, services: Services, clock: MovableClock
+) -> None:
+    # A client without the refresh_token grant gets access tokens with no family (no sid).
+    user, oauth = await factory.user(), await factory.client(grants=("password",))
+    tokens = await login(client, oauth, user)
+    assert "sid" not in unverified(tokens["access_token"])[1]
+    clock.advance(timedelta(seconds=1))  # revocation is recorded in whole seconds
+    async with services.engine.begin() as conn:
+        await revoke_user_tokens(conn, uuid.UUID(user.id), now=services.clock.now())
+    assert_invalid_token(await me(client, tokens["access_token"]))
+    introspection = await client.post("/oauth/introspect", auth=oauth.auth,
+                                      data={"token": tokens["access_token"]})
+    assert introspection.json() == {"active": False}
+    # A login after the revocation is unaffected.
+    clock.advance(timedelta(seconds=1))
+    later = await login(client, oauth, user)
+    assert (await me(client, later["access_token"])).status_code == 200
+
+
 async def test_revoke_user_tokens_can_keep_the_callers_family(
     client, factory: Factory, services: Services
 ) -> None:
