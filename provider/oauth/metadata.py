@@ -21,7 +21,9 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         "introspection_endpoint": f"{issuer}/oauth/introspect",
         "userinfo_endpoint": f"{issuer}/oauth/userinfo",
         "scopes_supported": list(STANDARD_SCOPES),
-        "response_types_supported": ["token"],
+        # No authorization endpoint, so no response types: "none" (OAuth 2.0 Multiple
+        # Response Type Encoding Practices §4) rather than advertise a flow we lack.
+        "response_types_supported": ["none"],
         "grant_types_supported": GRANT_TYPES_SUPPORTED,
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
