@@ -8,7 +8,7 @@ change drops the client from this process's cache, so the token path sees it at 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -29,19 +29,19 @@ from provider.clients.service import (
     rotate_secret,
     update_client,
 )
-from provider.deps import AdminUser, ClockDep, ServicesDep, SessionDep
+from provider.deps import (
+    ADMIN_BEARER_ERRORS,
+    AdminUser,
+    ClockDep,
+    Responses,
+    ServicesDep,
+    SessionDep,
+)
 from provider.errors import Problem
-from provider.oauth.schemas import OAuthErrorBody
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 audit = logging.getLogger("provider.admin")
 
-Responses = dict[int | str, dict[str, Any]]
-BEARER_ERRORS: Responses = {
-    401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
-    403: {"model": OAuthErrorBody,
-          "description": "The token lacks the admin scope or its user is not an admin"},
-}
 INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
 NOT_FOUND: Responses = {
     404: {"model": Problem, "description": "No such client (client_not_found)"},
@@ -49,7 +49,7 @@ NOT_FOUND: Responses = {
 ClientId = Annotated[str, Path(description="The client's client_id")]
 
 
-@router.get("/clients", response_model=ClientPage, responses={**BEARER_ERRORS, **INVALID})
+@router.get("/clients", response_model=ClientPage, responses={**ADMIN_BEARER_ERRORS, **INVALID})
 async def admin_list_clients(
     admin: AdminUser,
     session: SessionDep,
@@ -64,7 +64,7 @@ async def admin_list_clients(
 
 
 @router.post("/clients", status_code=201, response_model=ClientCreated,
-             responses={**BEARER_ERRORS, **INVALID})
+             responses={**ADMIN_BEARER_ERRORS, **INVALID})
 async def admin_create_client(
     admin: AdminUser, body: ClientCreate, session: SessionDep, clock: ClockDep,
 ) -> ClientCreated:
@@ -78,14 +78,14 @@ async def admin_create_client(
 
 
 @router.get("/clients/{client_id}", response_model=ClientRead,
-            responses={**BEARER_ERRORS, **NOT_FOUND, **INVALID})
+            responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **INVALID})
 async def admin_read_client(admin: AdminUser, client_id: ClientId, session: SessionDep,
                             ) -> ClientRead:
     return ClientRead.model_validate(await get_client(session, client_id))
 
 
 @router.patch("/clients/{client_id}", response_model=ClientRead,
-              responses={**BEARER_ERRORS, **NOT_FOUND, **INVALID})
+              responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **INVALID})
 async def admin_update_client(
     admin: AdminUser, client_id: ClientId, body: ClientUpdate, session: SessionDep,
     services: ServicesDep, clock: ClockDep,
@@ -100,7 +100,7 @@ async def admin_update_client(
 
 
 @router.delete("/clients/{client_id}", status_code=204, response_model=None,
-               responses={**BEARER_ERRORS, **NOT_FOUND, **INVALID})
+               responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **INVALID})
 async def admin_delete_client(
     admin: AdminUser, client_id: ClientId, session: SessionDep, services: ServicesDep,
 ) -> Response:
@@ -112,7 +112,7 @@ async def admin_delete_client(
 
 
 @router.post("/clients/{client_id}/secret", response_model=ClientSecret,
-             responses={**BEARER_ERRORS, **NOT_FOUND,
+             responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND,
                         422: {"model": Problem,
                               "description": "A public client has no secret"}})
 async def admin_rotate_client_secret(

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from provider.deps import AdminUser, ClockDep, ServicesDep, SessionDep
+from provider.deps import (
+    ADMIN_BEARER_ERRORS,
+    AdminUser,
+    ClockDep,
+    Responses,
+    ServicesDep,
+    SessionDep,
+)
 from provider.errors import Problem
-from provider.oauth.schemas import OAuthErrorBody
 from provider.users.admin_schemas import AdminUserCreate, AdminUserUpdate, UserPage
 from provider.users.schemas import UserRead
 from provider.users.service import (
@@ -29,12 +35,6 @@ from provider.users.service import (
 router = APIRouter(prefix="/admin", tags=["admin"])
 audit = logging.getLogger("provider.admin")
 
-Responses = dict[int | str, dict[str, Any]]
-BEARER_ERRORS: Responses = {
-    401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
-    403: {"model": OAuthErrorBody,
-          "description": "The token lacks the admin scope or its user is not an admin"},
-}
 INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
 NOT_FOUND: Responses = {404: {"model": Problem, "description": "No such user (user_not_found)"}}
 TAKEN: Responses = {409: {"model": Problem, "description": "email_taken or username_taken"}}
@@ -56,7 +56,7 @@ def target_user_id(
 TargetUserId = Annotated[uuid.UUID, Depends(target_user_id)]
 
 
-@router.get("/users", response_model=UserPage, responses={**BEARER_ERRORS, **INVALID})
+@router.get("/users", response_model=UserPage, responses={**ADMIN_BEARER_ERRORS, **INVALID})
 async def admin_list_users(
     admin: AdminUser,
     session: SessionDep,
@@ -74,7 +74,7 @@ async def admin_list_users(
 
 
 @router.post("/users", status_code=201, response_model=UserRead,
-             responses={**BEARER_ERRORS, **TAKEN, **INVALID})
+             responses={**ADMIN_BEARER_ERRORS, **TAKEN, **INVALID})
 async def admin_create_user(
     admin: AdminUser, body: AdminUserCreate, session: SessionDep, services: ServicesDep,
     clock: ClockDep,
@@ -91,14 +91,14 @@ async def admin_create_user(
 
 
 @router.get("/users/{user_id}", response_model=UserRead,
-            responses={**BEARER_ERRORS, **NOT_FOUND, **INVALID})
+            responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **INVALID})
 async def admin_read_user(admin: AdminUser, user_id: TargetUserId, session: SessionDep,
                           ) -> UserRead:
     return UserRead.model_validate(await get_user(session, user_id))
 
 
 @router.patch("/users/{user_id}", response_model=UserRead,
-              responses={**BEARER_ERRORS, **NOT_FOUND, **CONFLICT, **INVALID})
+              responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **CONFLICT, **INVALID})
 async def admin_update_user(
     admin: AdminUser, user_id: TargetUserId, body: AdminUserUpdate, session: SessionDep,
     clock: ClockDep,
@@ -113,7 +113,7 @@ async def admin_update_user(
 
 
 @router.delete("/users/{user_id}", status_code=204, response_model=None,
-               responses={**BEARER_ERRORS, **NOT_FOUND, **CONFLICT, **INVALID})
+               responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **CONFLICT, **INVALID})
 async def admin_disable_user(
     admin: AdminUser, user_id: TargetUserId, session: SessionDep, clock: ClockDep,
 ) -> Response:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, BackgroundTasks, Request, Response
 
 from provider.deps import (
+    BEARER_ERRORS,
     AccountsDep,
     ClaimsDep,
     CurrentUser,
@@ -16,7 +17,6 @@ from provider.deps import (
     client_address,
 )
 from provider.errors import Problem
-from provider.oauth.schemas import OAuthErrorBody
 from provider.users.accounts import Mailbox, WrongPassword
 from provider.users.schemas import (
     Accepted,
@@ -34,12 +34,6 @@ from provider.users.schemas import (
 )
 
 router = APIRouter(tags=["accounts"])
-
-BEARER_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
-    403: {"model": OAuthErrorBody, "description": "The token lacks a required scope"},
-}
-
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {400: "Invalid code or password", 403: "Forbidden", 409: "Conflict",
