@@ -1,0 +1,204 @@
+"""Turn one bench/run.sh results directory into a table with ratios and target checks.
+
+  python bench/report.py bench/results/<timestamp>
+
+Reads <round>-<name>.txt (wrk output) and <round>-argon2.json; writes summary.md and
+summary.json next to them and prints the table. With several rounds every figure is the
+median over rounds, and every ratio the median of the per-round ratios (each round
+measures the yardstick and provider back to back).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROWS = [
+    # name, label
+    ("yard-hello", "yardstick GET /hello (bare endpoint)"),
+    ("yard-sign", "yardstick POST /sign (RS256 sign only)"),
+    ("yard-rotate", "yardstick POST /rotate (minimal rotation)"),
+    ("jwks", "provider GET /.well-known/jwks.json"),
+    ("client-credentials", "provider client_credentials grant"),
+    ("refresh", "provider refresh_token grant (rotation)"),
+    ("password", "provider password grant (argon2id)"),
+]
+# provider row, baseline row, target ratio
+TARGETS = [
+    ("jwks", "yard-hello", 0.8),
+    ("client-credentials", "yard-sign", 0.8),
+    ("refresh", "yard-rotate", 0.7),
+    ("password", "argon2", 0.85),
+]
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def to_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not match:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"ok": True}
+    match = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if not match:
+        return {"ok": False, "error": "no Requests/sec line (wrk failed?)"}
+    out["rps"] = float(match.group(1))
+    for pct in ("50", "99"):
+        found = re.search(rf"^\s+{pct}%\s+(\S+)", text, re.M)
+        out[f"p{pct}_ms"] = to_ms(found.group(1)) if found else None
+    match = re.search(r"(\d+) requests in ([\d.]+)(\w+),", text)
+    if match:
+        out["requests"] = int(match.group(1))
+        out["seconds"] = to_ms(match.group(2) + match.group(3)) / 1000
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    out["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    out["socket_errors"] = sum(int(g) for g in sock.groups()) if sock else 0
+    bad = lost = 0
+    first_err = None
+    for m in re.finditer(r"thread \S+ ok=(\S+) bad=(\S+) queue_empty=(\S+) first_err=(.*)", text):
+        bad += int(m.group(2)) if m.group(2).isdigit() else 0
+        lost += int(m.group(3)) if m.group(3).isdigit() else 0
+        if m.group(4) != "nil" and first_err is None:
+            first_err = m.group(4)[:300]
+    out["lua_bad"] = bad
+    out["queue_empty"] = lost
+    if first_err:
+        out["first_err"] = first_err
+    cpu = {k: json.loads(v) for k, v in re.findall(r"^# cpu (before|after): (\{.*\})$", text, re.M)}
+    if {"before", "after"} <= cpu.keys() and out.get("requests"):
+        for part in ("server", "db"):
+            before, after = cpu["before"][part], cpu["after"][part]
+            spent = sum(max(0.0, v - before.get(pid, 0.0)) for pid, v in after.items())
+            out[f"{part}_cpu_ms"] = 1000 * spent / out["requests"]
+        # Backends that ended during the run (pool overflow connections) took their CPU
+        # figure with them: the db figure is then a lower bound.
+        out["db_backends_lost"] = len(set(cpu["before"]["db"]) - set(cpu["after"]["db"]))
+        out["cpu_ms"] = out["server_cpu_ms"] + out["db_cpu_ms"]
+    out["errors"] = out["non_2xx"] + out["socket_errors"] + bad
+    out["ok"] = out["errors"] == 0 and lost == 0
+    return out
+
+
+def load(results: Path) -> tuple[dict[str, dict[int, dict[str, Any]]], list[int]]:
+    data: dict[str, dict[int, dict[str, Any]]] = {}
+    rounds: set[int] = set()
+    for path in sorted(results.glob("r*-*.txt")):
+        match = re.fullmatch(r"r(\d+)-(.+)\.txt", path.name)
+        if not match or match.group(2).startswith("warm"):
+            continue
+        rnd, name = int(match.group(1)), match.group(2)
+        rounds.add(rnd)
+        data.setdefault(name, {})[rnd] = parse_wrk(path.read_text(errors="replace"))
+    for path in sorted(results.glob("r*-argon2.json")):
+        rnd = int(path.name[1:path.name.index("-")])
+        rounds.add(rnd)
+        raw = json.loads(path.read_text())
+        data.setdefault("argon2", {})[rnd] = {"ok": True, "rps": raw["rate"], "raw": raw,
+                                              "cpu_ms": raw.get("cpu_ms"),
+                                              "server_cpu_ms": raw.get("cpu_ms")}
+    return data, sorted(rounds)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def summarise(results: Path) -> dict[str, Any]:
+    data, rounds = load(results)
+    rows = []
+    argon2_row = ("argon2", "raw argon2id verify, 2 threads (m=19456 KiB, t=2, p=1)")
+    for name, label in [*ROWS, argon2_row]:
+        per = data.get(name, {})
+        good = [r for r in per.values() if "rps" in r]
+        rows.append({
+            "name": name, "label": label,
+            "rps": median([r["rps"] for r in good]),
+            "p50_ms": median([r["p50_ms"] for r in good if r.get("p50_ms") is not None]),
+            "p99_ms": median([r["p99_ms"] for r in good if r.get("p99_ms") is not None]),
+            "server_cpu_ms": median([r["server_cpu_ms"] for r in good if "server_cpu_ms" in r]),
+            "db_cpu_ms": median([r["db_cpu_ms"] for r in good if "db_cpu_ms" in r]),
+            "errors": sum(r.get("errors", 0) for r in per.values()),
+            "queue_empty": sum(r.get("queue_empty", 0) for r in per.values()),
+            "first_err": next((r["first_err"] for r in per.values() if "first_err" in r), None),
+            "all_ok": bool(per) and all(r.get("ok") for r in per.values()),
+            "per_round": {str(k): v.get("rps") for k, v in sorted(per.items())},
+        })
+    targets = []
+    for name, base, goal in TARGETS:
+        ratios = []
+        for rnd in rounds:
+            a = data.get(name, {}).get(rnd, {}).get("rps")
+            b = data.get(base, {}).get(rnd, {}).get("rps")
+            if a is not None and b:
+                ratios.append(a / b)
+        ratio = median(ratios)
+        # The same comparison in CPU per request (server + its PostgreSQL backends):
+        # baseline cost / provider cost. Steadier than req/s when others load the machine.
+        costs = []
+        for rnd in rounds:
+            a = data.get(name, {}).get(rnd, {}).get("cpu_ms")
+            b = data.get(base, {}).get(rnd, {}).get("cpu_ms")
+            if a and b:
+                costs.append(b / a)
+        targets.append({"provider": name, "baseline": base, "target": goal,
+                        "ratio": ratio, "per_round": [round(r, 3) for r in ratios],
+                        "cpu_ratio": median(costs), "met": ratio is not None and ratio >= goal})
+    meta_path = results / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return {"results": str(results), "rounds": rounds, "meta": meta, "rows": rows,
+            "targets": targets}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        "| endpoint | req/s | p50 ms | p99 ms | non-200 | CPU ms/req server + db |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in summary["rows"]:
+        if row["name"] == "argon2":
+            lines.append(f"| {row['label']} | {fmt(row['rps'], 1)} verifies/s | | | | "
+                         f"{fmt(row['server_cpu_ms'], 2)} per verify |")
+            continue
+        errors = str(row["errors"]) + ("" if row["all_ok"] else " (!)")
+        lines.append(f"| {row['label']} | {fmt(row['rps'])} | {fmt(row['p50_ms'], 2)} | "
+                     f"{fmt(row['p99_ms'], 2)} | {errors} | "
+                     f"{fmt(row['server_cpu_ms'], 2)} + {fmt(row['db_cpu_ms'], 2)} |")
+    lines += ["", "| target | req/s ratio (median) | per round | goal | met | CPU-cost ratio |",
+              "|---|---:|---|---:|---|---:|"]
+    for t in summary["targets"]:
+        cpu_ratio = "" if t["cpu_ratio"] is None else f"{t['cpu_ratio']:.2f}x"
+        lines.append(
+            f"| {t['provider']} / {t['baseline']} | {fmt(t['ratio'], 2)}x | "
+            f"{', '.join(f'{r:.2f}' for r in t['per_round'])} | >= {t['target']}x | "
+            f"{'yes' if t['met'] else '**no**'} | {cpu_ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    results = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    summary = summarise(results)
+    text = markdown(summary)
+    (results / "summary.md").write_text(text)
+    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(text)
+    for row in summary["rows"]:
+        if not row["all_ok"] and row["name"] != "argon2":
+            print(f"WARNING: {row['name']}: {row['errors']} non-200/errors, "
+                  f"{row['queue_empty']} requests reused a token (queue empty); "
+                  f"first error: {row['first_err']}")
+
+
+if __name__ == "__main__":
+    main()
