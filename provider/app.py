@@ -18,6 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provider import __version__
@@ -56,7 +57,7 @@ GRANTS = (PasswordGrant, RefreshTokenGrant, ClientCredentialsGrant)
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     longest_token = max(settings.access_token_ttl, settings.id_token_ttl)
     keys = KeyRing(KeyStore(settings.keys_dir), clock, longest_token)
     jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
@@ -201,6 +202,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         if request.url.path.startswith("/oauth/"):
             return await oauth_error(request, TemporarilyUnavailable())
         return problem(ServiceUnavailable("The database is unavailable. Try again shortly."))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_request: Request, _exc: ClientDisconnect) -> Response:
+        # Nobody is left to answer; not an error of ours.
+        return Response(status_code=400)
 
     for unavailable in (OperationalError, InterfaceError, PoolTimeout, ConnectionError):
         app.add_exception_handler(unavailable, database_unavailable)

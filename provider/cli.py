@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -111,6 +112,9 @@ def serve(
         records = KeyStore(current.keys_dir).records()
     if not any(r.status == "active" for r in records):
         fail("no signing key; run `provider keys generate` first")
+    # argon2 is CPU-bound: share the cores out among the workers unless told otherwise.
+    os.environ.setdefault("PROVIDER_PASSWORD_HASH_CONCURRENCY",
+                          str(max(1, (os.cpu_count() or 1) // workers)))
     uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
                 workers=workers, access_log=False, proxy_headers=False,
                 server_header=False, log_config=log_config())

@@ -70,7 +70,7 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 20, **kwargs: Any) -> AsyncEngine:
     target = async_url(url)
     if target.startswith("sqlite"):
         # One connection per operation; SQLite serialises writers itself (busy timeout).
@@ -79,9 +79,12 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(target, **kwargs)
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
+    # A fixed pool: opening connections under load costs more than waiting for one.
+    # No pre-ping (a round trip per checkout on the token path): a connection that died
+    # with a database restart fails its request with 503, and the pool replaces it.
+    kwargs.setdefault("pool_size", pool_size)
+    kwargs.setdefault("max_overflow", 0)
+    kwargs.setdefault("pool_recycle", 3600)
     return create_async_engine(target, **kwargs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -45,7 +46,11 @@ class Settings(BaseSettings):
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
     # Concurrent argon2 computations per process: bounds memory and keeps the loop free.
-    password_hash_concurrency: int = 2
+    # Default: the cores shared out among the server's worker processes (`serve` sets it).
+    password_hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # Database connections per process (PostgreSQL); workers x this must fit
+    # max_connections.
+    db_pool_size: int = Field(default=20, ge=1, le=500)
     password_min_length: int = 8
 
     registration_open: bool = True

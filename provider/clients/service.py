@@ -6,6 +6,7 @@ constant time. They are machine-generated, so a slow hash would buy nothing but 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -218,20 +219,34 @@ class ClientCache:
 
     A change made by another process (secret rotation, deactivation) takes effect here
     within ``ttl_seconds``; changes made through this process take effect at once.
+    Concurrent misses of one client share a single query: without that, every expiry
+    sent all in-flight requests of a worker to the database at once (bench/README.md).
     """
 
     def __init__(self, engine: AsyncEngine, ttl_seconds: float = 5.0) -> None:
         self._engine = engine
         self._ttl = ttl_seconds
         self._entries: dict[str, tuple[float, ClientInfo | None]] = {}
+        self._loading: dict[str, asyncio.Future[ClientInfo | None]] = {}
+        # Bumped by invalidate(): a load that began before it must not be cached.
+        self._generation = 0
 
     async def get(self, client_id: str) -> ClientInfo | None:
-        now = time.monotonic()
         hit = self._entries.get(client_id)
-        if hit is not None and now - hit[0] < self._ttl:
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
             return hit[1]
+        loading = self._loading.get(client_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(client_id))
+            self._loading[client_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(client_id, None))
+        # shield: one caller going away must not cancel the others' query.
+        return await asyncio.shield(loading)
+
+    async def _load(self, client_id: str) -> ClientInfo | None:
+        generation, started = self._generation, time.monotonic()
+        table = Client.__table__
         async with self._engine.connect() as conn:
-            table = Client.__table__
             row = (await conn.execute(select(table).where(table.c.client_id == client_id))).first()
         info = (
             ClientInfo(
@@ -245,12 +260,14 @@ class ClientCache:
             if row is not None
             else None
         )
-        if len(self._entries) > 10_000:  # unknown ids must not grow memory without bound
-            self._entries.clear()
-        self._entries[client_id] = (now, info)
+        if generation == self._generation:
+            if len(self._entries) > 10_000:  # unknown ids must not grow memory without bound
+                self._entries.clear()
+            self._entries[client_id] = (started, info)
         return info
 
     def invalidate(self, client_id: str | None = None) -> None:
+        self._generation += 1
         if client_id is None:
             self._entries.clear()
         else:
