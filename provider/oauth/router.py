@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from provider.deps import ClaimsDep, CurrentUser, ServicesDep, client_address
+from provider.deps import ClaimsDep, CurrentUser, Services, ServicesDep, client_address
 from provider.metrics import TOKENS_ISSUED
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
@@ -218,7 +218,9 @@ async def oauth_metadata(services: ServicesDep) -> Response:
     summary="Public signing keys (JWKS)",
     response_model=dict[str, Any],
 )
-async def jwks(services: ServicesDep) -> Response:
+async def jwks(request: Request) -> Response:
+    # No dependencies on purpose: the most requested document, pre-serialised.
+    services: Services = request.app.state.services
     return Response(
         services.keys.jwks_json(), media_type="application/json", headers=JWKS_CACHE
     )
