@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -147,17 +147,16 @@ async def find_login_candidate(conn: AsyncConnection, identifier: str) -> LoginC
     identifier = identifier.strip()
     if not identifier or len(identifier) > 320:
         return None
-    if "@" in identifier:
-        condition = users.c.email == identifier.lower()
-    else:
-        condition = users.c.username == identifier.lower()
-    row = (
-        await conn.execute(
-            select(users.c.id, users.c.email, users.c.username, users.c.password_hash,
-                   users.c.is_active, users.c.is_verified, users.c.is_admin).where(condition)
-        )
-    ).first()
+    query = _LOGIN_BY_EMAIL if "@" in identifier else _LOGIN_BY_USERNAME
+    row = (await conn.execute(query, {"identifier": identifier.lower()})).first()
     return LoginCandidate(*row) if row is not None else None
+
+
+# Built once (the password grant's hot path): see provider/tokens/service.py.
+_LOGIN_COLUMNS = (users.c.id, users.c.email, users.c.username, users.c.password_hash,
+                  users.c.is_active, users.c.is_verified, users.c.is_admin)
+_LOGIN_BY_EMAIL = select(*_LOGIN_COLUMNS).where(users.c.email == bindparam("identifier"))
+_LOGIN_BY_USERNAME = select(*_LOGIN_COLUMNS).where(users.c.username == bindparam("identifier"))
 
 
 async def update_password_hash(
