@@ -241,6 +241,9 @@ DOCS_CSP = (
     b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
 )
+API_HEADERS = (*API_SECURITY_HEADERS, API_CSP)
+API_HEADERS_NO_STORE = (*API_HEADERS, (b"cache-control", b"no-store"))
+DOCS_HEADERS = (*API_SECURITY_HEADERS, DOCS_CSP)
 
 
 class HardeningMiddleware:
@@ -256,6 +259,22 @@ class HardeningMiddleware:
             return
         path: str = scope["path"]
         is_docs = path in ("/docs", "/redoc") or path.startswith(DOCS_PREFIX)
+        extra = DOCS_HEADERS if is_docs else API_HEADERS
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if is_docs or any(name == b"cache-control" for name, _ in headers):
+                    headers.extend(extra)
+                else:
+                    headers.extend(API_HEADERS_NO_STORE)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        if scope["method"] in ("GET", "HEAD"):  # no body to limit: the cheap path
+            await self.app(scope, receive, send_with_headers)
+            return
+
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -277,17 +296,6 @@ class HardeningMiddleware:
                 if received > limit:
                     raise _BodyTooLarge()
             return message
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in API_SECURITY_HEADERS if h[0] not in present)
-                headers.append(DOCS_CSP if is_docs else API_CSP)
-                if b"cache-control" not in present and not is_docs:
-                    headers.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers}
-            await send(message)
 
         try:
             await self.app(scope, limited_receive, send_with_headers)
