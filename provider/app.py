@@ -25,7 +25,7 @@ from provider import __version__
 from provider.clients.router import router as admin_clients_router
 from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
-from provider.db import create_engine, session_factory
+from provider.db import create_engine, session_factory, single_statement_engine
 from provider.deps import Services
 from provider.errors import PayloadTooLarge, ProviderError, ServiceUnavailable
 from provider.keys.service import KeyRing, NoSigningKey
@@ -62,7 +62,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     keys = KeyRing(KeyStore(settings.keys_dir), clock, longest_token)
     jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
     hasher = PasswordHasher(settings)
-    clients = ClientCache(engine)
+    single = single_statement_engine(engine)
+    clients = ClientCache(single)
     throttles = Throttles(
         settings.redis_url,
         login_account=settings.login_throttle_account,
@@ -70,7 +71,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         email_code=settings.email_code_throttle,
         registration=settings.registration_throttle,
     )
-    ctx = GrantContext(settings=settings, engine=engine, clock=clock, jwt=jwt, hasher=hasher,
+    ctx = GrantContext(settings=settings, engine=engine, single=single, clock=clock, jwt=jwt,
+                       hasher=hasher,
                        clients=clients, throttles=throttles)
     grants: dict[str, Grant] = {g.grant_type: g(ctx) for g in GRANTS}
     sessions = session_factory(engine)
@@ -85,7 +87,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     )
     return Services(settings=settings, engine=engine, sessions=sessions,
                     clock=clock, keys=keys, jwt=jwt, hasher=hasher, clients=clients,
-                    throttles=throttles, grants=grants, accounts=accounts)
+                    throttles=throttles, grants=grants, grant_context=ctx,
+                    accounts=accounts)
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:

@@ -105,6 +105,16 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def single_statement_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, for work where each statement stands alone (token path reads and
+    independent writes). On PostgreSQL it runs in autocommit: no BEGIN and COMMIT or
+    ROLLBACK round trips. Use ``begin()`` for writes, so that SQLite, which keeps its
+    transactions, commits them too."""
+    if is_sqlite(engine):
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

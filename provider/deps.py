@@ -48,14 +48,8 @@ class Services:
     clients: ClientCache
     throttles: Throttles
     grants: dict[str, Grant]
+    grant_context: GrantContext
     accounts: Accounts
-
-    @property
-    def grant_context(self) -> GrantContext:
-        return GrantContext(
-            settings=self.settings, engine=self.engine, clock=self.clock, jwt=self.jwt,
-            hasher=self.hasher, clients=self.clients, throttles=self.throttles,
-        )
 
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` in a thread pool,

@@ -27,6 +27,8 @@ class GrantContext:
 
     settings: Settings
     engine: AsyncEngine
+    # Same pool; autocommit on PostgreSQL (see provider.db.single_statement_engine).
+    single: AsyncEngine
     clock: Clock
     jwt: JwtService
     hasher: PasswordHasher

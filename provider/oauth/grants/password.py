@@ -48,7 +48,7 @@ class PasswordGrant:
             # Longer than any password we accept: refuse before hashing (DoS guard).
             await self._failed(request, username)
 
-        async with ctx.engine.connect() as conn:
+        async with ctx.single.connect() as conn:
             user = await find_login_candidate(conn, username)
         valid, new_hash = await ctx.hasher.verify(password, user.password_hash if user else None)
         if user is None or not valid or not user.is_active:
@@ -70,7 +70,8 @@ class PasswordGrant:
             auth_time=now,
         )
         refresh_token = None
-        async with ctx.engine.begin() as conn:
+        # Two independent statements at most: no transaction round trips needed.
+        async with ctx.single.begin() as conn:
             if new_hash is not None:
                 await update_password_hash(conn, user.id, new_hash, now=now)
             if "refresh_token" in client.grant_types:
