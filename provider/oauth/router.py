@@ -213,8 +213,11 @@ async def oauth_metadata(services: ServicesDep) -> Response:
     return _json(authorization_server_metadata(services.settings), METADATA_CACHE)
 
 
+JWKS_PATH = "/.well-known/jwks.json"
+
+
 @router.get(
-    "/.well-known/jwks.json",
+    JWKS_PATH,
     summary="Public signing keys (JWKS)",
     response_model=dict[str, Any],
 )

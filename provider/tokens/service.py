@@ -121,7 +121,7 @@ async def rotate_refresh_token(
         return Rotation(Outcome.INVALID)
     token_hash = digest(token)
     if conn.dialect.name == "postgresql":
-        successor = await _rotate_in_one_statement(conn, token_hash, client_id, now, idle_ttl)
+        successor = await rotate_in_one_statement(conn, token_hash, client_id, now, idle_ttl)
         if successor is not None:
             return successor
         return await _explain_refusal(conn, token_hash, client_id, now, idle_ttl, reuse_grace)
@@ -197,10 +197,13 @@ def _rotation_statement() -> Any:
 _ROTATE = _rotation_statement()
 
 
-async def _rotate_in_one_statement(
+async def rotate_in_one_statement(
     conn: AsyncConnection, token_hash: bytes, client_id: str, now: datetime,
     idle_ttl: timedelta,
 ) -> Rotation | None:
+    """PostgreSQL only: the successor, or None when the token did not qualify (nothing
+    was written then; ``rotate_refresh_token`` says why). One statement, so it is atomic
+    even in autocommit."""
     token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
     # Parameter names differ from column names on purpose: SQLAlchemy would read a
     # `client_id` key as a value for the INSERT's column of that name.

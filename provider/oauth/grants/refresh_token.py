@@ -6,6 +6,7 @@ token revokes its whole family. A narrower ``scope`` narrows only the access tok
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar
 
 from provider.clients.service import ClientInfo
@@ -18,7 +19,14 @@ from provider.oauth.grants.base import (
     require,
     token_response,
 )
-from provider.tokens.service import Outcome, rotate_refresh_token
+from provider.tokens.service import (
+    Outcome,
+    Rotation,
+    Session,
+    digest,
+    rotate_in_one_statement,
+    rotate_refresh_token,
+)
 
 
 class RefreshTokenGrant:
@@ -33,10 +41,32 @@ class RefreshTokenGrant:
         token = require(form, "refresh_token")
         requested = parse_scope(form.get("scope"))
         now = ctx.clock.now()
+        rotation = None
+        if requested is None and ctx.single is not ctx.engine:
+            # The common case on PostgreSQL: one atomic statement in autocommit, no
+            # BEGIN/COMMIT round trips. Any refusal is explained in a transaction below.
+            async with ctx.single.connect() as conn:
+                rotation = await rotate_in_one_statement(
+                    conn, digest(token), client.client_id, now, ctx.settings.refresh_token_ttl)
+        if rotation is not None:
+            session = rotation.session
+        else:
+            rotation, session = await self._rotate_in_transaction(
+                token, client.client_id, requested, now)
+        if rotation.outcome is not Outcome.ROTATED or session is None:
+            raise InvalidGrant()
+        scope = " ".join(requested) if requested is not None else session.scope
+        return token_response(ctx, sub=str(session.user_id), client_id=client.client_id,
+                              scope=scope, session=session, refresh_token=rotation.refresh_token)
+
+    async def _rotate_in_transaction(
+        self, token: str, client_id: str, requested: list[str] | None, now: datetime
+    ) -> tuple[Rotation, Session | None]:
+        ctx = self.ctx
         # The transaction commits before we answer, also when reuse revoked the family.
         async with ctx.engine.begin() as conn:
             rotation = await rotate_refresh_token(
-                conn, token=token, client_id=client.client_id, now=now,
+                conn, token=token, client_id=client_id, now=now,
                 idle_ttl=ctx.settings.refresh_token_ttl,
                 reuse_grace=ctx.settings.refresh_reuse_grace,
             )
@@ -46,8 +76,4 @@ class RefreshTokenGrant:
                 if not requested or any(s not in granted for s in requested):
                     # Nothing may stay written: raising inside the block rolls back.
                     raise InvalidScope("The requested scope exceeds the original grant.")
-        if rotation.outcome is not Outcome.ROTATED or session is None:
-            raise InvalidGrant()
-        scope = " ".join(requested) if requested is not None else session.scope
-        return token_response(ctx, sub=str(session.user_id), client_id=client.client_id,
-                              scope=scope, session=session, refresh_token=rotation.refresh_token)
+        return rotation, session
