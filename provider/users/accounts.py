@@ -279,7 +279,7 @@ class Accounts:
         mailbox.send(mail.password_changed(user.email, product=PRODUCT))
 
     async def update_profile(
-        self, session: AsyncSession, user: User, *, username: str | Any | None,
+        self, session: AsyncSession, user: User, *, username: str | None,
         profile: dict[str, Any] | None, set_username: bool,
     ) -> None:
         if set_username:
