@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import fastapi_offline
 from fastapi import FastAPI, Request
@@ -28,7 +27,12 @@ from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
 from provider.db import create_engine, session_factory, single_statement_engine
 from provider.deps import Services
-from provider.errors import PayloadTooLarge, ProviderError, ServiceUnavailable
+from provider.errors import (
+    PayloadTooLarge,
+    ProviderError,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 from provider.keys.service import KeyRing, NoSigningKey
 from provider.keys.store import KeyStore, load_secret_key
 from provider.mail import make_sender
@@ -189,7 +193,7 @@ def _install_error_handlers(app: FastAPI) -> None:
              "type": err.get("type", "")}
             for err in exc.errors()
         ]
-        return problem(_validation(errors))
+        return problem(ValidationFailed(errors=errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
@@ -226,12 +230,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         body = {"type": "about:blank", "title": "Internal server error.", "status": 500,
                 "code": "internal_error"}
         return JSONResponse(body, status_code=500, media_type="application/problem+json")
-
-
-def _validation(errors: list[dict[str, Any]]) -> ProviderError:
-    from provider.errors import ValidationFailed
-
-    return ValidationFailed(errors=errors)
 
 
 def problem(exc: ProviderError) -> Response:

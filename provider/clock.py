@@ -1,8 +1,8 @@
-"""Time is injected: the system clock in production, a frozen clock in tests."""
+"""Time is injected: the system clock in production, a movable one in tests."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -14,15 +14,3 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-
-class FrozenClock:
-    """A clock that moves only when told to (tests)."""
-
-    def __init__(self, at: datetime | None = None) -> None:
-        self._at = at or datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self._at
-
-    def advance(self, delta: timedelta) -> None:
-        self._at += delta

@@ -62,10 +62,6 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_settings(services: ServicesDep) -> Settings:
-    return services.settings
-
-
 async def get_clock(services: ServicesDep) -> Clock:
     return services.clock
 
@@ -85,7 +81,6 @@ async def get_accounts(services: ServicesDep) -> Accounts:
     return services.accounts
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 # scope="function": the transaction commits before the response is sent, so a client
 # never sees a success that was not stored.

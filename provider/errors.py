@@ -66,16 +66,6 @@ class PayloadTooLarge(ProviderError):
     title = "The request body is too large."
 
 
-class UnsupportedMediaType(ProviderError):
-    status = 415
-    code = "unsupported_media_type"
-    title = "The request body's content type is not supported here."
-
-
-class MethodNotAllowed(ProviderError):
-    status = 405
-    code = "method_not_allowed"
-    title = "The method is not allowed on this resource."
 
 
 class ServiceUnavailable(ProviderError):

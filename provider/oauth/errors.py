@@ -1,4 +1,4 @@
-"""OAuth errors, one class per code (RFC 6749 §5.2, RFC 6750 §3.1, RFC 7009 §2.2.1).
+"""OAuth errors, one class per code (RFC 6749 §5.2, RFC 6750 §3.1).
 
 The handler in ``provider.app`` renders them as ``{"error", "error_description"}`` with
 ``Cache-Control: no-store``, and adds ``WWW-Authenticate`` where the RFCs ask for it.
@@ -68,17 +68,6 @@ class InvalidScope(OAuthError):
     description = "The requested scope is invalid, unknown or exceeds what is allowed."
 
 
-class UnsupportedTokenType(OAuthError):
-    error = "unsupported_token_type"
-    description = "Revocation of this token type is not supported."
-
-
-class MfaRequired(OAuthError):
-    """Auth0's convention: 403 with an mfa_token to finish the login with a TOTP code."""
-
-    error = "mfa_required"
-    status = 403
-    description = "Multi-factor authentication is required."
 
 
 class SlowDown(OAuthError):

@@ -24,7 +24,6 @@ from provider.oauth.metadata import authorization_server_metadata
 from provider.oauth.revocation import revoke
 from provider.oauth.schemas import (
     IntrospectionResponse,
-    MfaRequiredBody,
     OAuthErrorBody,
     TokenResponse,
     UserInfo,
@@ -55,15 +54,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "Invalid request (RFC 6749 §5.2)",
         401: "Client authentication failed",
-        403: "Multi-factor authentication required",
         429: "Too many attempts; see Retry-After",
     }
-    out: dict[int | str, dict[str, Any]] = {
-        code: {"model": OAuthErrorBody, "description": described[code]} for code in codes
-    }
-    if 403 in out:
-        out[403]["model"] = MfaRequiredBody
-    return out
+    return {code: {"model": OAuthErrorBody, "description": described[code]} for code in codes}
 
 
 _string = {"type": "string"}
@@ -96,7 +89,7 @@ TOKEN_ARG_FORM = _form_body(
     summary="Issue tokens (password, refresh_token, client_credentials)",
     response_model=TokenResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 401, 403, 429),
+    responses=_errors(400, 401, 429),
     openapi_extra=TOKEN_FORM,
 )
 async def token(request: Request) -> Response:

@@ -19,9 +19,6 @@ class OAuthErrorBody(BaseModel):
     error_description: str | None = None
 
 
-class MfaRequiredBody(OAuthErrorBody):
-    mfa_token: str
-
 
 class IntrospectionResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
