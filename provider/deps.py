@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from provider.clients.service import ClientCache
 from provider.clock import Clock
 from provider.db import unit_of_work
+from provider.errors import Problem
 from provider.keys.service import KeyRing
 from provider.oauth.errors import (
     InsufficientScope,
@@ -169,6 +170,7 @@ BEARER_ERRORS: Responses = {
     401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
     403: {"model": OAuthErrorBody, "description": "The token lacks a required scope"},
 }
+INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
 ADMIN_BEARER_ERRORS: Responses = {
     **BEARER_ERRORS,
     403: {"model": OAuthErrorBody,

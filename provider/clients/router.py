@@ -31,6 +31,7 @@ from provider.clients.service import (
 )
 from provider.deps import (
     ADMIN_BEARER_ERRORS,
+    INVALID,
     AdminUser,
     ClockDep,
     Responses,
@@ -42,7 +43,6 @@ from provider.errors import Problem
 router = APIRouter(prefix="/admin", tags=["admin"])
 audit = logging.getLogger("provider.admin")
 
-INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
 NOT_FOUND: Responses = {
     404: {"model": Problem, "description": "No such client (client_not_found)"},
 }

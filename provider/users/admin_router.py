@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 
 from provider.deps import (
     ADMIN_BEARER_ERRORS,
+    INVALID,
     AdminUser,
     ClockDep,
     Responses,
@@ -35,7 +36,6 @@ from provider.users.service import (
 router = APIRouter(prefix="/admin", tags=["admin"])
 audit = logging.getLogger("provider.admin")
 
-INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
 NOT_FOUND: Responses = {404: {"model": Problem, "description": "No such user (user_not_found)"}}
 TAKEN: Responses = {409: {"model": Problem, "description": "email_taken or username_taken"}}
 CONFLICT: Responses = {
