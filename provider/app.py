@@ -23,34 +23,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provider import __version__
 from provider.clients.router import router as admin_clients_router
-from provider.clients.service import ClientCache
-from provider.clock import Clock, SystemClock
-from provider.db import create_engine, session_factory, single_statement_engine
-from provider.deps import Services
+from provider.clock import Clock
 from provider.errors import (
     PayloadTooLarge,
     ProviderError,
     ServiceUnavailable,
     ValidationFailed,
 )
-from provider.keys.service import KeyRing, NoSigningKey
-from provider.keys.store import KeyStore, load_secret_key
-from provider.mail import make_sender
+from provider.keys.service import NoSigningKey
 from provider.metrics import OAUTH_ERRORS
-from provider.mfa.codes import EmailCodes
 from provider.oauth.errors import OAuthError, TemporarilyUnavailable
-from provider.oauth.grants.base import Grant, GrantContext
-from provider.oauth.grants.client_credentials import ClientCredentialsGrant
-from provider.oauth.grants.password import PasswordGrant
-from provider.oauth.grants.refresh_token import RefreshTokenGrant
+from provider.oauth.grants import check_registry
 from provider.oauth.router import JWKS_PATH, jwks
 from provider.oauth.router import router as oauth_router
 from provider.ops import router as ops_router
-from provider.passwords import PasswordHasher
-from provider.ratelimit import Throttles
+from provider.services import build_services
 from provider.settings import Settings
-from provider.tokens.jwt import JwtService
-from provider.users.accounts import Accounts
 from provider.users.admin_router import router as admin_users_router
 from provider.users.router import router as users_router
 
@@ -58,47 +46,9 @@ log = logging.getLogger("provider")
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 DOCS_PREFIX = "/docs-assets"
-GRANTS = (PasswordGrant, RefreshTokenGrant, ClientCredentialsGrant)
-
-
-def build_services(settings: Settings, clock: Clock | None = None) -> Services:
-    clock = clock or SystemClock()
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-    longest_token = max(settings.access_token_ttl, settings.id_token_ttl)
-    keys = KeyRing(KeyStore(settings.keys_dir), clock, longest_token)
-    jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
-    hasher = PasswordHasher(settings)
-    single = single_statement_engine(engine)
-    clients = ClientCache(single)
-    throttles = Throttles(
-        settings.redis_url,
-        login_account=settings.login_throttle_account,
-        login_address=settings.login_throttle_address,
-        email_code=settings.email_code_throttle,
-        registration=settings.registration_throttle,
-    )
-    ctx = GrantContext(settings=settings, engine=engine, single=single, clock=clock, jwt=jwt,
-                       hasher=hasher,
-                       clients=clients, throttles=throttles)
-    grants: dict[str, Grant] = {g.grant_type: g(ctx) for g in GRANTS}
-    sessions = session_factory(engine)
-    secret = load_secret_key(
-        settings.secret_key.get_secret_value() if settings.secret_key else None,
-        settings.keys_dir,
-    )
-    accounts = Accounts(
-        settings=settings, sessions=sessions, clock=clock, hasher=hasher,
-        codes=EmailCodes(secret, settings.email_code_ttl), mailer=make_sender(settings),
-        throttles=throttles,
-    )
-    return Services(settings=settings, engine=engine, sessions=sessions,
-                    clock=clock, keys=keys, jwt=jwt, hasher=hasher, clients=clients,
-                    throttles=throttles, grants=grants, grant_context=ctx,
-                    accounts=accounts)
-
-
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
+    check_registry()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from provider.clock import SystemClock
 from provider.errors import ProviderError
 from provider.keys.store import KeyStore, KeyStoreError
+from provider.oauth.grants import CLIENT_GRANT_RULES, GRANT_TYPES
 
 T = TypeVar("T")
 
@@ -271,7 +272,7 @@ def keys_import(
 def clients_create(
     name: Annotated[str, typer.Option(help="A name people will recognise.")],
     grant: Annotated[list[str], typer.Option(
-        help="Allowed grant type (repeat): password, refresh_token, client_credentials.")],
+        help=f"Allowed grant type (repeat): {', '.join(GRANT_TYPES)}.")],
     scope: Annotated[str, typer.Option(help="Allowed scopes, space-separated.")] = "",
     public: Annotated[bool, typer.Option("--public", help="No secret (native/SPA).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -282,7 +283,7 @@ def clients_create(
     async def work(session: AsyncSession) -> tuple[str, str | None]:
         client, secret = await create_client(
             session, name=name, grant_types=grant, scopes=[scope], is_public=public,
-            now=SystemClock().now(),
+            now=SystemClock().now(), grant_rules=CLIENT_GRANT_RULES,
         )
         return client.client_id, secret
 
@@ -357,6 +358,7 @@ def clients_ensure_dev() -> None:
             session, name="Swagger UI (development)",
             grant_types=["password", "refresh_token"],
             scopes=["openid profile email admin"], is_public=False, now=SystemClock().now(),
+            grant_rules=CLIENT_GRANT_RULES,
         )
         return {"client_id": client.client_id, "client_secret": secret or ""}
 

@@ -2,55 +2,32 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from provider.clients.service import ClientCache
 from provider.clock import Clock
 from provider.db import unit_of_work
 from provider.errors import Problem
-from provider.keys.service import KeyRing
 from provider.oauth.errors import (
     InsufficientScope,
     InvalidBearerRequest,
     InvalidToken,
     MissingToken,
 )
-from provider.oauth.grants.base import ADMIN_SCOPE, Grant, GrantContext
 from provider.oauth.schemas import OAuthErrorBody
-from provider.passwords import PasswordHasher
-from provider.ratelimit import Throttles
+from provider.oauth.scopes import ADMIN, DESCRIPTIONS
+from provider.services import Services
 from provider.settings import Settings
-from provider.tokens.jwt import AccessClaims, JwtService, TokenRejected
-from provider.tokens.service import user_token_is_live
+from provider.tokens.jwt import AccessClaims, TokenRejected
+from provider.tokens.revocation import access_token_stands, token_user_id
 from provider.users.accounts import Accounts
 from provider.users.models import User
-
-
-@dataclass(frozen=True)
-class Services:
-    """Built once per process by the app's lifespan."""
-
-    settings: Settings
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: Clock
-    keys: KeyRing
-    jwt: JwtService
-    hasher: PasswordHasher
-    clients: ClientCache
-    throttles: Throttles
-    grants: dict[str, Grant]
-    grant_context: GrantContext
-    accounts: Accounts
 
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` in a thread pool,
@@ -119,12 +96,7 @@ def bearer_token(request: Request) -> str:
 # flow against our token endpoint); the token itself is read by bearer_token().
 oauth2_scheme = OAuth2PasswordBearer(
     tokenUrl="/oauth/token",
-    scopes={
-        "openid": "OpenID Connect: adds an ID token",
-        "profile": "Your username and profile",
-        "email": "Your email address",
-        "admin": "Administer users and clients (admins only)",
-    },
+    scopes=DESCRIPTIONS,
     auto_error=False,
 )
 
@@ -145,18 +117,10 @@ ClaimsDep = Annotated[AccessClaims, Depends(get_claims)]
 
 
 async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
-    """The token's user, if the user is active and the token not revoked (one query)."""
-    try:
-        user_id = uuid.UUID(claims.sub)
-    except ValueError:
-        raise InvalidToken("The access token does not represent a user.") from None
-    family = uuid.UUID(claims.sid) if claims.sid else None
-    user = await session.scalar(
-        select(User).where(
-            User.id == user_id, User.is_active.is_(True),
-            user_token_is_live(family, claims.jti, claims.iat),
-        )
-    )
+    """The token's user, if the token still stands (one query: provider.tokens.revocation)."""
+    if token_user_id(claims) is None:
+        raise InvalidToken("The access token does not represent a user.")
+    user = await session.scalar(select(User).where(access_token_stands(claims)))
     if user is None:
         raise InvalidToken()
     return user
@@ -179,8 +143,8 @@ ADMIN_BEARER_ERRORS: Responses = {
 
 
 async def get_admin_user(claims: ClaimsDep, user: CurrentUser) -> User:
-    if ADMIN_SCOPE not in claims.scope or not user.is_admin:
-        raise InsufficientScope(ADMIN_SCOPE)
+    if ADMIN not in claims.scope or not user.is_admin:
+        raise InsufficientScope(ADMIN)
     return user
 
 

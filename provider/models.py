@@ -3,7 +3,8 @@
 from provider.clients.models import Client
 from provider.db import Base
 from provider.mfa.models import EmailCode
-from provider.tokens.models import RefreshToken, RevokedAccessToken
+from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
 from provider.users.models import User
 
-__all__ = ["Base", "Client", "EmailCode", "RefreshToken", "RevokedAccessToken", "User"]
+__all__ = ["Base", "Client", "EmailCode", "LoginSession", "RefreshToken", "RevokedAccessToken",
+           "User"]

@@ -26,8 +26,8 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from provider.app import build_services, create_app
-from provider.deps import Services
 from provider.keys.store import KeyStore, generate_key
+from provider.services import Services
 from provider.settings import Settings
 from tests.factories import Factory
 from tests.pgserver import LAST_ERROR, create_database, drop_database, provision_postgres

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import base64
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
+from provider.clients.models import Client
 from provider.clients.service import create_client
-from provider.deps import Services
+from provider.oauth.grants import CLIENT_GRANT_RULES
+from provider.services import Services
+from provider.tokens.refresh import start_session
 from provider.users.models import User
 from provider.users.service import create_user
 
@@ -83,14 +88,34 @@ class Factory:
         async with services.sessions() as session:
             client, secret = await create_client(
                 session, name=name, grant_types=grants, scopes=[scopes], is_public=public,
-                now=services.clock.now(),
+                now=services.clock.now(), grant_rules=CLIENT_GRANT_RULES,
             )
             await session.commit()
             return TestClient(client.client_id, secret)
 
-    async def set_user(self, user_id: str, **values: Any) -> None:
-        import uuid
+    async def session(self, user: TestUser, client: TestClient, *, scope: str) -> str:
+        """A live session (what a sign-in records) of ``user`` with ``client``: its id."""
+        services = self.services
+        async with services.engine.begin() as conn:
+            epoch = (await conn.execute(select(User.session_epoch)
+                                        .where(User.id == uuid.UUID(user.id)))).scalar_one()
+            session = await start_session(
+                conn, user_id=uuid.UUID(user.id), client_id=client.client_id, scope=scope,
+                session_epoch=epoch, amr=("pwd",), now=services.clock.now(),
+                absolute_ttl=services.settings.refresh_token_absolute_ttl)
+        return str(session.id)
 
+    async def set_client(self, client_id: str, **values: Any) -> None:
+        services = self.services
+        async with services.sessions() as session:
+            client = await session.get(Client, client_id)
+            assert client is not None
+            for name, value in values.items():
+                setattr(client, name, value)
+            await session.commit()
+        services.clients.invalidate(client_id)
+
+    async def set_user(self, user_id: str, **values: Any) -> None:
         services = self.services
         async with services.sessions() as session:
             user = await session.get(User, uuid.UUID(user_id))

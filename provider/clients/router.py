@@ -39,6 +39,7 @@ from provider.deps import (
     SessionDep,
 )
 from provider.errors import Problem
+from provider.oauth.grants import CLIENT_GRANT_RULES
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 audit = logging.getLogger("provider.admin")
@@ -71,7 +72,7 @@ async def admin_create_client(
     """Create a client. Its secret (none for a public client) is shown only here."""
     client, secret = await create_client(
         session, name=body.name, grant_types=body.grant_types, scopes=body.scopes,
-        is_public=body.is_public, now=clock.now(),
+        is_public=body.is_public, now=clock.now(), grant_rules=CLIENT_GRANT_RULES,
     )
     audit.info("admin=%s action=client.create target=%s", admin.id, client.client_id)
     return ClientCreated(**ClientRead.model_validate(client).model_dump(), client_secret=secret)
@@ -90,9 +91,11 @@ async def admin_update_client(
     admin: AdminUser, client_id: ClientId, body: ClientUpdate, session: SessionDep,
     services: ServicesDep, clock: ClockDep,
 ) -> ClientRead:
-    """Change only the fields sent; grants and scopes are validated as at creation."""
+    """Change only the fields sent; grants and scopes are validated as at creation.
+    ``is_active: false`` ends every session of the client for good."""
     changes = body.model_dump(exclude_unset=True)
-    client = await update_client(session, client_id, changes, now=clock.now())
+    client = await update_client(session, client_id, changes, now=clock.now(),
+                                 grant_rules=CLIENT_GRANT_RULES)
     invalidate_on_commit(session, services.clients, client_id)
     audit.info("admin=%s action=client.update target=%s fields=%s", admin.id, client_id,
                ",".join(sorted(changes)))

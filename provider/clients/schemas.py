@@ -7,14 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from provider.clients.service import GRANT_TYPES
-
 # Strict: a JSON "false" string or 0 is not quietly taken for a boolean on these fields.
 REQUEST = ConfigDict(extra="forbid", strict=True)
 # The default of PATCH fields that may be omitted but not null: never validated, so an
 # omitted field stays out of model_fields_set while a null fails the field's type.
 UNSET: Any = None
-GRANTS_HELP = f"Allowed grant types, any of: {', '.join(GRANT_TYPES)}"
+GRANTS_HELP = "Allowed grant types, any of the server's grant_types_supported (discovery)"
 SCOPES_HELP = "Allowed scopes; each item may hold several space-separated scope tokens"
 
 

@@ -12,7 +12,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,11 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from provider.clients.models import Client
 from provider.errors import NotFound, ValidationFailed
 from provider.pagination import decode_cursor, encode_cursor
+from provider.tokens.revocation import end_client_sessions
 
-GRANT_TYPES = ("password", "refresh_token", "client_credentials")
-# Grants a public client may use: it has no secret to prove who it is.
-PUBLIC_GRANT_TYPES = ("password", "refresh_token")
-STANDARD_SCOPES = ("openid", "profile", "email", "admin")
+# Grant type -> whether a public client may be allowed it. The token endpoint's grant
+# registry (provider.oauth.grants.CLIENT_GRANT_RULES) is the one source; callers pass it.
+GrantRules = Mapping[str, bool]
 # RFC 6749 §3.3 scope-token: printable ASCII except space, quote and backslash.
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5B\x5D-\x7E]{1,64}$")
 CLIENT_ID_PREFIX = "cl_"
@@ -80,17 +80,21 @@ def generate_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def validate_grant_types(grant_types: Iterable[str], *, is_public: bool) -> list[str]:
+def validate_grant_types(
+    grant_types: Iterable[str], *, is_public: bool, rules: GrantRules
+) -> list[str]:
     chosen = list(dict.fromkeys(grant_types))
     if not chosen:
         raise ValidationFailed("at least one grant type is required")
-    unknown = [g for g in chosen if g not in GRANT_TYPES]
+    unknown = [g for g in chosen if g not in rules]
     if unknown:
         raise ValidationFailed(
-            f"unknown grant type {unknown[0]!r}; choose from {', '.join(GRANT_TYPES)}"
+            f"unknown grant type {unknown[0]!r}; choose from {', '.join(rules)}"
         )
-    if is_public and "client_credentials" in chosen:
-        raise ValidationFailed("a public client cannot use client_credentials")
+    confidential_only = [g for g in chosen if not rules[g]]
+    if is_public and confidential_only:
+        # A public client has no secret to prove who it is.
+        raise ValidationFailed(f"a public client cannot use {confidential_only[0]}")
     return chosen
 
 
@@ -110,6 +114,7 @@ async def create_client(
     scopes: Sequence[str],
     is_public: bool,
     now: datetime,
+    grant_rules: GrantRules,
 ) -> tuple[Client, str | None]:
     """Create a client; return it with its secret (None for public clients), shown once."""
     name = name.strip()
@@ -121,7 +126,7 @@ async def create_client(
         secret_hash=hash_secret(secret) if secret else None,
         name=name,
         is_public=is_public,
-        grant_types=validate_grant_types(grant_types, is_public=is_public),
+        grant_types=validate_grant_types(grant_types, is_public=is_public, rules=grant_rules),
         scopes=validate_scopes(scopes),
         is_active=True,
         created_at=now,
@@ -164,13 +169,15 @@ CLIENT_EDITABLE_FIELDS = frozenset({"name", "grant_types", "scopes", "is_active"
 
 
 async def update_client(
-    session: AsyncSession, client_id: str, changes: dict[str, Any], *, now: datetime
+    session: AsyncSession, client_id: str, changes: dict[str, Any], *, now: datetime,
+    grant_rules: GrantRules,
 ) -> Client:
     """Apply a partial update; only CLIENT_EDITABLE_FIELDS may be in ``changes``.
 
     ``is_public`` and the secret are not editable: a client changes kind by being
-    recreated, and its secret only by rotation. An inactive client fails client
-    authentication, so its refresh tokens stop working until it is reactivated.
+    recreated, and its secret only by rotation. Deactivating a client ends all its
+    sessions for good: their refresh and access tokens stop working, and reactivating
+    the client revives none of them.
     """
     unknown = sorted(set(changes) - CLIENT_EDITABLE_FIELDS)
     if unknown:  # the wire schema forbids these already; this guards other callers
@@ -183,7 +190,7 @@ async def update_client(
             raise ValidationFailed("name must be 1 to 200 characters")
     if "grant_types" in values:
         values["grant_types"] = validate_grant_types(
-            values["grant_types"], is_public=client.is_public
+            values["grant_types"], is_public=client.is_public, rules=grant_rules
         )
     if "scopes" in values:
         values["scopes"] = validate_scopes(values["scopes"])
@@ -193,6 +200,9 @@ async def update_client(
             setattr(client, name, value)
         client.updated_at = now
         await session.flush()
+    if values.get("is_active") is False:
+        # Also when already inactive: nothing issued since may survive.
+        await end_client_sessions(await session.connection(), client_id, now=now)
     return client
 
 
@@ -208,7 +218,7 @@ async def rotate_secret(session: AsyncSession, client_id: str, *, now: datetime)
 
 
 async def delete_client(session: AsyncSession, client_id: str) -> None:
-    """Delete a client; its refresh tokens go with it (ON DELETE CASCADE)."""
+    """Delete a client; its sessions and their refresh tokens go with it (ON DELETE CASCADE)."""
     client = await get_client(session, client_id)
     await session.delete(client)
     await session.flush()

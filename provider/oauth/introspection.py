@@ -1,40 +1,50 @@
-"""RFC 7662 token introspection, for the confidential client the token was issued to.
+"""RFC 7662 token introspection, for resource servers.
 
-Anything not active, not ours to see, or unknown answers exactly ``{"active": false}``.
+Any active confidential client may introspect any access token (a resource server
+checks the tokens it receives); a refresh token only by the client it was issued to.
+The answer tells no more than the token grants: ``username`` only under ``profile``,
+``email`` only under ``email``. Anything not active, not the caller's to see, or
+unknown answers exactly ``{"active": false}`` (§2.2).
 """
 
 from __future__ import annotations
 
-import uuid
-from typing import Any, cast
-
-from sqlalchemy import Table, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from typing import TYPE_CHECKING, Any
 
 from provider.clients.service import ClientInfo
-from provider.oauth.grants.base import GrantContext
-from provider.tokens.jwt import AccessClaims, TokenRejected
-from provider.tokens.service import find_refresh_token, session_is_live, user_token_is_live
-from provider.users.models import User
+from provider.oauth.scopes import EMAIL, PROFILE
+from provider.tokens.jwt import TokenRejected
+from provider.tokens.refresh import find_refresh_token
+from provider.tokens.revocation import token_status
+
+if TYPE_CHECKING:
+    from provider.services import Services
 
 INACTIVE: dict[str, Any] = {"active": False}
-users = cast(Table, User.__table__)
+
+
+def _identity(scope: set[str] | frozenset[str], username: str | None,
+              email: str | None) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    if PROFILE in scope and username:
+        shown["username"] = username
+    if EMAIL in scope and email:
+        shown["email"] = email
+    return shown
 
 
 async def introspect(
-    ctx: GrantContext, client: ClientInfo, token: str, hint: str | None
+    services: Services, client: ClientInfo, token: str, hint: str | None
 ) -> dict[str, Any]:
-    now = ctx.clock.now()
+    now = services.clock.now()
     if token.count(".") == 2:
         try:
-            claims = ctx.jwt.verify_access_token(token, now=now)
+            claims = services.jwt.verify_access_token(token, now=now)
         except TokenRejected:
             return INACTIVE
-        if claims.client_id != client.client_id:
-            return INACTIVE
-        async with ctx.engine.connect() as conn:
-            username = await _live_user(conn, claims)
-        if username is False:
+        async with services.single.connect() as conn:
+            status = await token_status(conn, claims)
+        if status is None:
             return INACTIVE
         return {
             "active": True,
@@ -47,54 +57,21 @@ async def introspect(
             "exp": claims.exp,
             "iat": claims.iat,
             "jti": claims.jti,
-            **({"username": username} if isinstance(username, str) else {}),
+            **_identity(claims.scope, status.username, status.email),
         }
 
-    async with ctx.engine.connect() as conn:
-        stored = await find_refresh_token(conn, token)
-        if stored is None or stored.session.client_id != client.client_id:
-            return INACTIVE
-        if not stored.is_live(now):
-            return INACTIVE
-        active = (
-            await conn.execute(
-                select(users.c.is_active).where(users.c.id == stored.session.user_id)
-            )
-        ).scalar()
-    if not active:
+    async with services.single.connect() as conn:
+        stored = await find_refresh_token(conn, token, now=now)
+    if stored is None or stored.client_id != client.client_id or not stored.is_live:
         return INACTIVE
     return {
         "active": True,
         "token_type": "refresh_token",
-        "scope": stored.session.scope,
-        "client_id": stored.session.client_id,
-        "sub": str(stored.session.user_id),
-        "iss": ctx.jwt.issuer,
-        "exp": int(min(stored.expires_at, stored.session.family_expires_at).timestamp()),
+        "scope": stored.scope,
+        "client_id": stored.client_id,
+        "sub": str(stored.user_id),
+        "iss": services.jwt.issuer,
+        "exp": int(stored.expires_at.timestamp()),
         "iat": int(stored.issued_at.timestamp()),
+        **_identity(set(stored.scope.split()), stored.username, stored.email),
     }
-
-
-async def _live_user(conn: AsyncConnection, claims: AccessClaims) -> str | bool | None:
-    """The username of the token's user if the token still stands, else False.
-
-    A client_credentials token has no user: None when it is not revoked.
-    """
-    try:
-        user_id = uuid.UUID(claims.sub)
-    except ValueError:
-        user_id = None
-    family = uuid.UUID(claims.sid) if claims.sid else None
-    if user_id is None:
-        row = (await conn.execute(select(session_is_live(family, claims.jti)))).scalar()
-        return None if row else False
-    live = user_token_is_live(family, claims.jti, claims.iat)
-    found = (
-        await conn.execute(
-            select(users.c.username, users.c.email)
-            .where(users.c.id == user_id, users.c.is_active.is_(True), live)
-        )
-    ).first()
-    if found is None:
-        return False
-    return str(found.username or found.email)

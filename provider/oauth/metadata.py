@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from provider.clients.service import STANDARD_SCOPES
+from provider.oauth.grants import GRANT_TYPES
+from provider.oauth.scopes import STANDARD_SCOPES
 from provider.settings import Settings
 
-GRANT_TYPES_SUPPORTED = ["password", "refresh_token", "client_credentials"]
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
 
@@ -24,7 +24,7 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         # No authorization endpoint, so no response types: "none" (OAuth 2.0 Multiple
         # Response Type Encoding Practices §4) rather than advertise a flow we lack.
         "response_types_supported": ["none"],
-        "grant_types_supported": GRANT_TYPES_SUPPORTED,
+        "grant_types_supported": list(GRANT_TYPES),
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,
         "introspection_endpoint_auth_methods_supported": AUTH_METHODS[:2],

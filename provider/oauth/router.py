@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from provider.deps import ClaimsDep, CurrentUser, Services, ServicesDep, client_address
+from provider.deps import ClaimsDep, CurrentUser, ServicesDep, client_address
 from provider.metrics import TOKENS_ISSUED
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
@@ -18,6 +18,7 @@ from provider.oauth.errors import (
     UnsupportedGrantType,
 )
 from provider.oauth.form import FORM_TYPE, read_form
+from provider.oauth.grants import GRANT_TYPES, GRANTS
 from provider.oauth.grants.base import TokenRequest, require
 from provider.oauth.introspection import introspect
 from provider.oauth.metadata import authorization_server_metadata
@@ -28,7 +29,9 @@ from provider.oauth.schemas import (
     TokenResponse,
     UserInfo,
 )
+from provider.oauth.scopes import EMAIL, OPENID, PROFILE
 from provider.oidc.discovery import openid_configuration
+from provider.services import Services
 
 router = APIRouter(tags=["oauth"])
 
@@ -62,8 +65,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 _string = {"type": "string"}
 TOKEN_FORM = _form_body(
     {
-        "grant_type": {"type": "string",
-                       "enum": ["password", "refresh_token", "client_credentials"]},
+        "grant_type": {"type": "string", "enum": list(GRANT_TYPES)},
         "username": {**_string, "description": "email or username (password grant)"},
         "password": {**_string, "format": "password"},
         "refresh_token": _string,
@@ -86,7 +88,7 @@ TOKEN_ARG_FORM = _form_body(
 
 @router.post(
     "/oauth/token",
-    summary="Issue tokens (password, refresh_token, client_credentials)",
+    summary=f"Issue tokens ({', '.join(GRANT_TYPES)})",
     response_model=TokenResponse,
     response_model_exclude_none=True,
     responses=_errors(400, 401, 429),
@@ -97,7 +99,7 @@ async def token(request: Request) -> Response:
     services: Services = request.app.state.services
     form = await read_form(request)
     grant_type = require(form, "grant_type")
-    grant = services.grants.get(grant_type)
+    grant = GRANTS.get(grant_type)
     auth = await authenticate_client(
         services.clients, form, request.headers.get("authorization")
     )
@@ -106,7 +108,7 @@ async def token(request: Request) -> Response:
     if grant_type not in auth.client.grant_types:
         raise UnauthorizedClient()
     token_request = TokenRequest(form, client_address(request, services.settings))
-    body = await grant.exchange(token_request, auth.client)
+    body = await grant.exchange(services, token_request, auth.client)
     TOKENS_ISSUED.labels(grant_type).inc()
     return JSONResponse(body, headers=NO_STORE)
 
@@ -124,13 +126,13 @@ async def revocation(request: Request, services: ServicesDep) -> Response:
         services.clients, form, request.headers.get("authorization")
     )
     token_value = require(form, "token")
-    await revoke(services.grant_context, auth.client, token_value, form.get("token_type_hint"))
+    await revoke(services, auth.client, token_value, form.get("token_type_hint"))
     return Response(status_code=200, headers=NO_STORE)
 
 
 @router.post(
     "/oauth/introspect",
-    summary="Introspect a token (RFC 7662; confidential clients only)",
+    summary="Introspect a token (RFC 7662; any confidential client, e.g. a resource server)",
     response_model=IntrospectionResponse,
     response_model_exclude_none=True,
     responses=_errors(400, 401),
@@ -146,20 +148,18 @@ async def introspection(request: Request, services: ServicesDep) -> Response:
         raise InvalidClient("Public clients may not introspect tokens.",
                             used_basic=auth.used_basic)
     token_value = require(form, "token")
-    body = await introspect(
-        services.grant_context, auth.client, token_value, form.get("token_type_hint")
-    )
+    body = await introspect(services, auth.client, token_value, form.get("token_type_hint"))
     return JSONResponse(body, headers=NO_STORE)
 
 
 def _userinfo(claims: ClaimsDep, user: CurrentUser) -> UserInfo:
-    if "openid" not in claims.scope:
-        raise InsufficientScope("openid")
+    if OPENID not in claims.scope:
+        raise InsufficientScope(OPENID)
     info: dict[str, Any] = {"sub": str(user.id)}
-    if "email" in claims.scope:
+    if EMAIL in claims.scope:
         info["email"] = user.email
         info["email_verified"] = user.is_verified
-    if "profile" in claims.scope:
+    if PROFILE in claims.scope:
         if user.username:
             info["preferred_username"] = user.username
         for name in ("name", "given_name", "family_name"):

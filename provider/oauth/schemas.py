@@ -26,6 +26,7 @@ class IntrospectionResponse(BaseModel):
     scope: str | None = None
     client_id: str | None = None
     username: str | None = None
+    email: str | None = None
     token_type: str | None = None
     exp: int | None = None
     iat: int | None = None

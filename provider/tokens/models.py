@@ -1,6 +1,8 @@
-"""Refresh-token families and the access-token denylist.
+"""Login sessions (one per sign-in), their rotating refresh tokens, the access-token denylist.
 
-A family is every refresh token descended from one login. Only digests are stored.
+A session is the refresh family of RFC 9700 §4.14.2 and the ``sid`` of every access
+token issued in it: revoking it is one row update, which every check reads. Only
+digests of refresh tokens are stored.
 """
 
 from __future__ import annotations
@@ -8,36 +10,50 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, Uuid
+from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from provider.db import Base
 
 
-class RefreshToken(Base):
-    __tablename__ = "refresh_tokens"
+class LoginSession(Base):
+    __tablename__ = "login_sessions"
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
-    family_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
-    parent_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
-    client_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("clients.client_id", ondelete="CASCADE")
-    )
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     user_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    # The scope consented at sign-in; each refresh grants at most this, narrowed by what
+    # the client and the user may have at that moment.
     scope: Mapped[str] = mapped_column(Text)
-    issued_at: Mapped[datetime]
-    # Idle expiry: each rotation slides it forward, never past family_expires_at.
-    expires_at: Mapped[datetime]
-    # Absolute expiry of the whole family (login time + absolute TTL).
-    family_expires_at: Mapped[datetime]
+    # Authentication methods (RFC 8176) and instant of the sign-in, for ID tokens.
+    amr: Mapped[list[str]] = mapped_column(JSON)
     auth_time: Mapped[datetime]
-    rotated_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    # Absolute end of the session: rotation never extends it.
+    expires_at: Mapped[datetime]
+    # users.session_epoch when the user signed in: ending all of a user's sessions bumps
+    # the user's epoch, which also ends a sign-in that was still in flight.
+    session_epoch: Mapped[int] = mapped_column(Integer)
     revoked_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_refresh_tokens_parent_id", "parent_id"),)
+
+class RefreshToken(Base):
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("login_sessions.id", ondelete="CASCADE"), index=True
+    )
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    issued_at: Mapped[datetime]
+    # Idle expiry: each rotation slides it forward, never past the session's expiry.
+    expires_at: Mapped[datetime]
+    rotated_at: Mapped[datetime | None]
 
 
 class RevokedAccessToken(Base):

@@ -26,10 +26,11 @@ from provider.mfa.codes import EmailCodes, InvalidCode, Purpose
 from provider.passwords import PasswordHasher, check_password_policy
 from provider.ratelimit import Throttles
 from provider.settings import Settings
-from provider.tokens.service import revoke_user_tokens
+from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
 from provider.users.service import (
     InvalidEmail,
+    ensure_another_active_admin,
     ensure_available,
     normalize_email,
     normalize_username,
@@ -252,7 +253,7 @@ class Accounts:
         user.is_verified = True
         user.updated_at = now
         await session.flush()
-        await revoke_user_tokens(await session.connection(), user.id, now=now)
+        await end_user_sessions(await session.connection(), user.id, now=now)
         # The login throttle counts per identifier as typed: free both of the account's.
         await self.throttles.login_account.clear(user.email)
         if user.username:
@@ -263,7 +264,7 @@ class Accounts:
 
     async def change_password(
         self, session: AsyncSession, mailbox: Mailbox, user: User, *,
-        current_password: str, new_password: str, keep_family: uuid.UUID | None,
+        current_password: str, new_password: str, keep_session: uuid.UUID | None,
     ) -> None:
         await self._check_password(user, current_password)
         password = check_password_policy(
@@ -274,8 +275,8 @@ class Accounts:
         user.updated_at = now
         await session.flush()
         # Every other session ends; the caller's own stays (ASVS 7.4.3).
-        await revoke_user_tokens(await session.connection(), user.id, now=now,
-                                 keep_family=keep_family)
+        await end_user_sessions(await session.connection(), user.id, now=now,
+                                keep=keep_session)
         mailbox.send(mail.password_changed(user.email, product=PRODUCT))
 
     async def update_profile(
@@ -335,6 +336,9 @@ class Accounts:
         The row stays (audit, foreign keys) but carries no personal data or credential.
         """
         await self._check_password(user, password)
+        if user.is_admin:
+            # The admin API refuses the same (409 last_active_admin); so must this door.
+            await ensure_another_active_admin(session, user.id)
         now = self.clock.now()
         old_email = user.email
         user.is_active = False
@@ -344,7 +348,7 @@ class Accounts:
         user.profile = {}
         user.updated_at = now
         await session.flush()
-        await revoke_user_tokens(await session.connection(), user.id, now=now)
+        await end_user_sessions(await session.connection(), user.id, now=now)
         mailbox.send(mail.account_deleted(old_email, product=PRODUCT))
 
     # --- helpers ----------------------------------------------------------------------

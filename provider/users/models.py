@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Index, String, Uuid
+from sqlalchemy import JSON, Boolean, Index, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from provider.db import Base
@@ -26,9 +26,10 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
-    # When all the user's sessions were last ended (password reset or change, disabling):
-    # access tokens without a refresh family that are older than this stop working.
-    sessions_revoked_at: Mapped[datetime | None]
+    # Bumped whenever all the user's sessions end (password change or reset, disabling,
+    # deletion): a session signed in under an older epoch is dead, also one whose sign-in
+    # was still in flight when the revocation answered.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # The admin list pages through users in (created_at, id) order.
     __table_args__ = (Index("ix_users_created_at_id", "created_at", "id"),)

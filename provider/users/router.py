@@ -137,7 +137,7 @@ async def change_password(body: ChangePassword, user: CurrentUser, claims: Claim
     await accounts.change_password(
         session, mailbox_for(background, accounts), user,
         current_password=body.current_password, new_password=body.new_password,
-        keep_family=uuid.UUID(claims.sid) if claims.sid else None)
+        keep_session=uuid.UUID(claims.sid) if claims.sid else None)
     return Response(status_code=204)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from provider.errors import Conflict, NotFound, ValidationFailed
 from provider.pagination import InvalidCursor, decode_cursor, encode_cursor
 from provider.passwords import PasswordHasher, check_password_policy
-from provider.tokens.service import revoke_user_tokens
+from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
 
 users = cast(Table, User.__table__)
@@ -140,6 +140,9 @@ class LoginCandidate:
     is_active: bool
     is_verified: bool
     is_admin: bool
+    # Read with the password hash: a session started from these credentials dies when
+    # the user's sessions are ended after this read (provider.tokens.revocation).
+    session_epoch: int
 
 
 async def find_login_candidate(conn: AsyncConnection, identifier: str) -> LoginCandidate | None:
@@ -152,9 +155,10 @@ async def find_login_candidate(conn: AsyncConnection, identifier: str) -> LoginC
     return LoginCandidate(*row) if row is not None else None
 
 
-# Built once (the password grant's hot path): see provider/tokens/service.py.
+# Built once (the password grant's hot path): see provider/tokens/refresh.py.
 _LOGIN_COLUMNS = (users.c.id, users.c.email, users.c.username, users.c.password_hash,
-                  users.c.is_active, users.c.is_verified, users.c.is_admin)
+                  users.c.is_active, users.c.is_verified, users.c.is_admin,
+                  users.c.session_epoch)
 _LOGIN_BY_EMAIL = select(*_LOGIN_COLUMNS).where(users.c.email == bindparam("identifier"))
 _LOGIN_BY_USERNAME = select(*_LOGIN_COLUMNS).where(users.c.username == bindparam("identifier"))
 
@@ -238,7 +242,8 @@ async def list_users(
     return page, _encode_user_cursor(page[-1])
 
 
-async def _ensure_another_active_admin(session: AsyncSession, user_id: uuid.UUID) -> None:
+async def ensure_another_active_admin(session: AsyncSession, user_id: uuid.UUID) -> None:
+    """Raise LastActiveAdmin unless an active admin other than ``user_id`` remains."""
     # Lock the active admins' rows (in id order, so that concurrent demotions queue rather
     # than deadlock) and count the others: two admins demoting each other at once cannot
     # both succeed. SQLite ignores FOR UPDATE; there the write lock serialises requests.
@@ -284,7 +289,7 @@ async def update_user_admin(
         session, email=values.get("email"), username=values.get("username"), exclude=user.id
     )
     if loses_admin and user.is_admin and user.is_active:
-        await _ensure_another_active_admin(session, user.id)
+        await ensure_another_active_admin(session, user.id)
 
     changed = {name: value for name, value in values.items() if getattr(user, name) != value}
     if changed:
@@ -300,7 +305,7 @@ async def update_user_admin(
             raise (UsernameTaken() if "username" in str(exc.orig) else EmailTaken()) from None
     if values.get("is_active") is False:
         # Also when already disabled: makes sure nothing issued since survives (ASVS 7.4.2).
-        await revoke_user_tokens(await session.connection(), user.id, now=now)
+        await end_user_sessions(await session.connection(), user.id, now=now)
     return user
 
 

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from provider.clients.service import invalidate_on_commit, rotate_secret
-from provider.deps import Services
-from provider.tokens.models import RefreshToken
+from provider.services import Services
+from provider.tokens.models import LoginSession
 from tests.admin.helpers import (
     INSUFFICIENT_SCOPE,
     INSUFFICIENT_SCOPE_CHALLENGE,
@@ -289,7 +289,7 @@ async def test_patch_client_mass_assignment_is_rejected_and_changes_nothing(
     assert response.json()["error"] == "invalid_grant"  # authenticated: the secret still works
 
 
-async def test_deactivated_client_fails_authentication_until_reactivated(
+async def test_deactivated_client_fails_authentication_and_its_sessions_end_for_good(
     client: httpx.AsyncClient, factory: Factory, admin: Session
 ) -> None:
     oauth = await factory.client()
@@ -301,11 +301,18 @@ async def test_deactivated_client_fails_authentication_until_reactivated(
     assert_oauth_error(await refresh(client, session), 401, INVALID_CLIENT, BASIC_CHALLENGE)
     assert_oauth_error(await password_login(client, oauth, user), 401, INVALID_CLIENT,
                        BASIC_CHALLENGE)
+    me = await client.get("/users/me", headers=session.headers)
+    assert me.status_code == 401, me.text
 
+    # Reactivated, the client authenticates again, but what deactivation ended stays dead.
     await client.patch(f"/admin/clients/{oauth.client_id}", headers=admin.headers,
                        json={"is_active": True})
     response = await refresh(client, session)
-    assert response.status_code == 200, response.text
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_grant"
+    assert (await client.get("/users/me", headers=session.headers)).status_code == 401
+    fresh = await password_login(client, oauth, user)
+    assert fresh.status_code == 200, fresh.text
 
 
 # --- secret rotation --------------------------------------------------------------------
@@ -381,8 +388,8 @@ async def test_delete_client_ends_its_refresh_tokens(
     assert response.content == b""
     assert_oauth_error(await refresh(client, session), 401, INVALID_CLIENT, BASIC_CHALLENGE)
     async with services.sessions() as db:
-        left = await db.scalar(select(func.count()).select_from(RefreshToken)
-                               .where(RefreshToken.client_id == oauth.client_id))
+        left = await db.scalar(select(func.count()).select_from(LoginSession)
+                               .where(LoginSession.client_id == oauth.client_id))
     assert left == 0  # ON DELETE CASCADE
     response = await client.get(f"/admin/clients/{oauth.client_id}", headers=admin.headers)
     assert_problem(response, 404, *NO_SUCH_CLIENT)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from provider.deps import Services
+from provider.services import Services
 from provider.users.models import User
 from provider.users.service import LastActiveAdmin, UsernameTaken, update_user_admin
 from tests.admin.helpers import (

@@ -16,9 +16,9 @@ import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from provider.deps import Services
 from provider.mfa.codes import MAX_ATTEMPTS, InvalidCode, Purpose
 from provider.mfa.models import EmailCode
+from provider.services import Services
 from tests.conftest import TestClock as MovableClock
 from tests.factories import Factory, password_login
 from tests.oauth.helpers import assert_oauth_error, login

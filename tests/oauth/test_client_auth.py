@@ -6,9 +6,8 @@ import asyncio
 import base64
 from urllib.parse import quote
 
-from provider.clients.models import Client
 from provider.clients.service import ClientCache, hash_secret
-from provider.deps import Services
+from provider.services import Services
 from tests.factories import Factory
 from tests.factories import TestClient as OAuthClient
 from tests.oauth.helpers import BASIC_CHALLENGE, TOKEN, assert_oauth_error, basic
@@ -19,16 +18,6 @@ CC = {"grant_type": "client_credentials"}
 
 async def confidential(factory: Factory) -> OAuthClient:
     return await factory.client(grants=("client_credentials",), scopes="reports:read")
-
-
-async def set_client(services: Services, client_id: str, **values: object) -> None:
-    async with services.sessions() as session:
-        row = await session.get(Client, client_id)
-        assert row is not None
-        for name, value in values.items():
-            setattr(row, name, value)
-        await session.commit()
-    services.clients.invalidate(client_id)
 
 
 async def test_client_secret_basic_succeeds(client, factory: Factory) -> None:
@@ -133,7 +122,7 @@ async def test_disabled_client_is_invalid_client(
 ) -> None:
     oauth = await confidential(factory)
     assert (await client.post(TOKEN, data=CC, auth=oauth.auth)).status_code == 200
-    await set_client(services, oauth.client_id, is_active=False)
+    await factory.set_client(oauth.client_id, is_active=False)
     response = await client.post(TOKEN, data=CC, auth=oauth.auth)
     assert_oauth_error(response, 401, "invalid_client", AUTH_FAILED,
                        www_authenticate=BASIC_CHALLENGE)
@@ -147,7 +136,7 @@ async def test_client_cache_sees_a_change_from_elsewhere_after_its_ttl(
     cache = ClientCache(services.engine, ttl_seconds=0.2)
     cached = await cache.get(oauth.client_id)
     assert cached is not None and cached.is_active
-    await set_client(services, oauth.client_id, is_active=False)
+    await factory.set_client(oauth.client_id, is_active=False)
     still = await cache.get(oauth.client_id)
     assert still is not None and still.is_active  # within the TTL: the cached entry
     await asyncio.sleep(0.25)
@@ -216,7 +205,7 @@ async def test_basic_credentials_are_form_urldecoded(
     # a secret with the characters that matter: ':' '+' '%' '/' and non-ASCII.
     oauth = await confidential(factory)
     secret = "s3:cr+t%2F/ü ok"
-    await set_client(services, oauth.client_id, secret_hash=hash_secret(secret))
+    await factory.set_client(oauth.client_id, secret_hash=hash_secret(secret))
     ok = await client.post(TOKEN, data=CC, headers=basic(oauth.client_id, secret))
     assert ok.status_code == 200, ok.text
     # Every character of the id percent-encoded, which is the same id.
@@ -237,7 +226,7 @@ async def test_post_credentials_with_special_characters(
 ) -> None:
     oauth = await confidential(factory)
     secret = "s3:cr+t%2F/ü ok"
-    await set_client(services, oauth.client_id, secret_hash=hash_secret(secret))
+    await factory.set_client(oauth.client_id, secret_hash=hash_secret(secret))
     response = await client.post(
         TOKEN, data={**CC, "client_id": oauth.client_id, "client_secret": secret}
     )

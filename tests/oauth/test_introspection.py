@@ -1,4 +1,5 @@
-"""POST /oauth/introspect (RFC 7662): for the confidential client the token was issued to."""
+"""POST /oauth/introspect (RFC 7662): any confidential client (a resource server) may
+introspect access tokens; refresh tokens only their own client; public clients never."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from provider.deps import Services
+from provider.services import Services
 from provider.settings import Settings
 from tests.conftest import TestClock as MovableClock
 from tests.factories import Factory
@@ -57,13 +58,28 @@ async def test_active_access_token(client, factory: Factory, settings: Settings)
     }
 
 
-async def test_active_access_token_username_falls_back_to_email(
+async def test_introspection_shows_no_identity_beyond_the_tokens_scope(
     client, factory: Factory
 ) -> None:
-    user, oauth = await factory.user(), await factory.client()
-    tokens = await login(client, oauth, user)
-    body = await introspect(client, oauth, tokens["access_token"], token_type_hint="access_token")
-    assert body["username"] == user.email
+    user = await factory.user(username=f"who-{factory.services.clock.now().microsecond}")
+    oauth = await factory.client()
+    bare = await login(client, oauth, user, scope="openid")
+    body = await introspect(client, oauth, bare["access_token"], token_type_hint="access_token")
+    assert body["active"] is True
+    # No email as username, no email, no username: the token grants neither.
+    assert "username" not in body and "email" not in body
+    refresh_body = await introspect(client, oauth, bare["refresh_token"])
+    assert refresh_body["active"] is True
+    assert "username" not in refresh_body and "email" not in refresh_body
+
+    with_email = await login(client, oauth, user, scope="openid email")
+    body = await introspect(client, oauth, with_email["access_token"])
+    assert body["email"] == user.email
+    assert "username" not in body
+    with_profile = await login(client, oauth, user, scope="profile")
+    body = await introspect(client, oauth, with_profile["access_token"])
+    assert body["username"] == user.username
+    assert "email" not in body
 
 
 async def test_active_client_credentials_token(client, factory: Factory) -> None:
@@ -87,7 +103,8 @@ async def test_active_refresh_token(
     body = await introspect(client, oauth, tokens["refresh_token"],
                             token_type_hint="refresh_token")
     assert set(body) == {"active", "token_type", "scope", "client_id", "sub", "iss", "exp",
-                         "iat"}
+                         "iat", "email"}
+    assert body["email"] == user.email  # under the `email` scope
     assert body["active"] is True
     assert body["token_type"] == "refresh_token"
     assert body["scope"] == "openid email"
@@ -156,14 +173,43 @@ async def test_disabled_users_tokens_are_inactive(client, factory: Factory) -> N
     assert await introspect(client, oauth, tokens["refresh_token"]) == INACTIVE
 
 
-async def test_another_clients_tokens_are_inactive(client, factory: Factory) -> None:
+async def test_a_resource_server_introspects_other_clients_access_tokens(
+    client, factory: Factory, settings: Settings
+) -> None:
     user = await factory.user()
-    owner, other = await factory.client(), await factory.client()
-    tokens = await login(client, owner, user)
-    assert await introspect(client, other, tokens["access_token"]) == INACTIVE
-    assert await introspect(client, other, tokens["refresh_token"]) == INACTIVE
+    owner = await factory.client()
+    # A resource server: a confidential client of its own, with no grant to speak of.
+    resource_server = await factory.client(grants=("client_credentials",), scopes="")
+    tokens = await login(client, owner, user, scope="openid email")
+    claims = unverified(tokens["access_token"])[1]
+    body = await introspect(client, resource_server, tokens["access_token"])
+    assert body == {
+        "active": True, "token_type": "Bearer", "scope": "email openid",
+        "client_id": owner.client_id, "sub": user.id, "aud": settings.token_audience,
+        "iss": settings.issuer, "exp": claims["exp"], "iat": claims["iat"],
+        "jti": claims["jti"], "email": user.email,
+    }
+    # Refresh tokens are for their own client only: no one else learns anything.
+    assert await introspect(client, resource_server, tokens["refresh_token"]) == INACTIVE
     # Looking did not hurt the owner's tokens.
     assert (await introspect(client, owner, tokens["refresh_token"]))["active"] is True
+
+    # Once the session is revoked, the resource server is told so.
+    revoked = await client.post("/oauth/revoke", auth=owner.auth,
+                                data={"token": tokens["refresh_token"]})
+    assert revoked.status_code == 200
+    assert await introspect(client, resource_server, tokens["access_token"]) == INACTIVE
+
+
+async def test_an_inactive_client_may_not_introspect(client, factory: Factory) -> None:
+    user, owner = await factory.user(), await factory.client()
+    resource_server = await factory.client(grants=("client_credentials",), scopes="")
+    tokens = await login(client, owner, user)
+    await factory.set_client(resource_server.client_id, is_active=False)
+    response = await client.post(INTROSPECT, data={"token": tokens["access_token"]},
+                                 auth=resource_server.auth)
+    assert_oauth_error(response, 401, "invalid_client", "Client authentication failed.",
+                       www_authenticate=BASIC_CHALLENGE)
 
 
 async def test_id_token_is_not_an_active_access_token(client, factory: Factory) -> None:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from joserfc.jwk import RSAKey
 
-from provider.deps import Services
+from provider.services import Services
 from provider.settings import Settings
 from provider.tokens.jwt import TokenRejected
 from tests.conftest import TestClock as MovableClock
@@ -94,10 +94,12 @@ async def forge(factory: Factory, services: Services, settings: Settings) -> For
     kid, key = services.keys.signing_key()
     assert isinstance(key, RSAKey) and key.private_key is not None
     iat = int(services.clock.now().timestamp())
+    # Every user token belongs to a live session (its `sid`): the forger gets a real one.
+    session_id = await factory.session(user, oauth, scope="openid profile email")
     claims = {
         "iss": settings.issuer, "sub": user.id, "aud": settings.token_audience,
         "exp": iat + 600, "iat": iat, "jti": secrets.token_urlsafe(16),
-        "client_id": oauth.client_id, "scope": "openid profile email",
+        "client_id": oauth.client_id, "scope": "openid profile email", "sid": session_id,
     }
     return Forge(kid, key.private_key, key.as_dict(private=False), claims)
 

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from provider.app import create_app
-from provider.deps import Services
+from provider.services import Services
 from provider.settings import Settings
 from provider.users.models import User
 from tests.conftest import TestClock, make_settings

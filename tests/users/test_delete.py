@@ -10,7 +10,7 @@ import httpx
 import pytest_asyncio
 from fastapi import FastAPI
 
-from provider.deps import Services
+from provider.services import Services
 from tests.factories import Factory, password_login, unique_email
 from tests.oauth.helpers import (
     assert_invalid_token,

@@ -9,8 +9,9 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from provider.deps import Services, get_session
+from provider.deps import get_session
 from provider.oauth.errors import InvalidToken
+from provider.services import Services
 from provider.tokens.models import RevokedAccessToken
 from tests.factories import Factory
 from tests.oauth.helpers import assert_invalid_token, login, me

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from provider.deps import Services
+from provider.services import Services
 from tests.factories import Factory, password_login, unique_email
 from tests.oauth.helpers import assert_oauth_error, bearer, login
 from tests.smtp_sink import SmtpSink, plain_text

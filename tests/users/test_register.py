@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from provider.deps import Services
+from provider.services import Services
 from provider.settings import Settings
 from tests.conftest import TestClock as MovableClock
 from tests.factories import Factory, password_login, unique_email

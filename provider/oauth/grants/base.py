@@ -1,39 +1,19 @@
-"""The Grant protocol, the context grants work in, and helpers they share."""
+"""The Grant protocol and what grants share: the parsed request and the token response."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from provider.clients.service import ClientInfo
+from provider.oauth.errors import InvalidRequest
+from provider.oauth.scopes import OPENID
+from provider.tokens.refresh import Session
 
-from provider.clients.service import ClientCache, ClientInfo
-from provider.clock import Clock
-from provider.oauth.errors import InvalidRequest, InvalidScope
-from provider.passwords import PasswordHasher
-from provider.ratelimit import Throttles
-from provider.settings import Settings
-from provider.tokens.jwt import JwtService
-from provider.tokens.service import Session
+if TYPE_CHECKING:
+    from provider.services import Services
 
-ADMIN_SCOPE = "admin"
 TokenResponse = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class GrantContext:
-    """Everything a grant needs, built once per process."""
-
-    settings: Settings
-    engine: AsyncEngine
-    # Same pool; autocommit on PostgreSQL (see provider.db.single_statement_engine).
-    single: AsyncEngine
-    clock: Clock
-    jwt: JwtService
-    hasher: PasswordHasher
-    clients: ClientCache
-    throttles: Throttles
 
 
 @dataclass(frozen=True)
@@ -45,9 +25,15 @@ class TokenRequest:
 
 
 class Grant(Protocol):
-    grant_type: ClassVar[str]
+    """One grant type of the token endpoint (RFC 6749 §4), registered in ``grants``."""
 
-    async def exchange(self, request: TokenRequest, client: ClientInfo) -> TokenResponse: ...
+    grant_type: ClassVar[str]
+    # Whether a public client (no secret) may be allowed this grant.
+    allows_public_clients: ClassVar[bool]
+
+    async def exchange(
+        self, services: Services, request: TokenRequest, client: ClientInfo
+    ) -> TokenResponse: ...
 
 
 def require(form: dict[str, str], name: str) -> str:
@@ -57,30 +43,8 @@ def require(form: dict[str, str], name: str) -> str:
     return value
 
 
-def parse_scope(raw: str | None) -> list[str] | None:
-    if raw is None:
-        return None
-    return list(dict.fromkeys(raw.split()))
-
-
-def resolve_scope(
-    requested: list[str] | None, allowed: Iterable[str], *, may_admin: bool
-) -> str:
-    """RFC 6749 §3.3: the requested scope, which must be allowed; or the allowed default."""
-    permitted = [s for s in allowed if s != ADMIN_SCOPE or may_admin]
-    if requested is None:
-        # Least privilege (ASVS 10.4.11): admin power is granted only when asked for.
-        return " ".join(s for s in permitted if s != ADMIN_SCOPE)
-    if not requested:
-        raise InvalidScope("The scope parameter is empty.")
-    refused = [s for s in requested if s not in permitted]
-    if refused:
-        raise InvalidScope(f"Scope not allowed: {refused[0]}.")
-    return " ".join(requested)
-
-
 def token_response(
-    ctx: GrantContext,
+    services: Services,
     *,
     sub: str,
     client_id: str,
@@ -89,12 +53,12 @@ def token_response(
     refresh_token: str | None = None,
 ) -> TokenResponse:
     """Sign the access token (and an ID token for `openid`) and shape RFC 6749 §5.1."""
-    now = ctx.clock.now()
-    settings = ctx.settings
-    # `sid` ties the access token to its refresh family, so revoking the family ends it
-    # at our own endpoints and at introspection. No refresh token, no family.
-    sid = str(session.family_id) if session and refresh_token else None
-    access_token, _ = ctx.jwt.issue_access_token(
+    now = services.clock.now()
+    settings = services.settings
+    # `sid` ties a user's access token to its session, so ending the session ends it at
+    # our own endpoints and at introspection. A client acting for itself has none.
+    sid = str(session.id) if session else None
+    access_token, _ = services.jwt.issue_access_token(
         sub=sub, client_id=client_id, scope=scope, now=now, ttl=settings.access_token_ttl,
         sid=sid, auth_time=session.auth_time if session else None,
     )
@@ -106,8 +70,8 @@ def token_response(
     }
     if refresh_token is not None:
         body["refresh_token"] = refresh_token
-    if session is not None and "openid" in scope.split():
-        body["id_token"] = ctx.jwt.issue_id_token(
+    if session is not None and OPENID in scope.split():
+        body["id_token"] = services.jwt.issue_id_token(
             sub=sub, client_id=client_id, now=now, ttl=settings.id_token_ttl,
             auth_time=session.auth_time, sid=sid,
         )

@@ -7,8 +7,9 @@ import pytest
 
 from provider.clients.models import Client
 from provider.clients.service import create_client
-from provider.deps import Services
 from provider.errors import ValidationFailed
+from provider.oauth.grants import CLIENT_GRANT_RULES
+from provider.services import Services
 from provider.settings import Settings
 from tests.factories import Factory
 from tests.oauth.helpers import (
@@ -95,7 +96,7 @@ async def test_public_client_cannot_be_given_client_credentials(services: Servic
         with pytest.raises(ValidationFailed) as caught:
             await create_client(session, name="spa", grant_types=["client_credentials"],
                                 scopes=["reports:read"], is_public=True,
-                                now=services.clock.now())
+                                now=services.clock.now(), grant_rules=CLIENT_GRANT_RULES)
     assert caught.value.detail == "a public client cannot use client_credentials"
 
 

@@ -13,9 +13,9 @@ import pytest
 import pytest_asyncio
 
 from provider.app import create_app
-from provider.deps import Services
+from provider.services import Services
 from provider.settings import Settings
-from provider.tokens.service import revoke_user_tokens
+from provider.tokens.revocation import end_user_sessions
 from tests.conftest import TestClock as MovableClock
 from tests.conftest import make_settings
 from tests.factories import Factory
@@ -194,7 +194,7 @@ async def test_disabled_users_refresh_token_is_invalid_grant(
     assert_invalid_token(await me(client, tokens["access_token"]))
 
 
-async def test_revoke_user_tokens_ends_every_family(
+async def test_end_user_sessions_ends_every_session(
     client, factory: Factory, services: Services
 ) -> None:
     user, oauth = await factory.user(), await factory.client()
@@ -202,34 +202,38 @@ async def test_revoke_user_tokens_ends_every_family(
     families = [await login(client, oauth, user) for _ in range(2)]
     unrelated = await login(client, oauth, bystander)
     async with services.engine.begin() as conn:
-        await revoke_user_tokens(conn, uuid.UUID(user.id), now=services.clock.now())
+        await end_user_sessions(conn, uuid.UUID(user.id), now=services.clock.now())
     for tokens in families:
         assert_refresh_refused(await refresh(client, oauth, tokens["refresh_token"]))
         assert_invalid_token(await me(client, tokens["access_token"]))
     await refreshed(client, oauth, unrelated["refresh_token"])
 
 
-async def test_revoke_user_tokens_also_ends_family_less_access_tokens(
+async def test_end_user_sessions_also_ends_tokens_of_clients_without_refresh(
     client, factory: Factory, services: Services, clock: MovableClock
 ) -> None:
-    # A client without the refresh_token grant gets access tokens with no family (no sid).
+    # A client without the refresh_token grant gets no refresh token, but its access
+    # tokens belong to a session all the same; revoked in the very second they were
+    # issued (same `iat`), they die, and a sign-in in that same second lives.
     user, oauth = await factory.user(), await factory.client(grants=("password",))
+    clock.freeze()
     tokens = await login(client, oauth, user)
-    assert "sid" not in unverified(tokens["access_token"])[1]
-    clock.advance(timedelta(seconds=1))  # revocation is recorded in whole seconds
+    assert "refresh_token" not in tokens
+    uuid.UUID(unverified(tokens["access_token"])[1]["sid"])
     async with services.engine.begin() as conn:
-        await revoke_user_tokens(conn, uuid.UUID(user.id), now=services.clock.now())
+        await end_user_sessions(conn, uuid.UUID(user.id), now=services.clock.now())
     assert_invalid_token(await me(client, tokens["access_token"]))
     introspection = await client.post("/oauth/introspect", auth=oauth.auth,
                                       data={"token": tokens["access_token"]})
     assert introspection.json() == {"active": False}
-    # A login after the revocation is unaffected.
-    clock.advance(timedelta(seconds=1))
+    # A login after the revocation, in the same second, is unaffected.
     later = await login(client, oauth, user)
+    assert unverified(later["access_token"])[1]["iat"] == unverified(
+        tokens["access_token"])[1]["iat"]
     assert (await me(client, later["access_token"])).status_code == 200
 
 
-async def test_revoke_user_tokens_can_keep_the_callers_family(
+async def test_end_user_sessions_can_keep_the_callers_session(
     client, factory: Factory, services: Services
 ) -> None:
     # A password change ends the user's other sessions, not the one making the change.
@@ -237,8 +241,8 @@ async def test_revoke_user_tokens_can_keep_the_callers_family(
     current, other = await login(client, oauth, user), await login(client, oauth, user)
     keep = uuid.UUID(unverified(current["access_token"])[1]["sid"])
     async with services.engine.begin() as conn:
-        await revoke_user_tokens(conn, uuid.UUID(user.id), now=services.clock.now(),
-                                 keep_family=keep)
+        await end_user_sessions(conn, uuid.UUID(user.id), now=services.clock.now(),
+                                keep=keep)
     assert_refresh_refused(await refresh(client, oauth, other["refresh_token"]))
     assert_invalid_token(await me(client, other["access_token"]))
     assert (await me(client, current["access_token"])).status_code == 200

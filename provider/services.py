@@ -1,0 +1,67 @@
+"""The one container of per-process services, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from provider.clients.service import ClientCache
+from provider.clock import Clock, SystemClock
+from provider.db import create_engine, session_factory, single_statement_engine
+from provider.keys.service import KeyRing
+from provider.keys.store import KeyStore, load_secret_key
+from provider.mail import make_sender
+from provider.mfa.codes import EmailCodes
+from provider.passwords import PasswordHasher
+from provider.ratelimit import Throttles
+from provider.settings import Settings
+from provider.tokens.jwt import JwtService
+from provider.users.accounts import Accounts
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    # The same pool in autocommit on PostgreSQL, for statements that stand alone (the
+    # token path's reads and single-statement writes): see provider.db.
+    single: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    clock: Clock
+    keys: KeyRing
+    jwt: JwtService
+    hasher: PasswordHasher
+    clients: ClientCache
+    throttles: Throttles
+    accounts: Accounts
+
+
+def build_services(settings: Settings, clock: Clock | None = None) -> Services:
+    clock = clock or SystemClock()
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    longest_token = max(settings.access_token_ttl, settings.id_token_ttl)
+    keys = KeyRing(KeyStore(settings.keys_dir), clock, longest_token)
+    jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
+    hasher = PasswordHasher(settings)
+    single = single_statement_engine(engine)
+    throttles = Throttles(
+        settings.redis_url,
+        login_account=settings.login_throttle_account,
+        login_address=settings.login_throttle_address,
+        email_code=settings.email_code_throttle,
+        registration=settings.registration_throttle,
+    )
+    sessions = session_factory(engine)
+    secret = load_secret_key(
+        settings.secret_key.get_secret_value() if settings.secret_key else None,
+        settings.keys_dir,
+    )
+    accounts = Accounts(
+        settings=settings, sessions=sessions, clock=clock, hasher=hasher,
+        codes=EmailCodes(secret, settings.email_code_ttl), mailer=make_sender(settings),
+        throttles=throttles,
+    )
+    return Services(settings=settings, engine=engine, single=single, sessions=sessions,
+                    clock=clock, keys=keys, jwt=jwt, hasher=hasher,
+                    clients=ClientCache(single), throttles=throttles, accounts=accounts)
