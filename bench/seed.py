@@ -145,7 +145,7 @@ def setup(args: argparse.Namespace) -> None:
 async def issue_tokens(db_url: str, config: dict[str, str], count: int) -> list[str]:
     from provider.db import create_engine
     from provider.settings import Settings
-    from provider.tokens.service import Session, issue_refresh_token
+    from provider.tokens.refresh import issue_refresh_token, start_session
 
     settings = Settings()  # lifetimes only; the URL is given
     engine = create_engine(db_url)
@@ -155,13 +155,11 @@ async def issue_tokens(db_url: str, config: dict[str, str], count: int) -> list[
         for start in range(0, count, 1000):
             async with engine.begin() as conn:
                 for _ in range(min(1000, count - start)):
-                    session = Session(
-                        family_id=uuid.uuid4(),
-                        user_id=uuid.UUID(config["user_id"]),
-                        client_id=config["client_id"],
-                        scope=config["scope"],
-                        family_expires_at=now + settings.refresh_token_absolute_ttl,
-                        auth_time=now,
+                    session = await start_session(
+                        conn, user_id=uuid.UUID(config["user_id"]),
+                        client_id=config["client_id"], scope=config["scope"],
+                        session_epoch=0, amr=("pwd",), now=now,
+                        absolute_ttl=settings.refresh_token_absolute_ttl,
                     )
                     tokens.append(await issue_refresh_token(
                         conn, session=session, now=now, idle_ttl=settings.refresh_token_ttl))
