@@ -8,7 +8,10 @@ create --json``) against the same environment, which exercises the CLI as well.
 
 Servers are package-scoped (``live_pg``, ``live_sqlite``: started once for tests/e2e
 and stopped when it is done, so no idle connection pool outlives it) or module-scoped
-where a test needs one of its own (key rotation): the suite starts three in all.
+where a test needs one of its own (key rotation). A test that must cross processes
+starts two servers on two ports over one database (``ServerPair``) and sends each
+request to a server of its choosing: nothing depends on how the OS spreads connections
+over a server's workers.
 """
 
 from __future__ import annotations
@@ -23,17 +26,20 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
-from tests.conftest import migrate
-from tests.factories import DEFAULT_PASSWORD, unique_email
+from provider.services import build_services
+from tests.conftest import make_settings, migrate
+from tests.factories import DEFAULT_PASSWORD, Factory, unique_email
 from tests.factories import TestClient as OAuthClient
 from tests.factories import TestUser as User
+from tests.smtp_sink import SmtpSink
 
 # (Aliased: test modules importing the names `Test*` would make pytest try to collect
 # them as test classes, and the collection warning is an error here.)
@@ -159,34 +165,6 @@ class LiveServer:
         except FileNotFoundError:
             return ""
 
-    def worker_pids(self) -> list[int]:
-        """The uvicorn worker processes (children of the supervisor), when workers > 1."""
-        assert self.process is not None
-        if self.workers == 1:
-            return [self.process.pid]
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        pids = [int(p) for p in children.read_text().split()]
-        # multiprocessing's spawn start method also runs a resource tracker: skip it.
-        return [pid for pid in pids if "resource_tracker" not in _cmdline(pid)]
-
-    def served_by(self, response: httpx.Response) -> int:
-        """The PID of the worker that answered ``response`` (its connection still open).
-
-        The client's local port names the TCP connection; the worker holding the
-        server end of it (found through /proc) is the one that served the request.
-        """
-        stream = response.extensions["network_stream"]
-        try:
-            _host, client_port = stream.get_extra_info("client_addr")
-        except OSError:  # the server closed the connection: after a 500, say
-            raise AssertionError(f"connection closed after {response.status_code} "
-                                 f"{response.text!r}:\n{self.log()[-3000:]}") from None
-        inode = _server_socket_inode(self.port, client_port)
-        for pid in self.worker_pids():
-            if inode in _socket_inodes(pid):
-                return pid
-        raise AssertionError(f"no worker holds the connection from port {client_port}")
-
     # --- the CLI in the server's environment -------------------------------------------
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -268,34 +246,6 @@ def _one_json_object(result: subprocess.CompletedProcess[str]) -> dict[str, Any]
     return data
 
 
-def _server_socket_inode(server_port: int, client_port: int) -> str:
-    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == local and fields[2] == remote:
-            return fields[9]
-    raise AssertionError(f"no TCP connection 127.0.0.1:{client_port} -> :{server_port}")
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:  # closed meanwhile
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    return inodes
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 @pytest.fixture(scope="package")
 def e2e_dir(workdir: Path) -> Path:
     path = workdir / f"e2e-{secrets.token_hex(3)}"
@@ -362,3 +312,83 @@ def private_keys_dir(keys_dir: Path, e2e_dir: Path) -> Path:
     shutil.copytree(keys_dir, target)
     return target
 
+
+
+class ServerPair:
+    """Two `provider serve` processes on two ports over one database and keys directory:
+    requests are split between them by the test, so a race crosses processes for sure."""
+
+    def __init__(self, database_url: str, keys_dir: Path, rundir: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
+        first = LiveServer(database_url=database_url, keys_dir=keys_dir, rundir=rundir / "a",
+                           extra_env=extra_env)
+        # One issuer for both, as behind a load balancer: each accepts the other's tokens.
+        second = LiveServer(database_url=database_url, keys_dir=keys_dir, rundir=rundir / "b",
+                            extra_env={**(extra_env or {}), "PROVIDER_ISSUER": first.issuer})
+        second.issuer = first.issuer
+        self.servers = (first, second)
+        self.issuer = first.issuer
+
+    def __getitem__(self, index: int) -> LiveServer:
+        return self.servers[index % 2]
+
+    def start(self) -> ServerPair:
+        try:
+            for server in self.servers:
+                server.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture(scope="package")
+def pair_pg(request: pytest.FixtureRequest, postgres_server: str | None, keys_dir: Path,
+            e2e_dir: Path, mail_sink: SmtpSink) -> Iterator[ServerPair]:
+    """Two servers on the session's migrated PostgreSQL database, mailing to the sink."""
+    if postgres_server is None:
+        pytest.skip("no PostgreSQL available")
+    database_url = str(request.getfixturevalue("migrated"))
+    pair = ServerPair(database_url, keys_dir, e2e_dir / "pair-pg",
+                      {"PROVIDER_SMTP_URL": mail_sink.url})
+    pair.start()
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+@pytest.fixture(scope="package")
+def pair_sqlite(sqlite_e2e_url: str, keys_dir: Path, e2e_dir: Path,
+                mail_sink: SmtpSink) -> Iterator[ServerPair]:
+    """Two servers on the e2e suite's SQLite file, mailing to the sink."""
+    pair = ServerPair(sqlite_e2e_url, keys_dir, e2e_dir / "pair-sqlite",
+                      {"PROVIDER_SMTP_URL": mail_sink.url})
+    pair.start()
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+@pytest.fixture(scope="package", params=["postgresql", "sqlite"])
+def pair(request: pytest.FixtureRequest) -> ServerPair:
+    """Each server pair in turn (PostgreSQL is skipped when there is none)."""
+    name = "pair_pg" if request.param == "postgresql" else "pair_sqlite"
+    server_pair: ServerPair = request.getfixturevalue(name)
+    return server_pair
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="session")
+async def pair_factory(pair: ServerPair, keys_dir: Path) -> AsyncIterator[Factory]:
+    """Test data made in-process, straight into the pair's database (fast enough to make
+    a fresh user and client for each of many trials)."""
+    services = build_services(make_settings(pair[0].database_url, keys_dir))
+    try:
+        yield Factory(services)
+    finally:
+        await services.engine.dispose()

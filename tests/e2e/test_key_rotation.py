@@ -1,10 +1,10 @@
-"""Signing-key lifecycle driven by the CLI while a 2-worker server runs.
+"""Signing-key lifecycle driven by the CLI while two server processes run.
 
 `provider keys generate` publishes a key without signing with it; `keys rotate` makes
 it sign while the old key stays published, so tokens it signed keep verifying; `keys
 retire` withdraws the old key and its tokens stop verifying. Every server process
 notices each change by itself (the keys directory is re-checked at most once a
-second), which is checked on every worker.
+second): each request is sent to both processes of a ServerPair.
 """
 
 from __future__ import annotations
@@ -17,45 +17,32 @@ import httpx
 import jwt
 import pytest
 
-from tests.e2e.conftest import KEYS_RECHECK_WAIT_S, LiveServer, OAuthClient, User
-
-BATCH = 8
-MAX_BATCHES = 10
+from tests.e2e.conftest import KEYS_RECHECK_WAIT_S, LiveServer, OAuthClient, ServerPair, User
 
 
 @pytest.fixture(scope="module")
 def rotating(sqlite_e2e_url: str, private_keys_dir: Path,
-             e2e_dir: Path) -> Iterator[LiveServer]:
-    """A 2-worker server of its own, on a copy of the keys directory. (Keys do not care
-    about the database: SQLite spares a shared PostgreSQL two more connection pools.)"""
-    server = LiveServer(database_url=sqlite_e2e_url, keys_dir=private_keys_dir,
-                        rundir=e2e_dir / "rotation", workers=2)
-    server.start()
+             e2e_dir: Path) -> Iterator[ServerPair]:
+    """Two servers of their own on a copy of the keys directory. (Keys do not care about
+    the database: SQLite spares a shared PostgreSQL two more connection pools.)"""
+    pair = ServerPair(sqlite_e2e_url, private_keys_dir, e2e_dir / "rotation")
+    pair.start()
     try:
-        yield server
+        yield pair
     finally:
-        server.stop()
+        pair.stop()
 
 
 Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
 
 
-async def on_every_worker(live: LiveServer, request: Request) -> list[httpx.Response]:
-    """Send ``request`` on fresh connections until every worker has answered it."""
-    responses: list[httpx.Response] = []
-    seen: set[int] = set()
+async def on_every_process(pair: ServerPair, request: Request) -> list[httpx.Response]:
+    """Send ``request`` to each of the two server processes; their answers, in order."""
+    async def one(server: LiveServer) -> httpx.Response:
+        async with server.http() as http:
+            return await request(http)
 
-    async def one() -> None:
-        async with live.http() as http:
-            response = await request(http)
-            seen.add(live.served_by(response))
-            responses.append(response)
-
-    for _ in range(MAX_BATCHES):
-        await asyncio.gather(*(one() for _ in range(BATCH)))
-        if len(seen) == live.workers:
-            return responses
-    raise AssertionError(f"only workers {seen} answered {len(responses)} requests")
+    return list(await asyncio.gather(*(one(server) for server in pair.servers)))
 
 
 def login(client: OAuthClient, user: User) -> Request:
@@ -96,11 +83,11 @@ def pyjwt_verify(live: LiveServer, token: str) -> dict[str, object]:
     return claims
 
 
-async def test_keys_generate_rotate_retire_seen_by_every_worker(rotating: LiveServer) -> None:
-    live = rotating
+async def test_keys_generate_rotate_retire_seen_by_every_process(rotating: ServerPair) -> None:
+    live = rotating[0]  # runs the CLI; every request goes to both processes
     user, client = live.create_account(client_name="rotation")
-    before = jwks_kids((await on_every_worker(live, get("/.well-known/jwks.json")))[0])
-    old_token = (await on_every_worker(live, login(client, user)))[0].json()["access_token"]
+    before = jwks_kids((await on_every_process(rotating, get("/.well-known/jwks.json")))[0])
+    old_token = (await on_every_process(rotating, login(client, user)))[0].json()["access_token"]
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     assert old_kid in before
 
@@ -109,20 +96,20 @@ async def test_keys_generate_rotate_retire_seen_by_every_worker(rotating: LiveSe
     new_kid = generated["kid"]
     assert generated == {"kid": new_kid, "status": "published", "created": True}
     await asyncio.sleep(KEYS_RECHECK_WAIT_S)
-    for response in await on_every_worker(live, get("/.well-known/jwks.json")):
+    for response in await on_every_process(rotating, get("/.well-known/jwks.json")):
         assert jwks_kids(response) == before | {new_kid}
-    for response in await on_every_worker(live, login(client, user)):
+    for response in await on_every_process(rotating, login(client, user)):
         assert kid_of(response) == old_kid
 
     # 2. rotate: the published key signs now; the old one still verifies.
     assert live.cli_json("keys", "rotate") == {"kid": new_kid, "status": "active"}
     await asyncio.sleep(KEYS_RECHECK_WAIT_S)
-    fresh = await on_every_worker(live, login(client, user))
+    fresh = await on_every_process(rotating, login(client, user))
     assert {kid_of(r) for r in fresh} == {new_kid}
     new_token = fresh[0].json()["access_token"]
-    for response in await on_every_worker(live, get("/.well-known/jwks.json")):
+    for response in await on_every_process(rotating, get("/.well-known/jwks.json")):
         assert jwks_kids(response) == before | {new_kid}
-    for response in await on_every_worker(live, get("/users/me", old_token)):
+    for response in await on_every_process(rotating, get("/users/me", old_token)):
         assert response.status_code == 200, response.text
         assert response.json()["email"] == user.email
     assert pyjwt_verify(live, old_token)["sub"] == user.id
@@ -131,13 +118,13 @@ async def test_keys_generate_rotate_retire_seen_by_every_worker(rotating: LiveSe
     # 3. retire the old key: it leaves the JWKS and its tokens stop verifying.
     assert live.cli("keys", "retire", old_kid).stdout == f"retired {old_kid}\n"
     await asyncio.sleep(KEYS_RECHECK_WAIT_S)
-    for response in await on_every_worker(live, get("/.well-known/jwks.json")):
+    for response in await on_every_process(rotating, get("/.well-known/jwks.json")):
         assert jwks_kids(response) == (before - {old_kid}) | {new_kid}
-    for response in await on_every_worker(live, get("/users/me", old_token)):
+    for response in await on_every_process(rotating, get("/users/me", old_token)):
         assert response.status_code == 401, response.text
         assert response.headers["www-authenticate"].startswith("Bearer ")
         assert response.json()["error"] == "invalid_token"
-    for response in await on_every_worker(live, get("/users/me", new_token)):
+    for response in await on_every_process(rotating, get("/users/me", new_token)):
         assert response.status_code == 200, response.text
     with pytest.raises(jwt.PyJWKClientError, match="Unable to find a signing key"):
         pyjwt_verify(live, old_token)
