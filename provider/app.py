@@ -11,7 +11,7 @@ import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -28,10 +28,12 @@ from provider.clock import Clock, SystemClock
 from provider.db import create_engine, session_factory, single_statement_engine
 from provider.deps import Services
 from provider.errors import (
+    InternalError,
     PayloadTooLarge,
     ProviderError,
     ServiceUnavailable,
     ValidationFailed,
+    from_http_exception,
 )
 from provider.keys.service import KeyRing, NoSigningKey
 from provider.keys.store import KeyStore, load_secret_key
@@ -178,43 +180,26 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OAuthError)
     async def oauth_error(_request: Request, exc: OAuthError) -> Response:
         OAUTH_ERRORS.labels(exc.error).inc()
-        headers = {"Cache-Control": "no-store", "Pragma": "no-cache", **exc.headers()}
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return exc.response()
 
     @app.exception_handler(ProviderError)
     async def provider_error(_request: Request, exc: ProviderError) -> Response:
-        return problem(exc)
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
-        # Echo where and what, never the submitted value (it may be a password).
-        errors = [
-            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""),
-             "type": err.get("type", "")}
-            for err in exc.errors()
-        ]
-        return problem(ValidationFailed(errors=errors))
+        return ValidationFailed.from_errors(exc.errors()).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-                 415: "unsupported_media_type"}
-        body = {
-            "type": "about:blank",
-            "title": str(exc.detail),
-            "status": exc.status_code,
-            "code": codes.get(exc.status_code, "http_error"),
-        }
-        return JSONResponse(body, status_code=exc.status_code,
-                            media_type="application/problem+json",
-                            headers=getattr(exc, "headers", None))
+        return from_http_exception(exc).response()
 
     async def database_unavailable(request: Request, exc: Exception) -> Response:
         # Out of connections, failover, network: a client should retry, not see a 500.
         log.error("database unavailable: %s", type(exc).__name__)
         if request.url.path.startswith("/oauth/"):
             return await oauth_error(request, TemporarilyUnavailable())
-        return problem(ServiceUnavailable("The database is unavailable. Try again shortly."))
+        return ServiceUnavailable("The database is unavailable. Try again shortly.").response()
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(_request: Request, _exc: ClientDisconnect) -> Response:
@@ -227,14 +212,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
-        body = {"type": "about:blank", "title": "Internal server error.", "status": 500,
-                "code": "internal_error"}
-        return JSONResponse(body, status_code=500, media_type="application/problem+json")
-
-
-def problem(exc: ProviderError) -> Response:
-    return JSONResponse(exc.body(), status_code=exc.status,
-                        media_type="application/problem+json", headers=exc.response_headers())
+        return InternalError().response()
 
 
 API_SECURITY_HEADERS = [
@@ -289,7 +267,7 @@ class HardeningMiddleware:
                 except ValueError:
                     too_big = True
                 if too_big:
-                    await problem(PayloadTooLarge())(scope, receive, send)
+                    await PayloadTooLarge().response()(scope, receive, send)
                     return
 
         received = 0
@@ -307,7 +285,7 @@ class HardeningMiddleware:
         try:
             await self.app(scope, limited_receive, send_with_headers)
         except _BodyTooLarge:
-            await problem(PayloadTooLarge())(scope, receive, send_with_headers)
+            await PayloadTooLarge().response()(scope, receive, send_with_headers)
 
 
 class _BodyTooLarge(Exception):

@@ -12,6 +12,7 @@ from provider.deps import ClaimsDep, CurrentUser, Services, ServicesDep, client_
 from provider.metrics import TOKENS_ISSUED
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
+    NO_STORE,
     InsufficientScope,
     InvalidClient,
     UnauthorizedClient,
@@ -32,7 +33,6 @@ from provider.oidc.discovery import openid_configuration
 
 router = APIRouter(tags=["oauth"])
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 JWKS_CACHE = {"Cache-Control": "public, max-age=300"}
 METADATA_CACHE = {"Cache-Control": "public, max-age=3600"}
 
