@@ -6,7 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import OAuth2PasswordBearer
@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from provider.clients.service import ClientCache
 from provider.clock import Clock
 from provider.db import unit_of_work
-from provider.errors import Problem
 from provider.keys.service import KeyRing
 from provider.oauth.errors import (
     InsufficientScope,
@@ -25,7 +24,6 @@ from provider.oauth.errors import (
     MissingToken,
 )
 from provider.oauth.grants.base import ADMIN_SCOPE, Grant, GrantContext
-from provider.oauth.schemas import OAuthErrorBody
 from provider.passwords import PasswordHasher
 from provider.ratelimit import Throttles
 from provider.settings import Settings
@@ -163,19 +161,6 @@ async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
-
-# OpenAPI documentation of the answers every bearer-protected route can give.
-Responses = dict[int | str, dict[str, Any]]
-BEARER_ERRORS: Responses = {
-    401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
-    403: {"model": OAuthErrorBody, "description": "The token lacks a required scope"},
-}
-INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
-ADMIN_BEARER_ERRORS: Responses = {
-    **BEARER_ERRORS,
-    403: {"model": OAuthErrorBody,
-          "description": "The token lacks the admin scope or its user is not an admin"},
-}
 
 
 async def get_admin_user(claims: ClaimsDep, user: CurrentUser) -> User:

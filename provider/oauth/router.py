@@ -25,11 +25,11 @@ from provider.oauth.metadata import authorization_server_metadata
 from provider.oauth.revocation import revoke
 from provider.oauth.schemas import (
     IntrospectionResponse,
-    OAuthErrorBody,
     TokenResponse,
     UserInfo,
 )
 from provider.oidc.discovery import openid_configuration
+from provider.responses import USERINFO_ERRORS, oauth_errors
 
 router = APIRouter(tags=["oauth"])
 
@@ -48,15 +48,6 @@ def _form_body(fields: dict[str, dict[str, Any]], required: list[str]) -> dict[s
             },
         }
     }
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: "Invalid request (RFC 6749 §5.2)",
-        401: "Client authentication failed",
-        429: "Too many attempts; see Retry-After",
-    }
-    return {code: {"model": OAuthErrorBody, "description": described[code]} for code in codes}
 
 
 _string = {"type": "string"}
@@ -89,7 +80,7 @@ TOKEN_ARG_FORM = _form_body(
     summary="Issue tokens (password, refresh_token, client_credentials)",
     response_model=TokenResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 401, 429),
+    responses=oauth_errors(400, 401, 429),
     openapi_extra=TOKEN_FORM,
 )
 async def token(request: Request) -> Response:
@@ -115,7 +106,7 @@ async def token(request: Request) -> Response:
     "/oauth/revoke",
     summary="Revoke a refresh or access token (RFC 7009)",
     responses={200: {"description": "Revoked, or the token was not valid"},
-               **_errors(400, 401)},
+               **oauth_errors(400, 401)},
     openapi_extra=TOKEN_ARG_FORM,
 )
 async def revocation(request: Request, services: ServicesDep) -> Response:
@@ -133,7 +124,7 @@ async def revocation(request: Request, services: ServicesDep) -> Response:
     summary="Introspect a token (RFC 7662; confidential clients only)",
     response_model=IntrospectionResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 401),
+    responses=oauth_errors(400, 401),
     openapi_extra=TOKEN_ARG_FORM,
 )
 async def introspection(request: Request, services: ServicesDep) -> Response:
@@ -172,7 +163,7 @@ _userinfo_doc: dict[str, Any] = {
     "summary": "OpenID Connect userinfo for a bearer access token with scope openid",
     "response_model": UserInfo,
     "response_model_exclude_none": True,
-    "responses": {401: {"model": OAuthErrorBody}, 403: {"model": OAuthErrorBody}},
+    "responses": USERINFO_ERRORS,
 }
 
 
