@@ -5,14 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import Response
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,6 +23,7 @@ from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
 from provider.db import create_engine, session_factory, single_statement_engine
 from provider.deps import Services
+from provider.docs import DOCS_PAGES, DOCS_PREFIX, install_docs
 from provider.errors import (
     InternalError,
     PayloadTooLarge,
@@ -58,8 +55,6 @@ from provider.users.router import router as users_router
 
 log = logging.getLogger("provider")
 
-DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
-DOCS_PREFIX = "/docs-assets"
 GRANTS = (PasswordGrant, RefreshTokenGrant, ClientCredentialsGrant)
 
 
@@ -136,7 +131,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     # tried first (no FastAPI dependency solving, no route scan; measured in bench/).
     # The FastAPI route of the same path stays for the OpenAPI document.
     app.router.routes.insert(0, Route(JWKS_PATH, jwks, methods=["GET"]))
-    _install_docs(app)
+    install_docs(app)
     _install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -147,33 +142,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         )
     app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
-
-
-def _install_docs(app: FastAPI) -> None:
-    """Swagger UI and ReDoc with their assets served by us: no CDN, no third-party script."""
-    app.mount(DOCS_PREFIX, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="provider — Swagger UI",
-            swagger_js_url=f"{DOCS_PREFIX}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_PREFIX}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_PREFIX}/favicon.png",
-            init_oauth={"usePkceWithAuthorizationCodeGrant": False},
-            swagger_ui_parameters={"persistAuthorization": False, "tryItOutEnabled": True},
-        )
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url="/openapi.json",
-            title="provider — ReDoc",
-            redoc_js_url=f"{DOCS_PREFIX}/redoc.standalone.js",
-            redoc_favicon_url=f"{DOCS_PREFIX}/favicon.png",
-            with_google_fonts=False,
-        )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -243,7 +211,7 @@ class HardeningMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        is_docs = path in ("/docs", "/redoc") or path.startswith(DOCS_PREFIX)
+        is_docs = path in DOCS_PAGES or path.startswith(DOCS_PREFIX)
         extra = DOCS_HEADERS if is_docs else API_HEADERS
 
         async def send_with_headers(message: Message) -> None:
