@@ -20,6 +20,7 @@ from provider import __version__
 from provider.clients.router import router as admin_clients_router
 from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
+from provider.codes.service import EmailCodes
 from provider.db import create_engine, session_factory, single_statement_engine
 from provider.deps import Services
 from provider.docs import install_docs
@@ -34,7 +35,6 @@ from provider.keys.service import KeyRing, NoSigningKey
 from provider.keys.store import KeyStore, load_secret_key
 from provider.mail import make_sender
 from provider.metrics import OAUTH_ERRORS
-from provider.mfa.codes import EmailCodes
 from provider.middleware import HardeningMiddleware
 from provider.oauth.errors import OAuthError, TemporarilyUnavailable
 from provider.oauth.grants.base import Grant, GrantContext

@@ -18,11 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from provider.clock import Clock
+from provider.codes.service import EmailCodes, InvalidCode, Purpose
 from provider.errors import ProviderError, TooManyRequests
 from provider.mail import MailError, MailSender, Message
 from provider.mail import templates as mail
 from provider.metrics import MAIL_FAILURES
-from provider.mfa.codes import EmailCodes, InvalidCode, Purpose
 from provider.passwords import PasswordHasher, check_password_policy
 from provider.ratelimit import Throttles
 from provider.settings import Settings
