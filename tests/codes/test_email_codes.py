@@ -20,8 +20,8 @@ from provider.codes.models import EmailCode
 from provider.codes.service import MAX_ATTEMPTS, InvalidCode, Purpose
 from provider.deps import Services
 from tests.conftest import TestClock as MovableClock
-from tests.factories import Factory, password_login
-from tests.oauth.helpers import assert_oauth_error, login
+from tests.factories import Factory
+from tests.helpers import assert_oauth_error, login, password_login
 from tests.smtp_sink import SmtpSink
 from tests.users.flows import (
     ACCEPTED,

@@ -10,6 +10,7 @@ second), which is checked on every worker.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import jwt
 import pytest
 
 from tests.e2e.conftest import KEYS_RECHECK_WAIT_S, LiveServer, OAuthClient, User
+from tests.helpers import password_login
 
 BATCH = 8
 MAX_BATCHES = 10
@@ -58,11 +60,8 @@ async def on_every_worker(live: LiveServer, request: Request) -> list[httpx.Resp
     raise AssertionError(f"only workers {seen} answered {len(responses)} requests")
 
 
-def login(client: OAuthClient, user: User) -> Request:
-    async def send(http: httpx.AsyncClient) -> httpx.Response:
-        return await http.post("/oauth/token", auth=client.auth, data={
-            "grant_type": "password", "username": user.email, "password": user.password})
-    return send
+def login_request(client: OAuthClient, user: User) -> Request:
+    return functools.partial(password_login, client=client, user=user)
 
 
 def get(path: str, token: str | None = None) -> Request:
@@ -100,7 +99,7 @@ async def test_keys_generate_rotate_retire_seen_by_every_worker(rotating: LiveSe
     live = rotating
     user, client = live.create_account(client_name="rotation")
     before = jwks_kids((await on_every_worker(live, get("/.well-known/jwks.json")))[0])
-    old_token = (await on_every_worker(live, login(client, user)))[0].json()["access_token"]
+    old_token = (await on_every_worker(live, login_request(client, user)))[0].json()["access_token"]
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     assert old_kid in before
 
@@ -111,13 +110,13 @@ async def test_keys_generate_rotate_retire_seen_by_every_worker(rotating: LiveSe
     await asyncio.sleep(KEYS_RECHECK_WAIT_S)
     for response in await on_every_worker(live, get("/.well-known/jwks.json")):
         assert jwks_kids(response) == before | {new_kid}
-    for response in await on_every_worker(live, login(client, user)):
+    for response in await on_every_worker(live, login_request(client, user)):
         assert kid_of(response) == old_kid
 
     # 2. rotate: the published key signs now; the old one still verifies.
     assert live.cli_json("keys", "rotate") == {"kid": new_kid, "status": "active"}
     await asyncio.sleep(KEYS_RECHECK_WAIT_S)
-    fresh = await on_every_worker(live, login(client, user))
+    fresh = await on_every_worker(live, login_request(client, user))
     assert {kid_of(r) for r in fresh} == {new_kid}
     new_token = fresh[0].json()["access_token"]
     for response in await on_every_worker(live, get("/.well-known/jwks.json")):

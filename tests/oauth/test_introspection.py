@@ -11,16 +11,8 @@ from provider.deps import Services
 from provider.settings import Settings
 from tests.conftest import TestClock as MovableClock
 from tests.factories import Factory
-from tests.oauth.helpers import (
-    BASIC_CHALLENGE,
-    TOKEN,
-    assert_no_store,
-    assert_oauth_error,
-    basic,
-    login,
-    refresh,
-    unverified,
-)
+from tests.helpers import TOKEN, assert_no_store, assert_oauth_error, login, refresh
+from tests.oauth.helpers import BASIC_CHALLENGE, basic, unverified
 
 INTROSPECT = "/oauth/introspect"
 INACTIVE = {"active": False}

@@ -11,14 +11,8 @@ from provider.deps import Services
 from provider.errors import ValidationFailed
 from provider.settings import Settings
 from tests.factories import Factory
-from tests.oauth.helpers import (
-    TOKEN,
-    assert_invalid_token,
-    assert_no_store,
-    assert_oauth_error,
-    me,
-    unverified,
-)
+from tests.helpers import TOKEN, assert_no_store, assert_oauth_error
+from tests.oauth.helpers import assert_invalid_token, me, unverified
 
 CC = {"grant_type": "client_credentials"}
 
