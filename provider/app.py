@@ -5,33 +5,31 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import Response
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provider import __version__
 from provider.clients.router import router as admin_clients_router
 from provider.clock import Clock
+from provider.docs import install_docs
 from provider.errors import (
-    PayloadTooLarge,
+    InternalError,
     ProviderError,
     ServiceUnavailable,
     ValidationFailed,
+    from_http_exception,
 )
 from provider.keys.service import NoSigningKey
 from provider.metrics import OAUTH_ERRORS
+from provider.middleware import HardeningMiddleware
 from provider.oauth.errors import OAuthError, TemporarilyUnavailable
 from provider.oauth.grants import check_registry
 from provider.oauth.router import JWKS_PATH, jwks
@@ -44,8 +42,7 @@ from provider.users.router import router as users_router
 
 log = logging.getLogger("provider")
 
-DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
-DOCS_PREFIX = "/docs-assets"
+
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     check_registry()
@@ -84,7 +81,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     # tried first (no FastAPI dependency solving, no route scan; measured in bench/).
     # The FastAPI route of the same path stays for the OpenAPI document.
     app.router.routes.insert(0, Route(JWKS_PATH, jwks, methods=["GET"]))
-    _install_docs(app)
+    install_docs(app)
     _install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -97,74 +94,30 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     return app
 
 
-def _install_docs(app: FastAPI) -> None:
-    """Swagger UI and ReDoc with their assets served by us: no CDN, no third-party script."""
-    app.mount(DOCS_PREFIX, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="provider — Swagger UI",
-            swagger_js_url=f"{DOCS_PREFIX}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_PREFIX}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_PREFIX}/favicon.png",
-            init_oauth={"usePkceWithAuthorizationCodeGrant": False},
-            swagger_ui_parameters={"persistAuthorization": False, "tryItOutEnabled": True},
-        )
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url="/openapi.json",
-            title="provider — ReDoc",
-            redoc_js_url=f"{DOCS_PREFIX}/redoc.standalone.js",
-            redoc_favicon_url=f"{DOCS_PREFIX}/favicon.png",
-            with_google_fonts=False,
-        )
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OAuthError)
     async def oauth_error(_request: Request, exc: OAuthError) -> Response:
         OAUTH_ERRORS.labels(exc.error).inc()
-        headers = {"Cache-Control": "no-store", "Pragma": "no-cache", **exc.headers()}
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return exc.response()
 
     @app.exception_handler(ProviderError)
     async def provider_error(_request: Request, exc: ProviderError) -> Response:
-        return problem(exc)
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
-        # Echo where and what, never the submitted value (it may be a password).
-        errors = [
-            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""),
-             "type": err.get("type", "")}
-            for err in exc.errors()
-        ]
-        return problem(ValidationFailed(errors=errors))
+        return ValidationFailed.from_errors(exc.errors()).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-                 415: "unsupported_media_type"}
-        body = {
-            "type": "about:blank",
-            "title": str(exc.detail),
-            "status": exc.status_code,
-            "code": codes.get(exc.status_code, "http_error"),
-        }
-        return JSONResponse(body, status_code=exc.status_code,
-                            media_type="application/problem+json",
-                            headers=getattr(exc, "headers", None))
+        return from_http_exception(exc).response()
 
     async def database_unavailable(request: Request, exc: Exception) -> Response:
         # Out of connections, failover, network: a client should retry, not see a 500.
         log.error("database unavailable: %s", type(exc).__name__)
         if request.url.path.startswith("/oauth/"):
             return await oauth_error(request, TemporarilyUnavailable())
-        return problem(ServiceUnavailable("The database is unavailable. Try again shortly."))
+        return ServiceUnavailable("The database is unavailable. Try again shortly.").response()
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(_request: Request, _exc: ClientDisconnect) -> Response:
@@ -177,88 +130,4 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
-        body = {"type": "about:blank", "title": "Internal server error.", "status": 500,
-                "code": "internal_error"}
-        return JSONResponse(body, status_code=500, media_type="application/problem+json")
-
-
-def problem(exc: ProviderError) -> Response:
-    return JSONResponse(exc.body(), status_code=exc.status,
-                        media_type="application/problem+json", headers=exc.response_headers())
-
-
-API_SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-]
-API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
-DOCS_CSP = (
-    b"content-security-policy",
-    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
-)
-API_HEADERS = (*API_SECURITY_HEADERS, API_CSP)
-API_HEADERS_NO_STORE = (*API_HEADERS, (b"cache-control", b"no-store"))
-DOCS_HEADERS = (*API_SECURITY_HEADERS, DOCS_CSP)
-
-
-class HardeningMiddleware:
-    """Security headers on every response and a cap on request bodies (pure ASGI: cheap)."""
-
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        is_docs = path in ("/docs", "/redoc") or path.startswith(DOCS_PREFIX)
-        extra = DOCS_HEADERS if is_docs else API_HEADERS
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                if is_docs or any(name == b"cache-control" for name, _ in headers):
-                    headers.extend(extra)
-                else:
-                    headers.extend(API_HEADERS_NO_STORE)
-                message = {**message, "headers": headers}
-            await send(message)
-
-        if scope["method"] in ("GET", "HEAD"):  # no body to limit: the cheap path
-            await self.app(scope, receive, send_with_headers)
-            return
-
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_body_bytes
-                except ValueError:
-                    too_big = True
-                if too_big:
-                    await problem(PayloadTooLarge())(scope, receive, send)
-                    return
-
-        received = 0
-        limit = self.max_body_bytes
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge()
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send_with_headers)
-        except _BodyTooLarge:
-            await problem(PayloadTooLarge())(scope, receive, send_with_headers)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        return InternalError().response()

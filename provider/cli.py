@@ -235,7 +235,8 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 
 
 @keys_app.command("retire")
-def keys_retire(kid: Annotated[str, typer.Argument(help="The key id (kid) to retire.")],
+def keys_retire(kid: Annotated[str, typer.Argument(
+                    help="The key id (kid) to retire; put -- before one that begins with -.")],
                 ) -> None:
     """Remove a key from the JWKS: tokens it signed stop verifying everywhere."""
     from provider.keys.store import retire

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import OAuth2PasswordBearer
@@ -13,14 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from provider.clock import Clock
 from provider.db import unit_of_work
-from provider.errors import Problem
 from provider.oauth.errors import (
     InsufficientScope,
     InvalidBearerRequest,
     InvalidToken,
     MissingToken,
 )
-from provider.oauth.schemas import OAuthErrorBody
 from provider.oauth.scopes import ADMIN, DESCRIPTIONS
 from provider.services import Services
 from provider.settings import Settings
@@ -127,19 +125,6 @@ async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
-
-# OpenAPI documentation of the answers every bearer-protected route can give.
-Responses = dict[int | str, dict[str, Any]]
-BEARER_ERRORS: Responses = {
-    401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
-    403: {"model": OAuthErrorBody, "description": "The token lacks a required scope"},
-}
-INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
-ADMIN_BEARER_ERRORS: Responses = {
-    **BEARER_ERRORS,
-    403: {"model": OAuthErrorBody,
-          "description": "The token lacks the admin scope or its user is not an admin"},
-}
 
 
 async def get_admin_user(claims: ClaimsDep, user: CurrentUser) -> User:

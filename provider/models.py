@@ -1,8 +1,8 @@
 """Every table, imported in one place for Alembic and metadata-wide operations."""
 
 from provider.clients.models import Client
+from provider.codes.models import EmailCode
 from provider.db import Base
-from provider.mfa.models import EmailCode
 from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
 from provider.users.models import User
 

@@ -8,11 +8,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
+from provider.codes.service import EmailCodes
 from provider.db import create_engine, session_factory, single_statement_engine
 from provider.keys.service import KeyRing
 from provider.keys.store import KeyStore, load_secret_key
 from provider.mail import make_sender
-from provider.mfa.codes import EmailCodes
 from provider.passwords import PasswordHasher
 from provider.ratelimit import Throttles
 from provider.settings import Settings

@@ -52,8 +52,9 @@ class TestClock:
     def advance(self, delta: timedelta) -> None:
         self.offset += delta
 
-    def freeze(self) -> None:
-        self.frozen_at = datetime.now(UTC)
+    def freeze(self, at: datetime | None = None) -> None:
+        """Stop the clock, now or at ``at``."""
+        self.frozen_at = at or datetime.now(UTC)
 
     def reset(self) -> None:
         self.offset = timedelta(0)

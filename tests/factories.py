@@ -124,9 +124,3 @@ class Factory:
                 setattr(user, name, value)
             await session.commit()
 
-
-async def password_login(
-    http: httpx.AsyncClient, client: TestClient, user: TestUser, **form: str
-) -> httpx.Response:
-    data = {"grant_type": "password", "username": user.email, "password": user.password, **form}
-    return await http.post("/oauth/token", data=data, auth=client.auth)

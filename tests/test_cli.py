@@ -226,10 +226,11 @@ def test_keys_life_cycle(cli: Cli, tmp_path: Path) -> None:
     rotated = keys("keys", "rotate", "--json").json()
     assert rotated == {"kid": second["kid"], "status": "active"}
 
-    refused = keys("keys", "retire", second["kid"]).usage_error()
+    refused = keys("keys", "retire", "--", second["kid"]).usage_error()
     assert refused == (f"error: key {second['kid']} is the active signing key; "
                        "rotate to another key first")
-    assert keys("keys", "retire", first["kid"]).ok().stdout.strip() == f"retired {first['kid']}"
+    retired = keys("keys", "retire", "--", first["kid"]).ok().stdout.strip()
+    assert retired == f"retired {first['kid']}"
 
     listed = keys("keys", "list", "--json").json()
     statuses = {k["kid"]: k["status"] for k in listed["keys"]}

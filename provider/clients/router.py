@@ -29,24 +29,18 @@ from provider.clients.service import (
     rotate_secret,
     update_client,
 )
-from provider.deps import (
-    ADMIN_BEARER_ERRORS,
-    INVALID,
-    AdminUser,
-    ClockDep,
-    Responses,
-    ServicesDep,
-    SessionDep,
-)
-from provider.errors import Problem
+from provider.deps import AdminUser, ClockDep, ServicesDep, SessionDep
 from provider.oauth.grants import CLIENT_GRANT_RULES
+from provider.responses import (
+    ADMIN_BEARER_ERRORS,
+    CLIENT_NOT_FOUND,
+    INVALID,
+    PUBLIC_CLIENT_HAS_NO_SECRET,
+)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 audit = logging.getLogger("provider.admin")
 
-NOT_FOUND: Responses = {
-    404: {"model": Problem, "description": "No such client (client_not_found)"},
-}
 ClientId = Annotated[str, Path(description="The client's client_id")]
 
 
@@ -79,14 +73,14 @@ async def admin_create_client(
 
 
 @router.get("/clients/{client_id}", response_model=ClientRead,
-            responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **INVALID})
+            responses={**ADMIN_BEARER_ERRORS, **CLIENT_NOT_FOUND, **INVALID})
 async def admin_read_client(admin: AdminUser, client_id: ClientId, session: SessionDep,
                             ) -> ClientRead:
     return ClientRead.model_validate(await get_client(session, client_id))
 
 
 @router.patch("/clients/{client_id}", response_model=ClientRead,
-              responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **INVALID})
+              responses={**ADMIN_BEARER_ERRORS, **CLIENT_NOT_FOUND, **INVALID})
 async def admin_update_client(
     admin: AdminUser, client_id: ClientId, body: ClientUpdate, session: SessionDep,
     services: ServicesDep, clock: ClockDep,
@@ -103,7 +97,7 @@ async def admin_update_client(
 
 
 @router.delete("/clients/{client_id}", status_code=204, response_model=None,
-               responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **INVALID})
+               responses={**ADMIN_BEARER_ERRORS, **CLIENT_NOT_FOUND, **INVALID})
 async def admin_delete_client(
     admin: AdminUser, client_id: ClientId, session: SessionDep, services: ServicesDep,
 ) -> Response:
@@ -115,9 +109,8 @@ async def admin_delete_client(
 
 
 @router.post("/clients/{client_id}/secret", response_model=ClientSecret,
-             responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND,
-                        422: {"model": Problem,
-                              "description": "A public client has no secret"}})
+             responses={**ADMIN_BEARER_ERRORS, **CLIENT_NOT_FOUND,
+                        **PUBLIC_CLIENT_HAS_NO_SECRET})
 async def admin_rotate_client_secret(
     admin: AdminUser, client_id: ClientId, session: SessionDep, services: ServicesDep,
     clock: ClockDep,

@@ -1,14 +1,19 @@
 """OAuth errors, one class per code (RFC 6749 §5.2, RFC 6750 §3.1).
 
-The handler in ``provider.app`` renders them as ``{"error", "error_description"}`` with
-``Cache-Control: no-store``, and adds ``WWW-Authenticate`` where the RFCs ask for it.
+Each renders itself as ``{"error", "error_description"}`` with ``Cache-Control: no-store``,
+plus ``WWW-Authenticate`` or ``Retry-After`` where the RFCs ask for them.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from starlette.responses import JSONResponse, Response
+
 from provider.errors import ExpectedError
+
+# RFC 6749 §5.1 asks this of token responses; their errors get the same.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 class OAuthError(ExpectedError):
@@ -26,6 +31,10 @@ class OAuthError(ExpectedError):
 
     def headers(self) -> dict[str, str]:
         return {}
+
+    def response(self) -> Response:
+        return JSONResponse(self.body(), status_code=self.status,
+                            headers={**NO_STORE, **self.headers()})
 
 
 class InvalidRequest(OAuthError):

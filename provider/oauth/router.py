@@ -12,6 +12,7 @@ from provider.deps import ClaimsDep, CurrentUser, ServicesDep, client_address
 from provider.metrics import TOKENS_ISSUED
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
+    NO_STORE,
     InsufficientScope,
     InvalidClient,
     UnauthorizedClient,
@@ -25,17 +26,16 @@ from provider.oauth.metadata import authorization_server_metadata
 from provider.oauth.revocation import revoke
 from provider.oauth.schemas import (
     IntrospectionResponse,
-    OAuthErrorBody,
     TokenResponse,
     UserInfo,
 )
 from provider.oauth.scopes import EMAIL, OPENID, PROFILE
 from provider.oidc.discovery import openid_configuration
+from provider.responses import USERINFO_ERRORS, oauth_errors
 from provider.services import Services
 
 router = APIRouter(tags=["oauth"])
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 JWKS_CACHE = {"Cache-Control": "public, max-age=300"}
 METADATA_CACHE = {"Cache-Control": "public, max-age=3600"}
 
@@ -51,15 +51,6 @@ def _form_body(fields: dict[str, dict[str, Any]], required: list[str]) -> dict[s
             },
         }
     }
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: "Invalid request (RFC 6749 §5.2)",
-        401: "Client authentication failed",
-        429: "Too many attempts; see Retry-After",
-    }
-    return {code: {"model": OAuthErrorBody, "description": described[code]} for code in codes}
 
 
 _string = {"type": "string"}
@@ -91,7 +82,7 @@ TOKEN_ARG_FORM = _form_body(
     summary=f"Issue tokens ({', '.join(GRANT_TYPES)})",
     response_model=TokenResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 401, 429),
+    responses=oauth_errors(400, 401, 429),
     openapi_extra=TOKEN_FORM,
 )
 async def token(request: Request) -> Response:
@@ -117,7 +108,7 @@ async def token(request: Request) -> Response:
     "/oauth/revoke",
     summary="Revoke a refresh or access token (RFC 7009)",
     responses={200: {"description": "Revoked, or the token was not valid"},
-               **_errors(400, 401)},
+               **oauth_errors(400, 401)},
     openapi_extra=TOKEN_ARG_FORM,
 )
 async def revocation(request: Request, services: ServicesDep) -> Response:
@@ -135,7 +126,7 @@ async def revocation(request: Request, services: ServicesDep) -> Response:
     summary="Introspect a token (RFC 7662; any confidential client, e.g. a resource server)",
     response_model=IntrospectionResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 401),
+    responses=oauth_errors(400, 401),
     openapi_extra=TOKEN_ARG_FORM,
 )
 async def introspection(request: Request, services: ServicesDep) -> Response:
@@ -148,7 +139,7 @@ async def introspection(request: Request, services: ServicesDep) -> Response:
         raise InvalidClient("Public clients may not introspect tokens.",
                             used_basic=auth.used_basic)
     token_value = require(form, "token")
-    body = await introspect(services, auth.client, token_value, form.get("token_type_hint"))
+    body = await introspect(services, token_value, form.get("token_type_hint"))
     return JSONResponse(body, headers=NO_STORE)
 
 
@@ -172,7 +163,7 @@ _userinfo_doc: dict[str, Any] = {
     "summary": "OpenID Connect userinfo for a bearer access token with scope openid",
     "response_model": UserInfo,
     "response_model_exclude_none": True,
-    "responses": {401: {"model": OAuthErrorBody}, 403: {"model": OAuthErrorBody}},
+    "responses": USERINFO_ERRORS,
 }
 
 

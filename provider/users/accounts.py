@@ -18,11 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from provider.clock import Clock
-from provider.errors import ProviderError
+from provider.codes.service import EmailCodes, InvalidCode, Purpose
+from provider.errors import ProviderError, TooManyRequests
 from provider.mail import MailError, MailSender, Message
 from provider.mail import templates as mail
 from provider.metrics import MAIL_FAILURES
-from provider.mfa.codes import EmailCodes, InvalidCode, Purpose
 from provider.passwords import PasswordHasher, check_password_policy
 from provider.ratelimit import Throttles
 from provider.settings import Settings
@@ -50,19 +50,6 @@ class WrongPassword(ProviderError):
     status = 400
     code = "invalid_password"
     title = "The current password is not correct."
-
-
-class TooManyRequests(ProviderError):
-    status = 429
-    code = "rate_limited"
-    title = "Too many requests. Try again later."
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__()
-        self.retry_after = retry_after
-
-    def response_headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 @dataclass

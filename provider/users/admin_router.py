@@ -12,16 +12,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from provider.deps import (
+from provider.deps import AdminUser, ClockDep, ServicesDep, SessionDep
+from provider.responses import (
     ADMIN_BEARER_ERRORS,
     INVALID,
-    AdminUser,
-    ClockDep,
-    Responses,
-    ServicesDep,
-    SessionDep,
+    USER_CONFLICT,
+    USER_NOT_FOUND,
+    USER_TAKEN,
 )
-from provider.errors import Problem
 from provider.users.admin_schemas import AdminUserCreate, AdminUserUpdate, UserPage
 from provider.users.schemas import UserRead
 from provider.users.service import (
@@ -35,14 +33,6 @@ from provider.users.service import (
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 audit = logging.getLogger("provider.admin")
-
-NOT_FOUND: Responses = {404: {"model": Problem, "description": "No such user (user_not_found)"}}
-TAKEN: Responses = {409: {"model": Problem, "description": "email_taken or username_taken"}}
-CONFLICT: Responses = {
-    409: {"model": Problem,
-          "description": "email_taken, username_taken, cannot_modify_self (an admin disabling "
-                         "or demoting themselves) or last_active_admin"},
-}
 
 
 def target_user_id(
@@ -74,7 +64,7 @@ async def admin_list_users(
 
 
 @router.post("/users", status_code=201, response_model=UserRead,
-             responses={**ADMIN_BEARER_ERRORS, **TAKEN, **INVALID})
+             responses={**ADMIN_BEARER_ERRORS, **USER_TAKEN, **INVALID})
 async def admin_create_user(
     admin: AdminUser, body: AdminUserCreate, session: SessionDep, services: ServicesDep,
     clock: ClockDep,
@@ -91,14 +81,14 @@ async def admin_create_user(
 
 
 @router.get("/users/{user_id}", response_model=UserRead,
-            responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **INVALID})
+            responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND, **INVALID})
 async def admin_read_user(admin: AdminUser, user_id: TargetUserId, session: SessionDep,
                           ) -> UserRead:
     return UserRead.model_validate(await get_user(session, user_id))
 
 
 @router.patch("/users/{user_id}", response_model=UserRead,
-              responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **CONFLICT, **INVALID})
+              responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND, **USER_CONFLICT, **INVALID})
 async def admin_update_user(
     admin: AdminUser, user_id: TargetUserId, body: AdminUserUpdate, session: SessionDep,
     clock: ClockDep,
@@ -113,7 +103,7 @@ async def admin_update_user(
 
 
 @router.delete("/users/{user_id}", status_code=204, response_model=None,
-               responses={**ADMIN_BEARER_ERRORS, **NOT_FOUND, **CONFLICT, **INVALID})
+               responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND, **USER_CONFLICT, **INVALID})
 async def admin_disable_user(
     admin: AdminUser, user_id: TargetUserId, session: SessionDep, clock: ClockDep,
 ) -> Response:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request, Response
 
 from provider.deps import (
-    BEARER_ERRORS,
     AccountsDep,
     ClaimsDep,
     CurrentUser,
@@ -16,7 +14,7 @@ from provider.deps import (
     SessionDep,
     client_address,
 )
-from provider.errors import Problem
+from provider.responses import BEARER_ERRORS, problems
 from provider.users.accounts import Mailbox, WrongPassword
 from provider.users.schemas import (
     Accepted,
@@ -34,11 +32,6 @@ from provider.users.schemas import (
 )
 
 router = APIRouter(tags=["accounts"])
-
-def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {400: "Invalid code or password", 403: "Forbidden", 409: "Conflict",
-                 422: "Invalid input or weak password", 429: "Rate limited"}
-    return {code: {"model": Problem, "description": described[code]} for code in codes}
 
 
 def mailbox_for(background: BackgroundTasks, accounts: AccountsDep) -> Mailbox:

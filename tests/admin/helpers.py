@@ -1,4 +1,4 @@
-"""Assertions and the admin login shared by the admin API suites."""
+"""Constants, the admin session and assertions of the admin API suites."""
 
 from __future__ import annotations
 
@@ -7,28 +7,26 @@ from typing import Any
 
 import httpx
 
-from tests.factories import Factory, TestClient, TestUser, password_login
+from tests.factories import Factory, TestClient, TestUser
+from tests.helpers import bearer, login
 
-MISSING_TOKEN = {"error": "invalid_token", "error_description": "An access token is required."}
-INVALID_TOKEN = {"error": "invalid_token",
-                 "error_description": "The access token is invalid, expired or revoked."}
-INSUFFICIENT_SCOPE = {
-    "error": "insufficient_scope",
-    "error_description": "The access token lacks the scope this resource requires.",
-}
+# (error, error_description) pairs, for assert_oauth_error(response, status, *PAIR, ...).
+MISSING_TOKEN = ("invalid_token", "An access token is required.")
+INVALID_TOKEN = ("invalid_token", "The access token is invalid, expired or revoked.")
+INSUFFICIENT_SCOPE = ("insufficient_scope",
+                      "The access token lacks the scope this resource requires.")
 INSUFFICIENT_SCOPE_CHALLENGE = 'Bearer realm="provider", error="insufficient_scope", scope="admin"'
 INVALID_TOKEN_CHALLENGE = (
     'Bearer realm="provider", error="invalid_token", '
     'error_description="The access token is invalid, expired or revoked."'
 )
-INVALID_GRANT = {"error": "invalid_grant",
-                 "error_description": "The grant or refresh token is invalid, expired or revoked."}
-INVALID_CLIENT = {"error": "invalid_client", "error_description": "Client authentication failed."}
+INVALID_GRANT = ("invalid_grant", "The grant or refresh token is invalid, expired or revoked.")
+INVALID_CLIENT = ("invalid_client", "Client authentication failed.")
 
 
 @dataclass
 class Session:
-    """A user logged in through an OAuth client: their tokens and bearer header."""
+    """An admin logged in through an OAuth client: their tokens and bearer header."""
 
     user: TestUser
     oauth: TestClient
@@ -37,44 +35,15 @@ class Session:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.access_token}"}
-
-
-async def login(http: httpx.AsyncClient, oauth: TestClient, user: TestUser,
-                **form: str) -> Session:
-    response = await password_login(http, oauth, user, **form)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    return Session(user, oauth, body["access_token"], body["refresh_token"])
+        return bearer(self.access_token)
 
 
 async def admin_login(http: httpx.AsyncClient, factory: Factory) -> Session:
     """A fresh admin with a token carrying the admin scope."""
     oauth = await factory.client()
     admin = await factory.user(is_admin=True)
-    return await login(http, oauth, admin, scope="admin")
-
-
-async def refresh(http: httpx.AsyncClient, session: Session) -> httpx.Response:
-    data = {"grant_type": "refresh_token", "refresh_token": session.refresh_token}
-    return await http.post("/oauth/token", data=data, auth=session.oauth.auth)
-
-
-def assert_oauth_error(response: httpx.Response, status: int, body: dict[str, Any],
-                       www_authenticate: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert response.json() == body
-    assert response.headers.get("www-authenticate") == www_authenticate
-
-
-def assert_problem(response: httpx.Response, status: int, code: str, title: str,
-                   **extra: Any) -> None:
-    """The whole RFC 9457 answer."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {"type": "about:blank", "title": title, "status": status,
-                               "code": code, **extra}
+    tokens = await login(http, oauth, admin, scope="admin")
+    return Session(admin, oauth, tokens["access_token"], tokens["refresh_token"])
 
 
 def assert_validation_error(response: httpx.Response, *errors: tuple[list[Any], str]) -> None:

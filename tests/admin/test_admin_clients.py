@@ -19,14 +19,11 @@ from tests.admin.helpers import (
     MISSING_TOKEN,
     Session,
     assert_no_hashes,
-    assert_oauth_error,
-    assert_problem,
     assert_validation_error,
-    login,
-    refresh,
 )
-from tests.factories import Factory, password_login
+from tests.factories import Factory
 from tests.factories import TestClient as Credentials
+from tests.helpers import assert_oauth_error, assert_problem, bearer, login, password_login, refresh
 
 CLIENT_FIELDS = {"client_id", "name", "is_public", "grant_types", "scopes", "is_active",
                  "created_at", "updated_at"}
@@ -75,7 +72,8 @@ async def test_admin_clients_without_token_answer_401_challenge(
 ) -> None:
     body = {} if method in ("POST", "PATCH") else None
     response = await client.request(method, path, json=body)
-    assert_oauth_error(response, 401, MISSING_TOKEN, 'Bearer realm="provider"')
+    assert_oauth_error(response, 401, *MISSING_TOKEN,
+                       www_authenticate='Bearer realm="provider"')
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
@@ -84,10 +82,12 @@ async def test_admin_clients_without_admin_scope_answer_403(
     client: httpx.AsyncClient, factory: Factory, method: str, path: str, is_admin: bool
 ) -> None:
     user = await factory.user(is_admin=is_admin)
-    session = await login(client, await factory.client(), user, scope="openid profile")
+    tokens = await login(client, await factory.client(), user, scope="openid profile")
     body = {} if method in ("POST", "PATCH") else None
-    response = await client.request(method, path, json=body, headers=session.headers)
-    assert_oauth_error(response, 403, INSUFFICIENT_SCOPE, INSUFFICIENT_SCOPE_CHALLENGE)
+    response = await client.request(method, path, json=body,
+                                    headers=bearer(tokens["access_token"]))
+    assert_oauth_error(response, 403, *INSUFFICIENT_SCOPE,
+                       www_authenticate=INSUFFICIENT_SCOPE_CHALLENGE)
 
 
 # --- create and read --------------------------------------------------------------------
@@ -244,14 +244,12 @@ async def test_patch_client_scopes_and_grants_apply_to_the_next_token_request(
                                   json={"scopes": ["openid"]})
     assert response.status_code == 200, response.text
     response = await password_login(client, oauth, user, scope="email")
-    assert_oauth_error(response, 400, {"error": "invalid_scope",
-                                       "error_description": "Scope not allowed: email."})
+    assert_oauth_error(response, 400, "invalid_scope", "Scope not allowed: email.")
     await client.patch(f"/admin/clients/{oauth.client_id}", headers=admin.headers,
                        json={"grant_types": ["refresh_token"]})
     response = await password_login(client, oauth, user)
-    assert_oauth_error(response, 400, {
-        "error": "unauthorized_client",
-        "error_description": "The client is not allowed to use this grant type."})
+    assert_oauth_error(response, 400, "unauthorized_client",
+                       "The client is not allowed to use this grant type.")
 
 
 async def test_patch_public_client_cannot_get_client_credentials(
@@ -294,23 +292,25 @@ async def test_deactivated_client_fails_authentication_and_its_sessions_end_for_
 ) -> None:
     oauth = await factory.client()
     user = await factory.user()
-    session = await login(client, oauth, user)
+    tokens = await login(client, oauth, user)
     response = await client.patch(f"/admin/clients/{oauth.client_id}", headers=admin.headers,
                                   json={"is_active": False})
     assert response.json()["is_active"] is False
-    assert_oauth_error(await refresh(client, session), 401, INVALID_CLIENT, BASIC_CHALLENGE)
-    assert_oauth_error(await password_login(client, oauth, user), 401, INVALID_CLIENT,
-                       BASIC_CHALLENGE)
-    me = await client.get("/users/me", headers=session.headers)
+    assert_oauth_error(await refresh(client, oauth, tokens["refresh_token"]), 401,
+                       *INVALID_CLIENT, www_authenticate=BASIC_CHALLENGE)
+    assert_oauth_error(await password_login(client, oauth, user), 401, *INVALID_CLIENT,
+                       www_authenticate=BASIC_CHALLENGE)
+    me = await client.get("/users/me", headers=bearer(tokens["access_token"]))
     assert me.status_code == 401, me.text
 
     # Reactivated, the client authenticates again, but what deactivation ended stays dead.
     await client.patch(f"/admin/clients/{oauth.client_id}", headers=admin.headers,
                        json={"is_active": True})
-    response = await refresh(client, session)
+    response = await refresh(client, oauth, tokens["refresh_token"])
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "invalid_grant"
-    assert (await client.get("/users/me", headers=session.headers)).status_code == 401
+    me = await client.get("/users/me", headers=bearer(tokens["access_token"]))
+    assert me.status_code == 401, me.text
     fresh = await password_login(client, oauth, user)
     assert fresh.status_code == 200, fresh.text
 
@@ -336,8 +336,8 @@ async def test_rotate_secret_replaces_the_old_one_at_once(
     new = body["client_secret"]
     assert new != old
 
-    assert_oauth_error(await client_credentials(client, client_id, old), 401, INVALID_CLIENT,
-                       BASIC_CHALLENGE)
+    assert_oauth_error(await client_credentials(client, client_id, old), 401, *INVALID_CLIENT,
+                       www_authenticate=BASIC_CHALLENGE)
     assert (await client_credentials(client, client_id, new)).status_code == 200
     assert new not in caplog.text
     assert (f"admin={admin.user.id} action=client.rotate_secret target={client_id}"
@@ -382,11 +382,12 @@ async def test_delete_client_ends_its_refresh_tokens(
     client: httpx.AsyncClient, factory: Factory, admin: Session, services: Services
 ) -> None:
     oauth = await factory.client()
-    session = await login(client, oauth, await factory.user())
+    tokens = await login(client, oauth, await factory.user())
     response = await client.delete(f"/admin/clients/{oauth.client_id}", headers=admin.headers)
     assert response.status_code == 204, response.text
     assert response.content == b""
-    assert_oauth_error(await refresh(client, session), 401, INVALID_CLIENT, BASIC_CHALLENGE)
+    assert_oauth_error(await refresh(client, oauth, tokens["refresh_token"]), 401,
+                       *INVALID_CLIENT, www_authenticate=BASIC_CHALLENGE)
     async with services.sessions() as db:
         left = await db.scalar(select(func.count()).select_from(LoginSession)
                                .where(LoginSession.client_id == oauth.client_id))

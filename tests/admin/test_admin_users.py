@@ -24,14 +24,11 @@ from tests.admin.helpers import (
     MISSING_TOKEN,
     Session,
     assert_no_hashes,
-    assert_oauth_error,
-    assert_problem,
     assert_validation_error,
-    login,
-    refresh,
 )
-from tests.factories import DEFAULT_PASSWORD, Factory, password_login
+from tests.factories import DEFAULT_PASSWORD, Factory
 from tests.factories import TestUser as Credentials
+from tests.helpers import assert_oauth_error, assert_problem, bearer, login, password_login, refresh
 
 USER_FIELDS = {"id", "email", "username", "profile", "is_verified", "is_active", "is_admin",
                "mfa_enabled", "created_at", "updated_at"}
@@ -72,7 +69,8 @@ async def test_admin_users_without_token_answer_401_challenge(
     client: httpx.AsyncClient, method: str, path: str
 ) -> None:
     response = await call(client, method, path)
-    assert_oauth_error(response, 401, MISSING_TOKEN, 'Bearer realm="provider"')
+    assert_oauth_error(response, 401, *MISSING_TOKEN,
+                       www_authenticate='Bearer realm="provider"')
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
@@ -80,9 +78,10 @@ async def test_admin_users_with_normal_users_token_answer_403(
     client: httpx.AsyncClient, factory: Factory, method: str, path: str
 ) -> None:
     user = await factory.user()
-    session = await login(client, await factory.client(), user)
-    response = await call(client, method, path, session.headers)
-    assert_oauth_error(response, 403, INSUFFICIENT_SCOPE, INSUFFICIENT_SCOPE_CHALLENGE)
+    tokens = await login(client, await factory.client(), user)
+    response = await call(client, method, path, bearer(tokens["access_token"]))
+    assert_oauth_error(response, 403, *INSUFFICIENT_SCOPE,
+                       www_authenticate=INSUFFICIENT_SCOPE_CHALLENGE)
 
 
 async def test_normal_user_cannot_obtain_the_admin_scope(
@@ -100,9 +99,10 @@ async def test_admin_users_with_admins_token_without_admin_scope_answer_403(
     client: httpx.AsyncClient, factory: Factory, method: str, path: str
 ) -> None:
     admin = await factory.user(is_admin=True)
-    session = await login(client, await factory.client(), admin, scope="openid profile")
-    response = await call(client, method, path, session.headers)
-    assert_oauth_error(response, 403, INSUFFICIENT_SCOPE, INSUFFICIENT_SCOPE_CHALLENGE)
+    tokens = await login(client, await factory.client(), admin, scope="openid profile")
+    response = await call(client, method, path, bearer(tokens["access_token"]))
+    assert_oauth_error(response, 403, *INSUFFICIENT_SCOPE,
+                       www_authenticate=INSUFFICIENT_SCOPE_CHALLENGE)
 
 
 async def test_admin_demoted_after_login_gets_403(
@@ -111,7 +111,8 @@ async def test_admin_demoted_after_login_gets_403(
     assert (await client.get("/admin/users?limit=1", headers=admin.headers)).status_code == 200
     await factory.set_user(admin.user.id, is_admin=False)
     response = await client.get("/admin/users?limit=1", headers=admin.headers)
-    assert_oauth_error(response, 403, INSUFFICIENT_SCOPE, INSUFFICIENT_SCOPE_CHALLENGE)
+    assert_oauth_error(response, 403, *INSUFFICIENT_SCOPE,
+                       www_authenticate=INSUFFICIENT_SCOPE_CHALLENGE)
 
 
 async def test_admin_disabled_after_login_gets_401(
@@ -119,12 +120,14 @@ async def test_admin_disabled_after_login_gets_401(
 ) -> None:
     await factory.set_user(admin.user.id, is_active=False)
     response = await client.get("/admin/users?limit=1", headers=admin.headers)
-    assert_oauth_error(response, 401, INVALID_TOKEN, INVALID_TOKEN_CHALLENGE)
+    assert_oauth_error(response, 401, *INVALID_TOKEN,
+                       www_authenticate=INVALID_TOKEN_CHALLENGE)
 
 
 async def test_bad_id_without_token_still_answers_401(client: httpx.AsyncClient) -> None:
     response = await client.get("/admin/users/not-a-uuid")
-    assert_oauth_error(response, 401, MISSING_TOKEN, 'Bearer realm="provider"')
+    assert_oauth_error(response, 401, *MISSING_TOKEN,
+                       www_authenticate='Bearer realm="provider"')
 
 
 # --- create and read --------------------------------------------------------------------
@@ -423,19 +426,22 @@ async def test_patch_is_active_false_revokes_the_users_tokens(
     client: httpx.AsyncClient, factory: Factory, admin: Session
 ) -> None:
     user = await factory.user()
-    session = await login(client, await factory.client(), user)
+    oauth = await factory.client()
+    tokens = await login(client, oauth, user)
     response = await client.patch(f"/admin/users/{user.id}", headers=admin.headers,
                                   json={"is_active": False})
     assert response.status_code == 200, response.text
     assert response.json()["is_active"] is False
 
-    assert_oauth_error(await client.get("/users/me", headers=session.headers), 401,
-                       INVALID_TOKEN, INVALID_TOKEN_CHALLENGE)
-    assert_oauth_error(await refresh(client, session), 400, INVALID_GRANT)
+    assert_oauth_error(await client.get("/users/me", headers=bearer(tokens["access_token"])),
+                       401, *INVALID_TOKEN, www_authenticate=INVALID_TOKEN_CHALLENGE)
+    assert_oauth_error(await refresh(client, oauth, tokens["refresh_token"]), 400,
+                       *INVALID_GRANT)
     # Revoked, not merely blocked while disabled: re-enabling does not bring them back.
     await client.patch(f"/admin/users/{user.id}", headers=admin.headers, json={"is_active": True})
-    assert_oauth_error(await refresh(client, session), 400, INVALID_GRANT)
-    await login(client, session.oauth, user)  # the account itself works again
+    assert_oauth_error(await refresh(client, oauth, tokens["refresh_token"]), 400,
+                       *INVALID_GRANT)
+    await login(client, oauth, user)  # the account itself works again
 
 
 async def test_demoting_another_admin_takes_effect_at_once(
@@ -446,8 +452,9 @@ async def test_demoting_another_admin_takes_effect_at_once(
     response = await client.patch(f"/admin/users/{other_user.id}", headers=admin.headers,
                                   json={"is_admin": False})
     assert response.json()["is_admin"] is False
-    response = await client.get("/admin/users?limit=1", headers=other.headers)
-    assert_oauth_error(response, 403, INSUFFICIENT_SCOPE, INSUFFICIENT_SCOPE_CHALLENGE)
+    response = await client.get("/admin/users?limit=1", headers=bearer(other["access_token"]))
+    assert_oauth_error(response, 403, *INSUFFICIENT_SCOPE,
+                       www_authenticate=INSUFFICIENT_SCOPE_CHALLENGE)
 
 
 @pytest.mark.parametrize("body", [{"is_admin": False}, {"is_active": False},
@@ -519,17 +526,19 @@ async def test_delete_disables_revokes_and_is_idempotent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     user = await factory.user()
-    session = await login(client, await factory.client(), user)
+    oauth = await factory.client()
+    tokens = await login(client, oauth, user)
     caplog.set_level(logging.INFO, logger="provider.admin")
     for _ in range(2):
         response = await client.delete(f"/admin/users/{user.id}", headers=admin.headers)
         assert response.status_code == 204, response.text
         assert response.content == b""
     assert (await read(client, admin, user.id))["is_active"] is False
-    assert_oauth_error(await client.get("/users/me", headers=session.headers), 401,
-                       INVALID_TOKEN, INVALID_TOKEN_CHALLENGE)
+    assert_oauth_error(await client.get("/users/me", headers=bearer(tokens["access_token"])),
+                       401, *INVALID_TOKEN, www_authenticate=INVALID_TOKEN_CHALLENGE)
     await client.patch(f"/admin/users/{user.id}", headers=admin.headers, json={"is_active": True})
-    assert_oauth_error(await refresh(client, session), 400, INVALID_GRANT)
+    assert_oauth_error(await refresh(client, oauth, tokens["refresh_token"]), 400,
+                       *INVALID_GRANT)
     assert caplog.messages.count(
         f"admin={admin.user.id} action=user.disable target={user.id}") == 2
 

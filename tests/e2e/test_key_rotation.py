@@ -10,6 +10,7 @@ second): each request is sent to both processes of a ServerPair.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import jwt
 import pytest
 
 from tests.e2e.conftest import KEYS_RECHECK_WAIT_S, LiveServer, OAuthClient, ServerPair, User
+from tests.helpers import password_login
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +47,8 @@ async def on_every_process(pair: ServerPair, request: Request) -> list[httpx.Res
     return list(await asyncio.gather(*(one(server) for server in pair.servers)))
 
 
-def login(client: OAuthClient, user: User) -> Request:
-    async def send(http: httpx.AsyncClient) -> httpx.Response:
-        return await http.post("/oauth/token", auth=client.auth, data={
-            "grant_type": "password", "username": user.email, "password": user.password})
-    return send
+def login_request(client: OAuthClient, user: User) -> Request:
+    return functools.partial(password_login, client=client, user=user)
 
 
 def get(path: str, token: str | None = None) -> Request:
@@ -87,7 +86,8 @@ async def test_keys_generate_rotate_retire_seen_by_every_process(rotating: Serve
     live = rotating[0]  # runs the CLI; every request goes to both processes
     user, client = live.create_account(client_name="rotation")
     before = jwks_kids((await on_every_process(rotating, get("/.well-known/jwks.json")))[0])
-    old_token = (await on_every_process(rotating, login(client, user)))[0].json()["access_token"]
+    old_token = (await on_every_process(rotating, login_request(client, user)))[0].json()[
+        "access_token"]
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     assert old_kid in before
 
@@ -98,13 +98,13 @@ async def test_keys_generate_rotate_retire_seen_by_every_process(rotating: Serve
     await asyncio.sleep(KEYS_RECHECK_WAIT_S)
     for response in await on_every_process(rotating, get("/.well-known/jwks.json")):
         assert jwks_kids(response) == before | {new_kid}
-    for response in await on_every_process(rotating, login(client, user)):
+    for response in await on_every_process(rotating, login_request(client, user)):
         assert kid_of(response) == old_kid
 
     # 2. rotate: the published key signs now; the old one still verifies.
     assert live.cli_json("keys", "rotate") == {"kid": new_kid, "status": "active"}
     await asyncio.sleep(KEYS_RECHECK_WAIT_S)
-    fresh = await on_every_process(rotating, login(client, user))
+    fresh = await on_every_process(rotating, login_request(client, user))
     assert {kid_of(r) for r in fresh} == {new_kid}
     new_token = fresh[0].json()["access_token"]
     for response in await on_every_process(rotating, get("/.well-known/jwks.json")):
@@ -116,7 +116,8 @@ async def test_keys_generate_rotate_retire_seen_by_every_process(rotating: Serve
     assert pyjwt_verify(live, new_token)["sub"] == user.id
 
     # 3. retire the old key: it leaves the JWKS and its tokens stop verifying.
-    assert live.cli("keys", "retire", old_kid).stdout == f"retired {old_kid}\n"
+    # "--": a kid is base64url and may begin with "-", which would read as an option.
+    assert live.cli("keys", "retire", "--", old_kid).stdout == f"retired {old_kid}\n"
     await asyncio.sleep(KEYS_RECHECK_WAIT_S)
     for response in await on_every_process(rotating, get("/.well-known/jwks.json")):
         assert jwks_kids(response) == (before - {old_kid}) | {new_kid}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import types
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import jwt
@@ -15,17 +15,10 @@ from joserfc.jwk import RSAKey
 from provider.keys import service
 from provider.keys.service import KeyRing, NoSigningKey
 from provider.keys.store import KeyStore, add_key, retire, rotate
+from tests.conftest import TestClock
 
 LIFETIME = timedelta(minutes=15)
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
-
-
-class SettableClock:
-    def __init__(self) -> None:
-        self.at = datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self.at
 
 
 class FakeMonotonic:
@@ -49,8 +42,10 @@ def monotonic(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
 
 
 @pytest.fixture
-def wall() -> SettableClock:
-    return SettableClock()
+def wall() -> TestClock:
+    clock = TestClock()
+    clock.freeze()
+    return clock
 
 
 @pytest.fixture
@@ -67,7 +62,7 @@ def parses(store: KeyStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def ring_for(store: KeyStore, wall: SettableClock) -> KeyRing:
+def ring_for(store: KeyStore, wall: TestClock) -> KeyRing:
     return KeyRing(store, wall, LIFETIME)
 
 
@@ -76,7 +71,7 @@ def jwks_kids(ring: KeyRing) -> list[str]:
 
 
 def test_signing_key_without_any_key_raises_no_signing_key(
-    store: KeyStore, wall: SettableClock,
+    store: KeyStore, wall: TestClock,
 ) -> None:
     ring = ring_for(store, wall)
     with pytest.raises(NoSigningKey, match="provider keys generate"):
@@ -85,7 +80,7 @@ def test_signing_key_without_any_key_raises_no_signing_key(
 
 
 def test_keys_are_parsed_once_and_reused_across_reloads(
-    store: KeyStore, wall: SettableClock, rsa_keys: list[RSAKey], parses: list[str],
+    store: KeyStore, wall: TestClock, rsa_keys: list[RSAKey], parses: list[str],
     monotonic: FakeMonotonic,
 ) -> None:
     first = add_key(store, rsa_keys[0])
@@ -107,7 +102,7 @@ def test_keys_are_parsed_once_and_reused_across_reloads(
 
 
 def test_snapshot_does_not_touch_the_disk_within_the_check_interval(
-    store: KeyStore, wall: SettableClock, rsa_keys: list[RSAKey], monotonic: FakeMonotonic,
+    store: KeyStore, wall: TestClock, rsa_keys: list[RSAKey], monotonic: FakeMonotonic,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     add_key(store, rsa_keys[0])
@@ -131,7 +126,7 @@ def test_snapshot_does_not_touch_the_disk_within_the_check_interval(
 
 
 def test_rotation_by_another_store_is_noticed_after_the_check_interval(
-    store: KeyStore, wall: SettableClock, rsa_keys: list[RSAKey], monotonic: FakeMonotonic,
+    store: KeyStore, wall: TestClock, rsa_keys: list[RSAKey], monotonic: FakeMonotonic,
 ) -> None:
     old = add_key(store, rsa_keys[0])
     pending = add_key(store, rsa_keys[1])
@@ -150,7 +145,7 @@ def test_rotation_by_another_store_is_noticed_after_the_check_interval(
 
 
 def test_deactivated_key_stays_in_jwks_while_its_tokens_may_live(
-    store: KeyStore, wall: SettableClock, rsa_keys: list[RSAKey], monotonic: FakeMonotonic,
+    store: KeyStore, wall: TestClock, rsa_keys: list[RSAKey], monotonic: FakeMonotonic,
 ) -> None:
     old = add_key(store, rsa_keys[0])
     add_key(store, rsa_keys[1])
@@ -159,13 +154,13 @@ def test_deactivated_key_stays_in_jwks_while_its_tokens_may_live(
     assert deactivated_at is not None
     ring = ring_for(store, wall)
 
-    wall.at = deactivated_at + LIFETIME - timedelta(seconds=1)
+    wall.freeze(deactivated_at + LIFETIME - timedelta(seconds=1))
     ring.reload()
     assert jwks_kids(ring) == [old.kid, new.kid]
     assert ring.verification_key(old.kid) is not None
 
     # No file changes: the ring drops the key on its own once its tokens have expired.
-    wall.at = deactivated_at + LIFETIME
+    wall.freeze(deactivated_at + LIFETIME)
     monotonic.advance(service.CHECK_INTERVAL_SECONDS)
     assert jwks_kids(ring) == [new.kid]
     assert ring.verification_key(old.kid) is None
@@ -173,7 +168,7 @@ def test_deactivated_key_stays_in_jwks_while_its_tokens_may_live(
 
 
 def test_retired_keys_never_appear(
-    store: KeyStore, wall: SettableClock, rsa_keys: list[RSAKey], parses: list[str],
+    store: KeyStore, wall: TestClock, rsa_keys: list[RSAKey], parses: list[str],
     monotonic: FakeMonotonic,
 ) -> None:
     active = add_key(store, rsa_keys[0])
@@ -195,7 +190,7 @@ def test_retired_keys_never_appear(
 
 
 def test_jwks_has_public_members_only(
-    store: KeyStore, wall: SettableClock, rsa_keys: list[RSAKey],
+    store: KeyStore, wall: TestClock, rsa_keys: list[RSAKey],
 ) -> None:
     add_key(store, rsa_keys[0])
     add_key(store, rsa_keys[1])
@@ -214,7 +209,7 @@ def test_jwks_has_public_members_only(
 
 
 def test_jwks_verifies_a_token_signed_with_the_active_key_in_another_library(
-    store: KeyStore, wall: SettableClock, rsa_keys: list[RSAKey],
+    store: KeyStore, wall: TestClock, rsa_keys: list[RSAKey],
 ) -> None:
     add_key(store, rsa_keys[0])
     ring = ring_for(store, wall)
@@ -227,7 +222,7 @@ def test_jwks_verifies_a_token_signed_with_the_active_key_in_another_library(
 
 @pytest.mark.parametrize("kid", [None, 42, "", "../../etc/passwd", "x" * 43, ["a"]])
 def test_verification_key_of_unknown_or_malformed_kid_is_none(
-    store: KeyStore, wall: SettableClock, rsa_keys: list[RSAKey], kid: object,
+    store: KeyStore, wall: TestClock, rsa_keys: list[RSAKey], kid: object,
 ) -> None:
     add_key(store, rsa_keys[0])
     assert ring_for(store, wall).verification_key(kid) is None

@@ -1,4 +1,5 @@
-"""Assertions and small helpers shared by the OAuth, token and user HTTP suites."""
+"""Assertions and small helpers of the OAuth, token and user HTTP suites (the ones every
+suite shares are in tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -11,45 +12,14 @@ from urllib.parse import quote_plus
 import httpx
 import jwt as pyjwt
 
-from tests.factories import TestClient, TestUser
+from tests.helpers import assert_oauth_error, bearer
 
-TOKEN = "/oauth/token"
 FORM = "application/x-www-form-urlencoded"
 BEARER_INVALID = "The access token is invalid, expired or revoked."
 INVALID_TOKEN_CHALLENGE = (
     f'Bearer realm="provider", error="invalid_token", error_description="{BEARER_INVALID}"'
 )
 BASIC_CHALLENGE = 'Basic realm="provider", charset="UTF-8"'
-
-
-def assert_no_store(response: httpx.Response) -> None:
-    assert response.headers["cache-control"] == "no-store"
-    assert response.headers["pragma"] == "no-cache"
-
-
-def assert_oauth_error(
-    response: httpx.Response,
-    status: int,
-    error: str,
-    description: str,
-    *,
-    www_authenticate: str | None = None,
-    **extra: Any,
-) -> None:
-    """The whole RFC 6749 §5.2 answer: status, body, no-store, and the challenge or none."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"error": error, "error_description": description, **extra}
-    assert_no_store(response)
-    assert response.headers.get("www-authenticate") == www_authenticate
-
-
-def assert_problem(response: httpx.Response, status: int, code: str, title: str) -> None:
-    """The whole RFC 9457 answer of a non-OAuth error."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {"type": "about:blank", "title": title, "status": status,
-                               "code": code}
 
 
 def assert_invalid_token(response: httpx.Response,
@@ -69,31 +39,6 @@ def basic(client_id: str, secret: str, *, encode: bool = True) -> dict[str, str]
         client_id, secret = quote_plus(client_id), quote_plus(secret)
     raw = f"{client_id}:{secret}".encode()
     return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def login(
-    http: httpx.AsyncClient, client: TestClient, user: TestUser, **form: str
-) -> dict[str, Any]:
-    """A password-grant login that must succeed; the token response body."""
-    data = {"grant_type": "password", "username": user.email, "password": user.password,
-            **form}
-    response = await http.post(TOKEN, data=data, auth=client.auth)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def refresh(
-    http: httpx.AsyncClient, client: TestClient, refresh_token: str, **form: str
-) -> httpx.Response:
-    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, **form}
-    if client.client_secret is None:
-        return await http.post(TOKEN, data={**data, "client_id": client.client_id})
-    return await http.post(TOKEN, data=data, auth=client.auth)
 
 
 def assert_refresh_refused(response: httpx.Response) -> None:

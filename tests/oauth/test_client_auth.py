@@ -10,7 +10,8 @@ from provider.clients.service import ClientCache, hash_secret
 from provider.services import Services
 from tests.factories import Factory
 from tests.factories import TestClient as OAuthClient
-from tests.oauth.helpers import BASIC_CHALLENGE, TOKEN, assert_oauth_error, basic
+from tests.helpers import TOKEN, assert_oauth_error
+from tests.oauth.helpers import BASIC_CHALLENGE, basic
 
 AUTH_FAILED = "Client authentication failed."
 CC = {"grant_type": "client_credentials"}

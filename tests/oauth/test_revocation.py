@@ -6,16 +6,13 @@ import httpx
 import pytest
 
 from tests.factories import Factory
+from tests.helpers import assert_no_store, assert_oauth_error, login, refresh
 from tests.oauth.helpers import (
     BASIC_CHALLENGE,
     assert_invalid_token,
-    assert_no_store,
-    assert_oauth_error,
     assert_refresh_refused,
     basic,
-    login,
     me,
-    refresh,
 )
 
 REVOKE = "/oauth/revoke"

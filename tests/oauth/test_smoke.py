@@ -1,6 +1,7 @@
 """A first pass over the main path; the detailed suites live beside it."""
 
-from tests.factories import Factory, password_login
+from tests.factories import Factory
+from tests.helpers import password_login
 
 
 async def test_password_then_refresh_then_me(client, factory: Factory) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from provider.settings import Settings
 from tests.factories import Factory
-from tests.oauth.helpers import TOKEN, assert_oauth_error, assert_problem
+from tests.helpers import TOKEN, assert_oauth_error, assert_problem
 
 
 async def test_token_json_body_refused_as_invalid_request(client, factory: Factory) -> None:

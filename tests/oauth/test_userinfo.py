@@ -7,12 +7,8 @@ import secrets
 import pytest
 
 from tests.factories import Factory
-from tests.oauth.helpers import (
-    assert_invalid_token,
-    assert_oauth_error,
-    bearer,
-    login,
-)
+from tests.helpers import assert_oauth_error, bearer, login
+from tests.oauth.helpers import assert_invalid_token
 
 USERINFO = "/oauth/userinfo"
 

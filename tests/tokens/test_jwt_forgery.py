@@ -28,14 +28,8 @@ from provider.settings import Settings
 from provider.tokens.jwt import TokenRejected
 from tests.conftest import TestClock as MovableClock
 from tests.factories import Factory
-from tests.oauth.helpers import (
-    assert_invalid_token,
-    assert_oauth_error,
-    b64url,
-    bearer,
-    login,
-    me,
-)
+from tests.helpers import assert_oauth_error, bearer, login
+from tests.oauth.helpers import assert_invalid_token, b64url, me
 
 ATTACKER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 

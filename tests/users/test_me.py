@@ -14,7 +14,8 @@ from provider.oauth.errors import InvalidToken
 from provider.services import Services
 from provider.tokens.models import RevokedAccessToken
 from tests.factories import Factory
-from tests.oauth.helpers import assert_invalid_token, login, me
+from tests.helpers import login
+from tests.oauth.helpers import assert_invalid_token, me
 
 DOCUMENTED = {"id", "email", "username", "is_verified", "mfa_enabled", "created_at"}
 SECRET_WORDS = ("password", "hash", "secret", "totp", "recovery")

@@ -9,16 +9,9 @@ import httpx
 import pytest_asyncio
 from fastapi import FastAPI
 
-from tests.factories import Factory, password_login
-from tests.oauth.helpers import (
-    assert_invalid_token,
-    assert_oauth_error,
-    assert_refresh_refused,
-    bearer,
-    login,
-    me,
-    refresh,
-)
+from tests.factories import Factory
+from tests.helpers import assert_oauth_error, bearer, login, password_login, refresh
+from tests.oauth.helpers import assert_invalid_token, assert_refresh_refused, me
 from tests.smtp_sink import SmtpSink
 from tests.users.flows import (
     BAD_CREDENTIALS,

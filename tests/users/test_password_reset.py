@@ -12,15 +12,9 @@ from fastapi import FastAPI
 
 from provider.settings import Settings
 from tests.conftest import TestClock as MovableClock
-from tests.factories import Factory, password_login, unique_email
-from tests.oauth.helpers import (
-    assert_invalid_token,
-    assert_oauth_error,
-    assert_refresh_refused,
-    login,
-    me,
-    refresh,
-)
+from tests.factories import Factory, unique_email
+from tests.helpers import assert_oauth_error, login, password_login, refresh
+from tests.oauth.helpers import assert_invalid_token, assert_refresh_refused, me
 from tests.smtp_sink import SmtpSink
 from tests.users.flows import (
     ACCEPTED,

@@ -13,8 +13,8 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from provider.services import Services
-from tests.factories import Factory, password_login, unique_email
-from tests.oauth.helpers import assert_oauth_error, bearer, login
+from tests.factories import Factory, unique_email
+from tests.helpers import assert_oauth_error, bearer, login, password_login
 from tests.smtp_sink import SmtpSink, plain_text
 from tests.users.flows import (
     BAD_CREDENTIALS,

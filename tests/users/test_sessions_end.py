@@ -13,11 +13,8 @@ import httpx
 from provider.app import create_app
 from tests.conftest import TestClock as Clock
 from tests.conftest import make_settings
-from tests.factories import Factory, password_login
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from tests.factories import Factory
+from tests.helpers import bearer, password_login
 
 
 def _iat(token: str) -> int:

@@ -9,8 +9,8 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from tests.factories import Factory, password_login, unique_email
-from tests.oauth.helpers import assert_oauth_error, bearer, login
+from tests.factories import Factory, unique_email
+from tests.helpers import assert_oauth_error, bearer, login, password_login
 from tests.smtp_sink import SmtpSink
 from tests.users.flows import (
     ACCEPTED,

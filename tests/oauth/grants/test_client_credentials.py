@@ -12,14 +12,8 @@ from provider.oauth.grants import CLIENT_GRANT_RULES
 from provider.services import Services
 from provider.settings import Settings
 from tests.factories import Factory
-from tests.oauth.helpers import (
-    TOKEN,
-    assert_invalid_token,
-    assert_no_store,
-    assert_oauth_error,
-    me,
-    unverified,
-)
+from tests.helpers import TOKEN, assert_no_store, assert_oauth_error
+from tests.oauth.helpers import assert_invalid_token, me, unverified
 
 CC = {"grant_type": "client_credentials"}
 

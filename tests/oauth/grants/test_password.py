@@ -12,15 +12,9 @@ from sqlalchemy import select
 from provider.services import Services
 from provider.settings import Settings
 from provider.users.models import User
-from tests.factories import Factory, password_login
-from tests.oauth.helpers import (
-    TOKEN,
-    assert_no_store,
-    assert_oauth_error,
-    login,
-    rfc7638_thumbprint,
-    unverified,
-)
+from tests.factories import Factory
+from tests.helpers import TOKEN, assert_no_store, assert_oauth_error, login, password_login
+from tests.oauth.helpers import rfc7638_thumbprint, unverified
 
 BAD_CREDENTIALS = "Invalid username or password."
 

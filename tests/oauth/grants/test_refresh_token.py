@@ -19,17 +19,8 @@ from provider.tokens.revocation import end_user_sessions
 from tests.conftest import TestClock as MovableClock
 from tests.conftest import make_settings
 from tests.factories import Factory
-from tests.oauth.helpers import (
-    TOKEN,
-    assert_invalid_token,
-    assert_no_store,
-    assert_oauth_error,
-    assert_refresh_refused,
-    login,
-    me,
-    refresh,
-    unverified,
-)
+from tests.helpers import TOKEN, assert_no_store, assert_oauth_error, login, refresh
+from tests.oauth.helpers import assert_invalid_token, assert_refresh_refused, me, unverified
 
 
 async def refreshed(http: httpx.AsyncClient, oauth, token: str, **form: str) -> dict:

@@ -19,8 +19,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from provider.codes.models import EmailCode
 from provider.errors import ProviderError
-from provider.mfa.models import EmailCode
 
 MAX_ATTEMPTS = 5
 CODE_DIGITS = 6

@@ -1,4 +1,4 @@
-"""Email one-time codes (provider.mfa.codes) through the HTTP flows that use them, and
+"""Email one-time codes (provider.codes.service) through the HTTP flows that use them, and
 directly for the race: 6 digits, HMAC-stored, 10 minutes, single use, 5 attempts,
 resend kills the old code and keeps the failure count, resends are throttled."""
 
@@ -16,12 +16,12 @@ import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from provider.mfa.codes import MAX_ATTEMPTS, InvalidCode, Purpose
-from provider.mfa.models import EmailCode
+from provider.codes.models import EmailCode
+from provider.codes.service import MAX_ATTEMPTS, InvalidCode, Purpose
 from provider.services import Services
 from tests.conftest import TestClock as MovableClock
-from tests.factories import Factory, password_login
-from tests.oauth.helpers import assert_oauth_error, login
+from tests.factories import Factory
+from tests.helpers import assert_oauth_error, login, password_login
 from tests.smtp_sink import SmtpSink
 from tests.users.flows import (
     ACCEPTED,

@@ -1,0 +1,65 @@
+"""OpenAPI documentation of the error answers routes can give, defined once.
+
+Routes combine these in ``responses=``; the bodies are ``Problem`` (RFC 9457) or
+``OAuthErrorBody`` (RFC 6749 §5.2, RFC 6750 §3.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provider.errors import Problem
+from provider.oauth.schemas import OAuthErrorBody
+
+Responses = dict[int | str, dict[str, Any]]
+
+# Every bearer-protected route.
+BEARER_ERRORS: Responses = {
+    401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
+    403: {"model": OAuthErrorBody, "description": "The token lacks a required scope"},
+}
+ADMIN_BEARER_ERRORS: Responses = {
+    **BEARER_ERRORS,
+    403: {"model": OAuthErrorBody,
+          "description": "The token lacks the admin scope or its user is not an admin"},
+}
+INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
+# Userinfo's (RFC 6750 §3.1), with FastAPI's default descriptions.
+USERINFO_ERRORS: Responses = {401: {"model": OAuthErrorBody}, 403: {"model": OAuthErrorBody}}
+
+
+def oauth_errors(*codes: int) -> Responses:
+    """The OAuth endpoints' errors (token, revocation, introspection)."""
+    described = {
+        400: "Invalid request (RFC 6749 §5.2)",
+        401: "Client authentication failed",
+        429: "Too many attempts; see Retry-After",
+    }
+    return {code: {"model": OAuthErrorBody, "description": described[code]} for code in codes}
+
+
+def problems(*codes: int) -> Responses:
+    """The self-service account endpoints' errors."""
+    described = {400: "Invalid code or password", 403: "Forbidden", 409: "Conflict",
+                 422: "Invalid input or weak password", 429: "Rate limited"}
+    return {code: {"model": Problem, "description": described[code]} for code in codes}
+
+
+# The admin API.
+USER_NOT_FOUND: Responses = {
+    404: {"model": Problem, "description": "No such user (user_not_found)"},
+}
+USER_TAKEN: Responses = {
+    409: {"model": Problem, "description": "email_taken or username_taken"},
+}
+USER_CONFLICT: Responses = {
+    409: {"model": Problem,
+          "description": "email_taken, username_taken, cannot_modify_self (an admin disabling "
+                         "or demoting themselves) or last_active_admin"},
+}
+CLIENT_NOT_FOUND: Responses = {
+    404: {"model": Problem, "description": "No such client (client_not_found)"},
+}
+PUBLIC_CLIENT_HAS_NO_SECRET: Responses = {
+    422: {"model": Problem, "description": "A public client has no secret"},
+}

@@ -1,0 +1,110 @@
+"""Scopes follow permissions at every refresh; a deactivated client's tokens die with it."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.admin.helpers import Session, admin_login
+from tests.factories import Factory
+from tests.helpers import bearer, login, refresh
+from tests.oauth.helpers import unverified
+
+INACTIVE = {"active": False}
+
+
+async def introspect(http: httpx.AsyncClient, caller, token: str) -> dict:
+    response = await http.post("/oauth/introspect", auth=caller.auth, data={"token": token})
+    assert response.status_code == 200, response.text
+    body: dict = response.json()
+    return body
+
+
+async def set_admin(http: httpx.AsyncClient, actor: Session, user_id: str, value: bool) -> None:
+    response = await http.patch(f"/admin/users/{user_id}", headers=actor.headers,
+                                json={"is_admin": value})
+    assert response.status_code == 200, response.text
+
+
+async def test_refresh_drops_admin_once_the_user_is_demoted(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    actor = await admin_login(client, factory)
+    target = await factory.user(is_admin=True)
+    oauth = await factory.client(scopes="openid admin")
+    resource_server = await factory.client(grants=("client_credentials",), scopes="")
+    tokens = await login(client, oauth, target, scope="openid admin")
+    assert tokens["scope"] == "openid admin"
+
+    await set_admin(client, actor, target.id, False)
+    demoted = (await refresh(client, oauth, tokens["refresh_token"])).json()
+    assert demoted["scope"] == "openid"
+    assert unverified(demoted["access_token"])[1]["scope"] == "openid"
+    assert (await introspect(client, resource_server, demoted["access_token"]))["scope"] == (
+        "openid")
+    # The token from before the demotion keeps its scope until it expires, but the admin
+    # API checks the role itself, so it already opens nothing there.
+    old = await client.get("/admin/users", headers=bearer(tokens["access_token"]))
+    assert old.status_code == 403, old.text
+
+    # The session's consent is unchanged: promoted again, the next refresh has admin.
+    await set_admin(client, actor, target.id, True)
+    promoted = (await refresh(client, oauth, demoted["refresh_token"])).json()
+    assert promoted["scope"] == "openid admin"
+
+
+async def test_refresh_drops_a_scope_the_client_lost(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    actor = await admin_login(client, factory)
+    user = await factory.user()
+    oauth = await factory.client(scopes="openid profile email")
+    tokens = await login(client, oauth, user, scope="openid profile email")
+    response = await client.patch(f"/admin/clients/{oauth.client_id}", headers=actor.headers,
+                                  json={"scopes": ["openid", "email"]})
+    assert response.status_code == 200, response.text
+
+    refreshed = (await refresh(client, oauth, tokens["refresh_token"])).json()
+    assert refreshed["scope"] == "openid email"
+    assert "id_token" in refreshed
+    userinfo = await client.get("/oauth/userinfo", headers=bearer(refreshed["access_token"]))
+    assert "preferred_username" not in userinfo.json()
+    # A narrower request narrows further; asking for the lost scope gets nothing of it.
+    narrowed = (await refresh(client, oauth, refreshed["refresh_token"],
+                              scope="profile email")).json()
+    assert narrowed["scope"] == "email"
+    # Never more than the session's scope (RFC 6749 §6), whatever the client may have.
+    response = await refresh(client, oauth, narrowed["refresh_token"], scope="openid admin")
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_scope",
+                               "error_description": "The requested scope exceeds the "
+                                                    "original grant."}
+    # That refusal consumed nothing: the token still rotates.
+    assert (await refresh(client, oauth, narrowed["refresh_token"])).status_code == 200
+
+
+async def test_a_deactivated_clients_tokens_are_refused_everywhere(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    actor = await admin_login(client, factory)
+    user = await factory.user()
+    oauth = await factory.client(scopes="openid profile email")
+    machine = await factory.client(grants=("client_credentials",), scopes="reports:read")
+    resource_server = await factory.client(grants=("client_credentials",), scopes="")
+    tokens = await login(client, oauth, user, scope="openid email")
+    machine_token = (await client.post("/oauth/token", auth=machine.auth, data={
+        "grant_type": "client_credentials"})).json()["access_token"]
+    assert (await introspect(client, resource_server, machine_token))["active"] is True
+    assert (await client.get("/users/me", headers=bearer(tokens["access_token"]))).status_code \
+        == 200
+
+    for target in (oauth, machine):
+        response = await client.patch(f"/admin/clients/{target.client_id}",
+                                      headers=actor.headers, json={"is_active": False})
+        assert response.status_code == 200, response.text
+
+    for path in ("/users/me", "/oauth/userinfo"):
+        response = await client.get(path, headers=bearer(tokens["access_token"]))
+        assert response.status_code == 401, (path, response.text)
+        assert response.json()["error"] == "invalid_token"
+    for token in (tokens["access_token"], tokens["refresh_token"], machine_token):
+        assert await introspect(client, resource_server, token) == INACTIVE

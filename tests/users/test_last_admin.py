@@ -1,0 +1,89 @@
+"""DELETE /users/me by the last active admin answers 409 last_active_admin, as the admin
+API does; also when the last two admins delete themselves at once.
+
+Each test gets a database of its own (here the admins are the only ones)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from provider.app import create_app
+from tests.conftest import make_settings, migrate
+from tests.factories import Factory, TestUser
+from tests.helpers import assert_problem, bearer, login
+from tests.pgserver import create_database, drop_database
+
+LAST_ADMIN = ("last_active_admin", "The change would leave no active admin.")
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/admins.db"
+        migrate(url)
+        yield url
+        return
+    server = request.getfixturevalue("postgres_server")
+    if server is None:
+        pytest.skip("no PostgreSQL available")
+    name = f"provider_admins_{secrets.token_hex(4)}"
+    url = create_database(server, name)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_database(server, name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def world(fresh_database: str, keys_dir: Path
+                ) -> AsyncIterator[tuple[httpx.AsyncClient, Factory]]:
+    app = create_app(make_settings(fresh_database, keys_dir))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
+            yield http, Factory(app.state.services)
+
+
+async def delete_me(http: httpx.AsyncClient, token: str, user: TestUser) -> httpx.Response:
+    return await http.request("DELETE", "/users/me", headers=bearer(token),
+                              json={"password": user.password})
+
+
+async def test_the_last_active_admin_cannot_delete_their_account(
+    world: tuple[httpx.AsyncClient, Factory]
+) -> None:
+    http, factory = world
+    oauth = await factory.client()
+    admin = await factory.user(is_admin=True)
+    token = (await login(http, oauth, admin))["access_token"]
+    assert_problem(await delete_me(http, token, admin), 409, *LAST_ADMIN)
+    # Nothing changed: the account and its session work.
+    me = await http.get("/users/me", headers=bearer(token))
+    assert me.status_code == 200, me.text
+
+    # With another active admin, the same request deletes the account.
+    await factory.user(is_admin=True)
+    response = await delete_me(http, token, admin)
+    assert response.status_code == 204, response.text
+
+
+async def test_two_last_admins_deleting_themselves_at_once_leave_one(
+    world: tuple[httpx.AsyncClient, Factory]
+) -> None:
+    http, factory = world
+    oauth = await factory.client()
+    admins = [await factory.user(is_admin=True) for _ in range(2)]
+    tokens = [(await login(http, oauth, admin))["access_token"] for admin in admins]
+    responses = await asyncio.gather(*(delete_me(http, token, admin)
+                                       for token, admin in zip(tokens, admins, strict=True)))
+    assert sorted(r.status_code for r in responses) == [204, 409], [r.text for r in responses]
+    survivor = next(t for t, r in zip(tokens, responses, strict=True) if r.status_code == 409)
+    assert (await http.get("/users/me", headers=bearer(survivor))).status_code == 200
