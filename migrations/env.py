@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
 from sqlalchemy.engine import Connection
@@ -27,7 +28,24 @@ def _url() -> str:
     return Settings().database_url
 
 
+def _pragma(connection: Connection, statement: str) -> list[Any]:
+    """Run a pragma on the driver's connection: no BEGIN before it (SQLAlchemy's own
+    execution would start a transaction, inside which SQLite ignores some pragmas)."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
 def _configure(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        # SQLite's batch mode copies a table and drops the old one, and dropping a table
+        # with foreign keys on deletes its rows first, cascading into the tables that
+        # reference it (login_sessions -> users). The pragma only works outside a
+        # transaction, so it is set before the migration's; checked again at the end.
+        _pragma(connection, "PRAGMA foreign_keys=OFF")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -36,6 +54,11 @@ def _configure(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+    if connection.dialect.name == "sqlite":
+        broken = _pragma(connection, "PRAGMA foreign_key_check")
+        _pragma(connection, "PRAGMA foreign_keys=ON")
+        if broken:
+            raise RuntimeError(f"the migration left rows with dangling foreign keys: {broken}")
 
 
 async def _run_async() -> None:

@@ -10,6 +10,11 @@ import httpx
 from tests.factories import TestClient, TestUser
 
 TOKEN = "/oauth/token"
+BEARER_INVALID = "The access token is invalid, expired or revoked."
+INVALID_TOKEN_CHALLENGE = (
+    f'Bearer realm="provider", error="invalid_token", error_description="{BEARER_INVALID}"'
+)
+BASIC_CHALLENGE = 'Basic realm="provider", charset="UTF-8"'
 
 
 async def password_login(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,25 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    Uuid,
+    column,
+    insert,
+    inspect,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.engine import Connection
 
 from provider.cli import alembic_config
-from provider.db import create_engine
+from provider.db import UTCDateTime, create_engine
 from provider.models import Base
 from tests.pgserver import create_database, drop_database
 
@@ -130,3 +146,91 @@ def test_migrations_each_revision_downgrades_and_upgrades_again(fresh_url: str) 
         command.downgrade(config, revision.down_revision or "base")
         command.upgrade(config, revision.revision)
         assert inspect_db(fresh_url, current_revision) == revision.revision
+
+
+# The tables as they were before login_sessions, typed so that values bind on both
+# backends (SQLite keeps UUIDs as hex text).
+_UTC = UTCDateTime()
+_old_users = table("users", column("id", Uuid()), column("email", String()),
+                   column("profile", JSON()), column("is_active", Boolean()),
+                   column("is_verified", Boolean()), column("is_admin", Boolean()),
+                   column("created_at", _UTC), column("updated_at", _UTC))
+_old_clients = table("clients", column("client_id", String()), column("name", String()),
+                     column("is_public", Boolean()), column("grant_types", JSON()),
+                     column("scopes", JSON()), column("is_active", Boolean()),
+                     column("created_at", _UTC), column("updated_at", _UTC))
+_tokens_table = table(
+    "refresh_tokens", column("id", Uuid()), column("token_hash", LargeBinary()),
+    column("family_id", Uuid()), column("session_id", Uuid()), column("parent_id", Uuid()),
+    column("client_id", String()), column("user_id", Uuid()), column("scope", Text()),
+    column("issued_at", _UTC), column("expires_at", _UTC), column("family_expires_at", _UTC),
+    column("auth_time", _UTC), column("rotated_at", _UTC), column("revoked_at", _UTC))
+_sessions_table = table(
+    "login_sessions", column("id", Uuid()), column("user_id", Uuid()),
+    column("client_id", String()), column("scope", Text()), column("session_epoch", Integer()),
+    column("revoked_at", _UTC), column("expires_at", _UTC))
+OLD_USER = uuid.UUID("00000000-0000-4000-8000-000000000001")
+OLD_LIVE = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
+OLD_REVOKED = uuid.UUID("00000000-0000-4000-8000-0000000000a2")
+OLD_TOKENS = [uuid.UUID(f"00000000-0000-4000-8000-00000000010{i}") for i in range(4)]
+AT = datetime(2026, 11, 20, 10, tzinfo=UTC)
+LATER = AT + timedelta(hours=1)
+FAMILY_END = AT + timedelta(days=90)
+
+
+def _seed_old_families(connection: Connection) -> None:
+    """A live family rotated twice (root -> middle -> live leaf) and a revoked one."""
+    connection.execute(insert(_old_users).values(
+        id=OLD_USER, email="old@example.com", profile={}, is_active=True, is_verified=True,
+        is_admin=False, created_at=AT, updated_at=AT))
+    connection.execute(insert(_old_clients).values(
+        client_id="cl_old", name="old", is_public=False, grant_types=["refresh_token"],
+        scopes=["openid"], is_active=True, created_at=AT, updated_at=AT))
+    rows = [  # id, family, parent, rotated_at, revoked_at
+        (OLD_TOKENS[0], OLD_LIVE, None, LATER, None),
+        (OLD_TOKENS[1], OLD_LIVE, OLD_TOKENS[0], LATER, None),
+        (OLD_TOKENS[2], OLD_LIVE, OLD_TOKENS[1], None, None),
+        (OLD_TOKENS[3], OLD_REVOKED, None, None, LATER),
+    ]
+    for number, (token_id, family, parent, rotated_at, revoked_at) in enumerate(rows):
+        connection.execute(insert(_tokens_table).values(
+            id=token_id, token_hash=bytes([number]) * 32, family_id=family, parent_id=parent,
+            client_id="cl_old", user_id=OLD_USER, scope="openid", issued_at=AT,
+            expires_at=AT + timedelta(days=30), family_expires_at=FAMILY_END, auth_time=AT,
+            rotated_at=rotated_at, revoked_at=revoked_at))
+    connection.commit()
+
+
+def _sessions(connection: Connection) -> dict[uuid.UUID, tuple[Any, ...]]:
+    t = _sessions_table
+    rows = connection.execute(select(t.c.id, t.c.user_id, t.c.client_id, t.c.scope,
+                                     t.c.session_epoch, t.c.revoked_at, t.c.expires_at))
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _token_families(connection: Connection, name: str) -> dict[uuid.UUID, uuid.UUID]:
+    t = _tokens_table
+    return {row[0]: row[1] for row in connection.execute(select(t.c.id, t.c[name]))}
+
+
+def test_login_sessions_revision_moves_families_into_sessions_and_back(fresh_url: str) -> None:
+    config = config_for(fresh_url)
+    command.upgrade(config, "eac89a9247d2")  # the revision before login_sessions
+    inspect_db(fresh_url, _seed_old_families)
+    by_token = {OLD_TOKENS[0]: OLD_LIVE, OLD_TOKENS[1]: OLD_LIVE, OLD_TOKENS[2]: OLD_LIVE,
+                OLD_TOKENS[3]: OLD_REVOKED}
+
+    command.upgrade(config, "5a1c0de5e551")
+    assert inspect_db(fresh_url, _sessions) == {
+        OLD_LIVE: (OLD_USER, "cl_old", "openid", 0, None, FAMILY_END),
+        OLD_REVOKED: (OLD_USER, "cl_old", "openid", 0, LATER, FAMILY_END),
+    }
+    assert inspect_db(fresh_url, lambda c: _token_families(c, "session_id")) == by_token
+    assert inspect_db(fresh_url, schema_drift) == []
+
+    command.downgrade(config, "eac89a9247d2")
+    assert inspect_db(fresh_url, lambda c: _token_families(c, "family_id")) == by_token
+    t = _tokens_table
+    revoked = inspect_db(fresh_url, lambda c: c.execute(
+        select(t.c.id).where(t.c.revoked_at.is_not(None))).scalars().all())
+    assert revoked == [OLD_TOKENS[3]]

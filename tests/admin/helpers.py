@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from tests.factories import Factory, TestClient, TestUser
-from tests.helpers import bearer, login
+from tests.helpers import INVALID_TOKEN_CHALLENGE, bearer, login  # noqa: F401 (re-exported)
 
 # (error, error_description) pairs, for assert_oauth_error(response, status, *PAIR, ...).
 MISSING_TOKEN = ("invalid_token", "An access token is required.")
@@ -16,10 +16,6 @@ INVALID_TOKEN = ("invalid_token", "The access token is invalid, expired or revok
 INSUFFICIENT_SCOPE = ("insufficient_scope",
                       "The access token lacks the scope this resource requires.")
 INSUFFICIENT_SCOPE_CHALLENGE = 'Bearer realm="provider", error="insufficient_scope", scope="admin"'
-INVALID_TOKEN_CHALLENGE = (
-    'Bearer realm="provider", error="invalid_token", '
-    'error_description="The access token is invalid, expired or revoked."'
-)
 INVALID_GRANT = ("invalid_grant", "The grant or refresh token is invalid, expired or revoked.")
 INVALID_CLIENT = ("invalid_client", "Client authentication failed.")
 

@@ -23,7 +23,15 @@ from tests.admin.helpers import (
 )
 from tests.factories import Factory
 from tests.factories import TestClient as Credentials
-from tests.helpers import assert_oauth_error, assert_problem, bearer, login, password_login, refresh
+from tests.helpers import (
+    BASIC_CHALLENGE,
+    assert_oauth_error,
+    assert_problem,
+    bearer,
+    login,
+    password_login,
+    refresh,
+)
 
 CLIENT_FIELDS = {"client_id", "name", "is_public", "grant_types", "scopes", "is_active",
                  "created_at", "updated_at"}
@@ -36,7 +44,6 @@ ENDPOINTS = [
     ("POST", "/admin/clients/cl_x/secret"),
 ]
 NO_SUCH_CLIENT = ("client_not_found", "No such client.")
-BASIC_CHALLENGE = 'Basic realm="provider", charset="UTF-8"'
 INVALID_BODY = ("validation_error", "The request body is not valid.")
 
 

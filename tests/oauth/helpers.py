@@ -12,14 +12,15 @@ from urllib.parse import quote_plus
 import httpx
 import jwt as pyjwt
 
-from tests.helpers import assert_oauth_error, bearer
+from tests.helpers import (  # noqa: F401 (re-exported to the oauth suites)
+    BASIC_CHALLENGE,
+    BEARER_INVALID,
+    INVALID_TOKEN_CHALLENGE,
+    assert_oauth_error,
+    bearer,
+)
 
 FORM = "application/x-www-form-urlencoded"
-BEARER_INVALID = "The access token is invalid, expired or revoked."
-INVALID_TOKEN_CHALLENGE = (
-    f'Bearer realm="provider", error="invalid_token", error_description="{BEARER_INVALID}"'
-)
-BASIC_CHALLENGE = 'Basic realm="provider", charset="UTF-8"'
 
 
 def assert_invalid_token(response: httpx.Response,
