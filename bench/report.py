@@ -29,9 +29,10 @@ ROWS = [
 ]
 # provider row, baseline row, target ratio
 TARGETS = [
-    ("jwks", "yard-hello", 0.8),
+    # The floors the token path is held to (no regression below them).
+    ("jwks", "yard-hello", 1.2),
     ("client-credentials", "yard-sign", 0.8),
-    ("refresh", "yard-rotate", 0.7),
+    ("refresh", "yard-rotate", 0.75),
     ("password", "argon2", 0.85),
 ]
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}

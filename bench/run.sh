@@ -31,6 +31,10 @@ YARD_RT_COUNT="${YARD_RT_COUNT:-20000}"
 ARGON2_SECONDS="${ARGON2_SECONDS:-10}"
 SERVER_TIMEOUT="${SERVER_TIMEOUT:-900}"  # hard bound on each server's life (seconds)
 
+if ! command -v wrk >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "bench: installing wrk (Debian package)"
+  { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null 2>&1 || true
+fi
 for tool in wrk curl timeout; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is required (apt-get install -y $tool)" >&2; exit 2; }
 done

@@ -137,6 +137,12 @@ class LiveServer:
                                 f"{self.log()}")
                 time.sleep(0.05)
 
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """SIGTERM to the process group, SIGKILL after STOP_TIMEOUT_S; then SIGKILL to
         whatever is left of the group (workers) while the exited supervisor is still
@@ -261,13 +267,9 @@ def live_pg(request: pytest.FixtureRequest, postgres_server: str | None, keys_di
         pytest.skip("no PostgreSQL available")
     database_url = str(request.getfixturevalue("migrated"))
     assert database_url.startswith("postgres"), database_url
-    server = LiveServer(database_url=database_url, keys_dir=keys_dir,
-                        rundir=e2e_dir / "pg", workers=2)
-    server.start()
-    try:
+    with LiveServer(database_url=database_url, keys_dir=keys_dir,
+                    rundir=e2e_dir / "pg", workers=2) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="package")
@@ -281,13 +283,9 @@ def sqlite_e2e_url(e2e_dir: Path) -> str:
 @pytest.fixture(scope="package")
 def live_sqlite(sqlite_e2e_url: str, keys_dir: Path, e2e_dir: Path) -> Iterator[LiveServer]:
     """`provider serve --workers 2` on its own migrated SQLite file."""
-    server = LiveServer(database_url=sqlite_e2e_url, keys_dir=keys_dir,
-                        rundir=e2e_dir / "sqlite", workers=2)
-    server.start()
-    try:
+    with LiveServer(database_url=sqlite_e2e_url, keys_dir=keys_dir,
+                    rundir=e2e_dir / "sqlite", workers=2) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="package", params=["postgresql", "sqlite"])
@@ -345,6 +343,12 @@ class ServerPair:
         for server in self.servers:
             server.stop()
 
+    def __enter__(self) -> ServerPair:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
 
 @pytest.fixture(scope="package")
 def pair_pg(request: pytest.FixtureRequest, postgres_server: str | None, keys_dir: Path,
@@ -353,26 +357,18 @@ def pair_pg(request: pytest.FixtureRequest, postgres_server: str | None, keys_di
     if postgres_server is None:
         pytest.skip("no PostgreSQL available")
     database_url = str(request.getfixturevalue("migrated"))
-    pair = ServerPair(database_url, keys_dir, e2e_dir / "pair-pg",
-                      {"PROVIDER_SMTP_URL": mail_sink.url})
-    pair.start()
-    try:
+    with ServerPair(database_url, keys_dir, e2e_dir / "pair-pg",
+                    {"PROVIDER_SMTP_URL": mail_sink.url}) as pair:
         yield pair
-    finally:
-        pair.stop()
 
 
 @pytest.fixture(scope="package")
 def pair_sqlite(sqlite_e2e_url: str, keys_dir: Path, e2e_dir: Path,
                 mail_sink: SmtpSink) -> Iterator[ServerPair]:
     """Two servers on the e2e suite's SQLite file, mailing to the sink."""
-    pair = ServerPair(sqlite_e2e_url, keys_dir, e2e_dir / "pair-sqlite",
-                      {"PROVIDER_SMTP_URL": mail_sink.url})
-    pair.start()
-    try:
+    with ServerPair(sqlite_e2e_url, keys_dir, e2e_dir / "pair-sqlite",
+                    {"PROVIDER_SMTP_URL": mail_sink.url}) as pair:
         yield pair
-    finally:
-        pair.stop()
 
 
 @pytest.fixture(scope="package", params=["postgresql", "sqlite"])

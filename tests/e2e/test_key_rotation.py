@@ -27,12 +27,8 @@ def rotating(sqlite_e2e_url: str, private_keys_dir: Path,
              e2e_dir: Path) -> Iterator[ServerPair]:
     """Two servers of their own on a copy of the keys directory. (Keys do not care about
     the database: SQLite spares a shared PostgreSQL two more connection pools.)"""
-    pair = ServerPair(sqlite_e2e_url, private_keys_dir, e2e_dir / "rotation")
-    pair.start()
-    try:
+    with ServerPair(sqlite_e2e_url, private_keys_dir, e2e_dir / "rotation") as pair:
         yield pair
-    finally:
-        pair.stop()
 
 
 Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
