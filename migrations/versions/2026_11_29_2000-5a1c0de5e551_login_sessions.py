@@ -1,4 +1,5 @@
-"""login_sessions: one row per sign-in (the refresh family), users.session_epoch
+"""login_sessions: one row per sign-in (the refresh family), users.session_epoch,
+clients.reactivated_at
 
 Revocation moves from refresh-token rows to the session row that rotation reads, so a
 revocation always wins over a rotation in flight. Existing families become sessions
@@ -52,6 +53,8 @@ def upgrade() -> None:
 
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.add_column(sa.Column('session_epoch', sa.Integer(), server_default='0', nullable=False))
+    with op.batch_alter_table('clients', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('reactivated_at', provider.db.UTCDateTime(timezone=True), nullable=True))
 
     # Every family has exactly one root token (the sign-in's).
     op.execute(f"""
@@ -115,6 +118,8 @@ def downgrade() -> None:
 
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.drop_column('session_epoch')
+    with op.batch_alter_table('clients', schema=None) as batch_op:
+        batch_op.drop_column('reactivated_at')
 
     with op.batch_alter_table('login_sessions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_login_sessions_user_id'))

@@ -21,5 +21,8 @@ class Client(Base):
     grant_types: Mapped[list[str]] = mapped_column(JSON)
     scopes: Mapped[list[str]] = mapped_column(JSON)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # When the client was last made active again after a deactivation: its own access
+    # tokens (client_credentials) issued before then stay dead (provider.tokens.revocation).
+    reactivated_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

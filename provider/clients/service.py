@@ -198,6 +198,10 @@ async def update_client(
     if changed:
         for name, value in changed.items():
             setattr(client, name, value)
+        if changed.get("is_active") is True:
+            # What the deactivation ended stays ended (sessions are revoked below when it
+            # happens; the client's own tokens by this instant).
+            client.reactivated_at = now
         client.updated_at = now
         await session.flush()
     if values.get("is_active") is False:

@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import ColumnElement, Table, and_, case, delete, exists, false, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    case,
+    delete,
+    exists,
+    false,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -103,8 +114,16 @@ def access_token_stands(claims: AccessClaims) -> ColumnElement[bool]:
     not_denied = ~exists().where(revoked_ats.c.jti == claims.jti)
     user_id = token_user_id(claims)
     if user_id is None:
-        client_active = exists().where(clients.c.client_id == claims.client_id,
-                                       clients.c.is_active.is_(True))
+        # Issued after the client was last reactivated: `iat` has whole seconds, so a
+        # token of that very second counts as after (only one issued in the seconds a
+        # stale client cache elsewhere still served the deactivated client could be older).
+        issued_by_next_second = datetime.fromtimestamp(claims.iat + 1, UTC)
+        client_active = exists().where(
+            clients.c.client_id == claims.client_id,
+            clients.c.is_active.is_(True),
+            or_(clients.c.reactivated_at.is_(None),
+                clients.c.reactivated_at < issued_by_next_second),
+        )
         return and_(client_active, not_denied)
     try:
         session_id = uuid.UUID(claims.sid) if claims.sid else None

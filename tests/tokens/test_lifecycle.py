@@ -108,3 +108,38 @@ async def test_a_deactivated_clients_tokens_are_refused_everywhere(
         assert response.json()["error"] == "invalid_token"
     for token in (tokens["access_token"], tokens["refresh_token"], machine_token):
         assert await introspect(client, resource_server, token) == INACTIVE
+
+
+async def test_reactivating_a_client_revives_none_of_its_old_tokens(
+    client: httpx.AsyncClient, factory: Factory, clock
+) -> None:
+    from datetime import timedelta
+
+    actor = await admin_login(client, factory)
+    user = await factory.user()
+    oauth = await factory.client(grants=("password", "refresh_token", "client_credentials"),
+                                 scopes="openid reports:read")
+    resource_server = await factory.client(grants=("client_credentials",), scopes="")
+    tokens = await login(client, oauth, user, scope="openid")
+    own = (await client.post("/oauth/token", auth=oauth.auth, data={
+        "grant_type": "client_credentials"})).json()["access_token"]
+
+    async def set_active(value: bool) -> None:
+        response = await client.patch(f"/admin/clients/{oauth.client_id}",
+                                      headers=actor.headers, json={"is_active": value})
+        assert response.status_code == 200, response.text
+
+    await set_active(False)
+    clock.advance(timedelta(seconds=1))  # the reactivation comes a second later
+    await set_active(True)
+    for token in (own, tokens["access_token"], tokens["refresh_token"]):
+        assert await introspect(client, resource_server, token) == INACTIVE
+    assert (await client.get("/users/me", headers=bearer(tokens["access_token"]))).status_code \
+        == 401
+    # Tokens issued after the reactivation work, in its very second too.
+    fresh = (await client.post("/oauth/token", auth=oauth.auth, data={
+        "grant_type": "client_credentials"})).json()["access_token"]
+    assert (await introspect(client, resource_server, fresh))["active"] is True
+    signed_in = await login(client, oauth, user, scope="openid")
+    assert (await client.get("/users/me", headers=bearer(signed_in["access_token"]))
+            ).status_code == 200
