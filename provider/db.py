@@ -270,12 +270,13 @@ def unavailable_reason(exc: BaseException) -> Unavailable | None:
     context of a later error, so the whole chain is examined.
     """
     chain = list(_chain(exc))
-    for current in chain:  # the server's own word first
-        sqlstate = getattr(current, "sqlstate", None)
-        if isinstance(sqlstate, str) and (
-            sqlstate in UNAVAILABLE_SQLSTATES or sqlstate.startswith(UNAVAILABLE_SQLSTATE_CLASSES)
-        ):
-            return Unavailable(type(current).__name__, sqlstate)
+    said = [current for current in chain  # the server's own word first
+            if isinstance(sqlstate := getattr(current, "sqlstate", None), str)
+            and (sqlstate in UNAVAILABLE_SQLSTATES
+                 or sqlstate.startswith(UNAVAILABLE_SQLSTATE_CLASSES))]
+    if said:
+        # The innermost is the driver's own class (QueryCanceledError, not the wrapper).
+        return Unavailable(type(said[-1]).__name__, said[-1].sqlstate)  # type: ignore[attr-defined]
     for current in chain:
         if isinstance(current, PoolTimeout):
             return Unavailable("pool timeout")
