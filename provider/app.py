@@ -9,8 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
@@ -19,6 +18,7 @@ from starlette.routing import Route
 from provider import __version__
 from provider.clients.router import router as admin_clients_router
 from provider.clock import Clock
+from provider.db import Unavailable, unavailable_reason
 from provider.docs import install_docs
 from provider.errors import (
     InternalError,
@@ -112,22 +112,41 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
         return from_http_exception(exc).response()
 
-    async def database_unavailable(request: Request, exc: Exception) -> Response:
-        # Out of connections, failover, network: a client should retry, not see a 500.
-        log.error("database unavailable: %s", type(exc).__name__)
+    async def database_unavailable(request: Request, reason: Unavailable) -> Response:
+        # Down, restarting, frozen, out of connections: a client should retry, not see a
+        # 500. An outage is expected: one line per failed request, no traceback.
+        log.error("database unavailable (%s %s): %s", request.method, request.url.path,
+                  reason)
         if request.url.path.startswith("/oauth/"):
             return await oauth_error(request, TemporarilyUnavailable())
         return ServiceUnavailable("The database is unavailable. Try again shortly.").response()
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            return await unexpected(request, exc)
+        return await database_unavailable(request, reason)
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(_request: Request, _exc: ClientDisconnect) -> Response:
         # Nobody is left to answer; not an error of ours.
         return Response(status_code=400)
 
-    for unavailable in (OperationalError, InterfaceError, PoolTimeout, ConnectionError):
-        app.add_exception_handler(unavailable, database_unavailable)
+    # Database and network errors are told apart here, by what they are and what they
+    # wrap (provider.db.unavailable_reason), not by their class alone: asyncpg's
+    # "starting up" arrives as a plain DBAPIError, a refused connect as an OSError.
+    # (Handlers of these classes answer in place; only the catch-all below re-raises to
+    # the server, which would log a traceback.)
+    for kind in (SQLAlchemyError, OSError):
+        app.add_exception_handler(kind, database_error)
 
-    @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception) -> Response:
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        reason = unavailable_reason(exc)
+        if reason is not None:  # wrapped in something else: still an outage
+            return await database_unavailable(request, reason)
+        # With hide_parameters on every engine, a database error logged here carries its
+        # statement but none of its values.
         log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
         return InternalError().response()
+
+    app.add_exception_handler(Exception, unexpected)

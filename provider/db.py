@@ -1,13 +1,20 @@
-"""Declarative base, engine and session factories, and the per-request unit of work."""
+"""Declarative base, engine and session factories, the per-request unit of work, and
+what counts as "the database is unavailable" (answered 503, never 500)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import errno
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy.engine import Dialect, ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -70,8 +77,36 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str, *, pool_size: int = 20, **kwargs: Any) -> AsyncEngine:
+@dataclass(frozen=True)
+class Timeouts:
+    """Bounds, in seconds, on every wait for PostgreSQL, so that a database that is down,
+    restarting or frozen costs a request a few seconds and a 503, never a hang."""
+
+    connect: float
+    """Opening a connection: TCP, TLS, start-up and authentication."""
+    statement: float
+    """One statement (0: unbounded). The server cancels it (``statement_timeout``, 57014)
+    and, should the server itself not answer, the client gives up a second later."""
+    pool: float
+    """Waiting for a pooled connection when all are in use."""
+
+
+# The client-side bound waits this much longer than the server's, so that the server's
+# own cancellation (clean: the connection stays usable) normally comes first.
+CLIENT_STATEMENT_MARGIN_S = 1.0
+
+
+def create_engine(
+    url: str, *, pool_size: int = 20, timeouts: Timeouts | None = None, **kwargs: Any
+) -> AsyncEngine:
+    """An engine for ``url``. ``timeouts`` bound the waits of a serving process; tools
+    (migrations, the CLI) leave them out, as a migration may rightly run for minutes.
+
+    Every engine hides bound parameters from its error messages: an error that reaches a
+    log must not carry an email address or a password hash.
+    """
     target = async_url(url)
+    kwargs.setdefault("hide_parameters", True)
     if target.startswith("sqlite"):
         # One connection per operation; SQLite serialises writers itself (busy timeout).
         kwargs.setdefault("poolclass", NullPool)
@@ -85,7 +120,35 @@ def create_engine(url: str, *, pool_size: int = 20, **kwargs: Any) -> AsyncEngin
     kwargs.setdefault("pool_size", pool_size)
     kwargs.setdefault("max_overflow", 0)
     kwargs.setdefault("pool_recycle", 3600)
-    return create_async_engine(target, **kwargs)
+    if timeouts is not None:
+        connect_args: dict[str, Any] = {"timeout": timeouts.connect}
+        if timeouts.statement > 0:
+            # Both bounds cost no round trip: the setting travels in the start-up packet
+            # and the client bound is a timer around each statement (asyncpg's
+            # command_timeout). Only the client bound helps when the server is frozen.
+            connect_args["server_settings"] = {
+                "statement_timeout": str(int(timeouts.statement * 1000))}
+            connect_args["command_timeout"] = timeouts.statement + CLIENT_STATEMENT_MARGIN_S
+        kwargs.setdefault("connect_args", connect_args)
+        kwargs.setdefault("pool_timeout", timeouts.pool)
+    engine = create_async_engine(target, **kwargs)
+    _discard_broken_connections(engine)
+    return engine
+
+
+def _discard_broken_connections(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # A connection whose statement timed out on the client side (frozen server) or
+        # that failed at the connection level is in an unknown state: throw it away
+        # rather than return it to the pool, where its next user would wait again.
+        # The server's own statement timeout (57014) leaves a healthy connection.
+        reason = unavailable_reason(context.original_exception)
+        if reason is None or reason.sqlstate == "57014" or context.is_disconnect:
+            return
+        context.is_disconnect = True
+        # Only a restart kills every pooled connection at once; a timeout does not.
+        context.invalidate_pool_on_disconnect = reason.sqlstate is not None
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -125,7 +188,9 @@ async def unit_of_work(
     """One transaction per request: commit on success and on expected protocol errors.
 
     An expected error (an OAuthError or ProviderError) still commits, so that a refresh
-    family revoked on reuse stays revoked; anything unexpected rolls back.
+    family revoked on reuse stays revoked; anything unexpected rolls back. So does an
+    expected error raised after a failed flush (a lost unique-key race answered 409):
+    the transaction is already void.
     """
     from provider.errors import ExpectedError
 
@@ -133,10 +198,132 @@ async def unit_of_work(
         try:
             yield session
         except ExpectedError:
-            await session.commit()
+            if session.is_active:
+                await session.commit()
+            else:
+                await session.rollback()
             raise
         except BaseException:
             await session.rollback()
             raise
         else:
             await session.commit()
+
+
+# --- "the database is unavailable" ---------------------------------------------------------
+
+# SQLSTATEs of a database that cannot serve right now, as opposed to a wrong request:
+# class 08 (connection exception), operator intervention (admin shutdown, crash
+# shutdown, cannot connect now / starting up), statement timeout, too many connections.
+UNAVAILABLE_SQLSTATE_CLASSES = ("08",)
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57014", "53300"})
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why an exception means the database is unavailable: one line for the log."""
+
+    kind: str
+    sqlstate: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.sqlstate}" if self.sqlstate else self.kind
+
+
+_NETWORK_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
+    errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN,
+})
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """A failure to reach or keep talking to the server; not, say, a missing file."""
+    if isinstance(exc, ConnectionError | socket.gaierror):
+        return True
+    if not isinstance(exc, OSError):
+        return False
+    # asyncio's connect to several addresses raises a bare OSError("Multiple exceptions:").
+    return exc.errno in _NETWORK_ERRNOS or str(exc).startswith("Multiple exceptions")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, the driver error it wraps, and what caused it or was being handled
+    (a failed rollback in a ``with`` block hides the first failure in its context)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < 16:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                todo.append(linked)
+
+
+def unavailable_reason(exc: BaseException) -> Unavailable | None:
+    """Why ``exc`` means "the database cannot serve now" (503), or None (a fault: 500).
+
+    Driver errors arrive wrapped (asyncpg's CannotConnectNowError as a plain
+    ``sqlalchemy.exc.DBAPIError``), bare (a refused connect is an OSError), or in the
+    context of a later error, so the whole chain is examined.
+    """
+    chain = list(_chain(exc))
+    said = [current for current in chain  # the server's own word first
+            if isinstance(sqlstate := getattr(current, "sqlstate", None), str)
+            and (sqlstate in UNAVAILABLE_SQLSTATES
+                 or sqlstate.startswith(UNAVAILABLE_SQLSTATE_CLASSES))]
+    if said:
+        # The innermost is the driver's own class (QueryCanceledError, not the wrapper).
+        return Unavailable(type(said[-1]).__name__, said[-1].sqlstate)  # type: ignore[attr-defined]
+    for current in chain:
+        if isinstance(current, PoolTimeout):
+            return Unavailable("pool timeout")
+        if isinstance(current, TimeoutError):  # asyncio's too: connect or statement
+            return Unavailable("timeout")
+        if _is_network_error(current):  # refused, reset, unreachable, DNS
+            return Unavailable(type(current).__name__)
+    for current in chain:
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return Unavailable(f"connection lost ({type(current).__name__})")
+        # The DB-API's own words for "not the request's fault": lost connections, a
+        # locked SQLite file, and asyncpg's "connection is closed".
+        if isinstance(current, OperationalError | InterfaceError):
+            return Unavailable(type(current).__name__)
+        if type(current).__name__ == "InterfaceError" and "connection is closed" in str(current):
+            return Unavailable("connection closed")
+    return None
+
+
+class ReadinessProbe:
+    """``SELECT 1`` through the pool, answered within ``deadline`` seconds whatever the
+    database does.
+
+    A probe that outlives the deadline is not cancelled (cancelling a pool checkout
+    half-way can strand a connection): it ends by itself within the engine's timeouts,
+    and callers meanwhile share it, so a frozen database never piles up probes.
+    """
+
+    def __init__(self, engine: AsyncEngine, deadline: float) -> None:
+        self.engine = engine
+        self.deadline = deadline
+        self._running: asyncio.Task[Unavailable | None] | None = None
+
+    async def check(self) -> Unavailable | None:
+        """None when the database answered in time, else why not."""
+        task = self._running
+        if task is None or task.done():
+            task = self._running = asyncio.ensure_future(self._probe())
+        done, _ = await asyncio.wait({task}, timeout=self.deadline)
+        if not done:
+            return Unavailable("readiness probe timed out")
+        return task.result()
+
+    async def _probe(self) -> Unavailable | None:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return unavailable_reason(exc) or Unavailable(type(exc).__name__)
+        return None

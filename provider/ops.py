@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from provider.deps import ServicesDep
 from provider.errors import ServiceUnavailable
 
+log = logging.getLogger("provider")
 router = APIRouter(tags=["operations"])
+
 
 @router.get("/healthz", summary="The process is alive")
 async def healthz() -> dict[str, str]:
@@ -19,14 +22,14 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="The database is reachable",
+    description="503 within 2 s when the database does not answer (down, frozen, full).",
     responses={503: {"description": "The database is unreachable"}},
 )
 async def readyz(services: ServicesDep) -> dict[str, str]:
-    try:
-        async with services.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception:
-        raise ServiceUnavailable("The database is unreachable.") from None
+    reason = await services.readiness.check()
+    if reason is not None:
+        log.warning("not ready: database unavailable: %s", reason)
+        raise ServiceUnavailable("The database is unreachable.")
     return {"status": "ready"}
 
 

@@ -9,7 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
 from provider.codes.service import EmailCodes
-from provider.db import create_engine, session_factory, single_statement_engine
+from provider.db import (
+    ReadinessProbe,
+    Timeouts,
+    create_engine,
+    session_factory,
+    single_statement_engine,
+)
 from provider.keys.service import KeyRing
 from provider.keys.store import KeyStore, load_secret_key
 from provider.mail import make_sender
@@ -35,11 +41,20 @@ class Services:
     clients: ClientCache
     throttles: Throttles
     accounts: Accounts
+    readiness: ReadinessProbe
+
+
+# /readyz answers within this, whatever the database does (DESIGN.md: 503 within 2 s).
+READINESS_DEADLINE_S = 1.5
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size,
+                           timeouts=Timeouts(
+                               connect=settings.db_connect_timeout.total_seconds(),
+                               statement=settings.db_statement_timeout.total_seconds(),
+                               pool=settings.db_pool_timeout.total_seconds()))
     longest_token = max(settings.access_token_ttl, settings.id_token_ttl)
     keys = KeyRing(KeyStore(settings.keys_dir), clock, longest_token)
     jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
@@ -64,4 +79,5 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     )
     return Services(settings=settings, engine=engine, single=single, sessions=sessions,
                     clock=clock, keys=keys, jwt=jwt, hasher=hasher,
-                    clients=ClientCache(single), throttles=throttles, accounts=accounts)
+                    clients=ClientCache(single), throttles=throttles, accounts=accounts,
+                    readiness=ReadinessProbe(engine, READINESS_DEADLINE_S))

@@ -68,11 +68,34 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = 64 * 1024
 
+    # --- Database faults (issue 7): bounds on every wait for PostgreSQL, so that a
+    # database that is down, restarting or frozen answers 503 within seconds, not hangs.
+    # Opening a connection (TCP, start-up, authentication).
+    db_connect_timeout: timedelta = Field(default=timedelta(seconds=3), gt=timedelta(0))
+    # One statement; the server cancels it, the client gives up a second later. 0: none.
+    db_statement_timeout: timedelta = Field(default=timedelta(seconds=5),
+                                            ge=timedelta(0))
+    # Waiting for a pooled connection when all are in use.
+    db_pool_timeout: timedelta = Field(default=timedelta(seconds=3), gt=timedelta(0))
+
     @field_validator("trusted_proxies", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("db_connect_timeout", "db_statement_timeout", "db_pool_timeout",
+                     mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        # pydantic reads "2" from the environment as an ISO 8601 fragment and fails:
+        # plain numbers are seconds here, as everyone writes them (1.5 too).
+        if isinstance(value, str):
+            try:
+                return timedelta(seconds=float(value))
+            except ValueError:
+                return value
         return value
 
     @field_validator("issuer")

@@ -21,6 +21,10 @@
    it too should the test process be killed outright.
 3. ``None`` when neither can be had. ``LAST_ERROR`` then says why.
 
+``throwaway_postgres()`` always starts a cluster of its own (never the one named by
+``$PROVIDER_TEST_DATABASE_URL``), for tests that stop, restart or freeze it
+(``stop_server``, ``start_server``, ``freeze``, ``thaw``).
+
 ``python -m tests.pgserver`` is a smoke test: provision, create and drop a database,
 print the URL.
 """
@@ -82,7 +86,7 @@ def provision_postgres() -> Iterator[str | None]:
         yield url
         return
     try:
-        cluster = _ThrowawayCluster.start()
+        cluster = ThrowawayCluster.start()
     except ProvisionError as exc:
         LAST_ERROR = str(exc)
         yield None
@@ -94,6 +98,18 @@ def provision_postgres() -> Iterator[str | None]:
     try:
         yield cluster.url
     finally:
+        cluster.stop()
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[ThrowawayCluster]:
+    """A cluster of the caller's own, stopped and deleted on exit (ProvisionError when
+    none can be started). Never the shared server: this one may be stopped and frozen."""
+    cluster = ThrowawayCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.thaw()
         cluster.stop()
 
 
@@ -289,13 +305,14 @@ def _alive(pid: int) -> bool:
 
 
 @dataclass
-class _ThrowawayCluster:
+class ThrowawayCluster:
     tmpdir: str
     prefix: list[str]
     bindir: Path
     port: int = 0
     watchdog: subprocess.Popen[bytes] | None = None
     stopped: bool = field(default=False)
+    frozen: list[int] = field(default_factory=list)
 
     @property
     def datadir(self) -> str:
@@ -320,7 +337,7 @@ class _ThrowawayCluster:
         ]
 
     @classmethod
-    def start(cls) -> _ThrowawayCluster:
+    def start(cls) -> ThrowawayCluster:
         bindir = _find_bindir()
         if bindir is None:
             raise ProvisionError("no initdb/pg_ctl found on PATH or in /usr/lib/postgresql")
@@ -474,6 +491,62 @@ class _ThrowawayCluster:
                     timeout=30,
                     check=False,
                 )
+
+    # -- faults (for tests of database outages)
+
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(os.path.join(self.datadir, "postmaster.pid")) as f:
+                return int(f.readline().strip())
+        return None
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m fast|immediate|smart``, waiting until it is down."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", self.datadir, "-m", mode, "-w",
+                   "-t", "20", "stop"], "pg_ctl stop", timeout=30)
+
+    def start_server(self, *, wait: bool = True) -> None:
+        """Start it again on the same port; ``wait=False`` returns while it may still be
+        starting up (answering 57P03)."""
+        if wait:
+            self._pg_ctl_start()
+            return
+        self._write_settings({**_SERVER_SETTINGS, "port": str(self.port),
+                              "unix_socket_directories": f"'{self.tmpdir}'"})
+        self._run([str(self.bindir / "pg_ctl"), "-D", self.datadir, "-l",
+                   os.path.join(self.tmpdir, "postgres.log"), "-W", "start"],
+                  "pg_ctl start", timeout=30)
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (the backends and auxiliary processes)."""
+        postmaster = self.postmaster_pid()
+        if postmaster is None:
+            return []
+        children = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{entry}/stat") as f:
+                    # pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if ppid == postmaster:
+                    children.append(int(entry))
+        return [postmaster, *children]
+
+    def freeze(self) -> None:
+        """SIGSTOP the whole server: connections are accepted by the kernel and then
+        nothing answers, as with a hung host."""
+        self.frozen = self._processes()
+        for pid in self.frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in reversed(self.frozen):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.frozen = []
 
     def stop(self) -> None:
         if self.stopped:

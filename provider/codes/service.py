@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from provider.codes.models import EmailCode
@@ -66,28 +67,43 @@ class EmailCodes:
         """A fresh code for (user, purpose); any earlier code of the pair dies."""
         code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
         digest = self._digest(user_id, purpose, code)
-        row = await session.scalar(
+        row = await self._locked(session, user_id, purpose)
+        if row is None:
+            try:
+                # A savepoint: losing the race below must not void the caller's transaction.
+                async with session.begin_nested():
+                    session.add(EmailCode(
+                        id=uuid.uuid4(), user_id=user_id, purpose=purpose.value,
+                        code_hash=digest, target_email=target_email, failed_attempts=0,
+                        created_at=now, expires_at=now + self.ttl, used_at=None,
+                    ))
+                return code
+            except IntegrityError:
+                # Two first issues for one (user, purpose) at once both found no row; the
+                # unique index let the other insert: this one updates that row instead.
+                row = await self._locked(session, user_id, purpose)
+                if row is None:
+                    raise
+        if row.used_at is not None or row.expires_at <= now:
+            # The previous code ran its course: a new challenge starts from zero.
+            row.failed_attempts = 0
+        row.code_hash = digest
+        row.target_email = target_email
+        row.created_at = now
+        row.expires_at = now + self.ttl
+        row.used_at = None
+        await session.flush()
+        return code
+
+    async def _locked(
+        self, session: AsyncSession, user_id: uuid.UUID, purpose: Purpose
+    ) -> EmailCode | None:
+        row: EmailCode | None = await session.scalar(
             select(EmailCode)
             .where(EmailCode.user_id == user_id, EmailCode.purpose == purpose.value)
             .with_for_update()
         )
-        if row is None:
-            session.add(EmailCode(
-                id=uuid.uuid4(), user_id=user_id, purpose=purpose.value, code_hash=digest,
-                target_email=target_email, failed_attempts=0, created_at=now,
-                expires_at=now + self.ttl, used_at=None,
-            ))
-        else:
-            if row.used_at is not None or row.expires_at <= now:
-                # The previous code ran its course: a new challenge starts from zero.
-                row.failed_attempts = 0
-            row.code_hash = digest
-            row.target_email = target_email
-            row.created_at = now
-            row.expires_at = now + self.ttl
-            row.used_at = None
-        await session.flush()
-        return code
+        return row
 
     async def consume(
         self, session: AsyncSession, *, user_id: uuid.UUID, purpose: Purpose, code: str,

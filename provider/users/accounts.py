@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from provider.clock import Clock
 from provider.codes.service import EmailCodes, InvalidCode, Purpose
+from provider.db import unavailable_reason
 from provider.errors import ProviderError, TooManyRequests
 from provider.mail import MailError, MailSender, Message
 from provider.mail import templates as mail
@@ -29,7 +31,9 @@ from provider.settings import Settings
 from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
 from provider.users.service import (
+    EmailTaken,
     InvalidEmail,
+    UsernameTaken,
     ensure_another_active_admin,
     ensure_available,
     normalize_email,
@@ -97,8 +101,12 @@ class Accounts:
         for work in mailbox.deferred:
             try:
                 await work()
-            except Exception:
-                log.exception("deferred account work failed")
+            except Exception as exc:
+                # One line, no values and no traceback: the work handles addresses and
+                # password hashes, and a database outage is expected, not a bug.
+                reason = unavailable_reason(exc)
+                log.error("deferred account work failed: %s",
+                          f"database unavailable: {reason}" if reason else type(exc).__name__)
         for message in mailbox.outbox:
             await self._send(message)
 
@@ -278,7 +286,12 @@ class Accounts:
         if profile is not None:
             user.profile = profile
         user.updated_at = self.clock.now()
-        await session.flush()
+        try:
+            await session.flush()
+        except IntegrityError:
+            # Taken between the check and the write, by a concurrent request: the unique
+            # index decides. (The unit of work then rolls back the void transaction.)
+            raise UsernameTaken() from None
 
     async def request_email_change(
         self, session: AsyncSession, mailbox: Mailbox, user: User, *, new_email: str,
@@ -311,7 +324,12 @@ class Accounts:
         user.email = used.target_email
         user.is_verified = True
         user.updated_at = now
-        await session.flush()
+        try:
+            await session.flush()
+        except IntegrityError:
+            # Registered or claimed between the check and the write: the unique index
+            # decides, and nothing of this request is kept (the code stays unused).
+            raise EmailTaken() from None
         mailbox.send(mail.email_change_notice(
             old_email, new_email_hint=_hint(used.target_email), product=PRODUCT))
 
