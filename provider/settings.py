@@ -7,7 +7,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -85,13 +92,13 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("db_connect_timeout", "db_statement_timeout", "db_pool_timeout",
-                     mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _seconds(cls, value: object) -> object:
-        # pydantic reads "2" from the environment as an ISO 8601 fragment and fails:
-        # plain numbers are seconds here, as everyone writes them (1.5 too).
-        if isinstance(value, str):
+    def _seconds(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic reads "900" from the environment as an ISO 8601 fragment and fails:
+        # plain numbers are seconds for every duration, as everyone writes them (1.5 too).
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and field.annotation is timedelta and isinstance(value, str):
             try:
                 return timedelta(seconds=float(value))
             except ValueError:
