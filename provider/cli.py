@@ -1,4 +1,4 @@
-"""The `provider` command line: serve, migrate, openapi, keys, clients, users.
+"""The `provider` command line: serve, migrate, openapi, keys, clients, users, purge.
 
 Bad arguments exit 2 with a one-line message on stderr, and write nothing.
 """
@@ -20,6 +20,7 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from provider.audit.service import EventType
 from provider.clock import SystemClock
 from provider.errors import ProviderError
 from provider.keys.store import KeyStore, KeyStoreError
@@ -94,6 +95,47 @@ def in_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 
 def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
     typer.echo(json.dumps(data) if as_json else text)
+
+
+def audit_in(session: AsyncSession, event: Any, **fields: Any) -> None:
+    """An audit event of a CLI change, written in the change's own transaction."""
+    from provider.audit.models import AuditEvent
+    from provider.audit.service import CLI_ACTOR, event_row
+
+    session.add(AuditEvent(**event_row(event=event, actor=CLI_ACTOR, now=SystemClock().now(),
+                                       **fields)))
+
+
+def audit_key_change(event: Any, record: Any) -> None:
+    """Key changes live in the keys directory, not the database: the event is written
+    after the change, and a database that cannot take it only earns a warning."""
+    from sqlalchemy import insert
+
+    from provider.audit.models import AuditEvent
+    from provider.audit.service import CLI_ACTOR, event_row
+    from provider.db import create_engine
+
+    url = settings().database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        typer.echo("warning: no database yet; the key change is not in the audit trail",
+                   err=True)
+        return
+
+    async def write() -> None:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(insert(AuditEvent), event_row(
+                    event=event, actor=CLI_ACTOR, now=SystemClock().now(),
+                    details={"kid": record.kid, "status": record.status}))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(write())
+    except Exception as exc:
+        typer.echo(f"warning: the key change is not in the audit trail: "
+                   f"{type(exc).__name__}", err=True)
 
 
 # --- serve, migrate, openapi ---------------------------------------------------------
@@ -202,6 +244,7 @@ def keys_generate(
                  f"signing key present: {active.kid}")
             return
         record = generate_key(store, activate=True if activate else None)
+    audit_key_change(EventType.KEY_GENERATED, record)
     emit(as_json, {"kid": record.kid, "status": record.status, "created": True},
          f"generated {record.kid} ({record.status})")
 
@@ -215,6 +258,7 @@ def keys_rotate(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 
     with friendly_errors():
         record = rotate(key_store())
+    audit_key_change(EventType.KEY_ACTIVATED, record)
     emit(as_json, {"kid": record.kid, "status": record.status},
          f"now signing with {record.kid}")
 
@@ -243,6 +287,7 @@ def keys_retire(kid: Annotated[str, typer.Argument(
 
     with friendly_errors():
         record = retire(key_store(), kid)
+    audit_key_change(EventType.KEY_RETIRED, record)
     typer.echo(f"retired {record.kid}")
 
 
@@ -262,6 +307,7 @@ def keys_import(
     with friendly_errors():
         record = add_key(key_store(), parse_private_pem(data),
                          activate=True if activate else None)
+    audit_key_change(EventType.KEY_IMPORTED, record)
     emit(as_json, {"kid": record.kid, "status": record.status},
          f"imported {record.kid} ({record.status})")
 
@@ -286,6 +332,7 @@ def clients_create(
             session, name=name, grant_types=grant, scopes=[scope], is_public=public,
             now=SystemClock().now(), grant_rules=CLIENT_GRANT_RULES,
         )
+        audit_in(session, EventType.CLIENT_CREATED, client_id=client.client_id)
         return client.client_id, secret
 
     client_id, secret = in_session(work)
@@ -324,7 +371,11 @@ def clients_delete(client_id: Annotated[str, typer.Argument(help="The client to 
     """Delete a client and every refresh token issued to it."""
     from provider.clients.service import delete_client
 
-    in_session(lambda session: delete_client(session, client_id))
+    async def work(session: AsyncSession) -> None:
+        await delete_client(session, client_id)
+        audit_in(session, EventType.CLIENT_DELETED, client_id=client_id)
+
+    in_session(work)
     typer.echo(f"deleted {client_id}")
 
 
@@ -401,10 +452,61 @@ def users_create(
             min_password_length=current.password_min_length, now=SystemClock().now(),
             username=username, is_admin=admin, is_verified=verified,
         )
+        audit_in(session, EventType.USER_CREATED, subject_user_id=user.id,
+                 details={"fields": ["email", "password"] + [
+                     name for name, given in (("username", username), ("is_admin", admin),
+                                              ("is_verified", verified)) if given]})
         return str(user.id), user.email
 
     user_id, normalized = in_session(work)
     emit(as_json, {"id": user_id, "email": normalized}, f"created user {user_id} ({normalized})")
+
+
+# --- purge ------------------------------------------------------------------------------
+
+
+@app.command()
+def purge(
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Count what would be deleted; delete nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Delete dead rows: expired sessions and sessions revoked longer ago than an access
+    token lives (with their refresh tokens), used or expired email codes, expired
+    denylist entries, audit events older than PROVIDER_AUDIT_RETENTION. In batches of
+    PROVIDER_PURGE_BATCH_SIZE rows; on PostgreSQL one purge runs at a time (a second one
+    does nothing and says so)."""
+    from provider.db import create_engine, single_statement_engine
+    from provider.purge import Purger, PurgeReport
+
+    current = settings()
+
+    async def run() -> PurgeReport:
+        engine = create_engine(current.database_url, pool_size=2)
+        try:
+            purger = Purger(engine, single_statement_engine(engine), current, SystemClock())
+            return await purger.run(dry_run=dry_run)
+        finally:
+            await engine.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except Exception as exc:
+        from sqlalchemy.exc import DBAPIError
+
+        if not isinstance(exc, (OSError, DBAPIError)):
+            raise
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        fail(f"cannot purge the database: {reason}")
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+        return
+    if not report.ran:
+        typer.echo("another purge is running; nothing done")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for table, count in report.counts.items():
+        typer.echo(f"{verb} {count} {table}")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from provider.audit.service import AuditLog
 from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
 from provider.codes.service import EmailCodes
@@ -35,6 +36,7 @@ class Services:
     clients: ClientCache
     throttles: Throttles
     accounts: Accounts
+    audit: AuditLog
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -64,4 +66,5 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     )
     return Services(settings=settings, engine=engine, single=single, sessions=sessions,
                     clock=clock, keys=keys, jwt=jwt, hasher=hasher,
-                    clients=ClientCache(single), throttles=throttles, accounts=accounts)
+                    clients=ClientCache(single), throttles=throttles, accounts=accounts,
+                    audit=AuditLog(single, clock))

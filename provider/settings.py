@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = 64 * 1024
 
+    # --- Audit trail and self-cleaning tables (issue 7) -----------------------------------
+    # Audit events older than this are deleted by `provider purge` and the purge task.
+    audit_retention: timedelta = timedelta(days=90)
+    # Run the purge in the server every so often (off by default; `provider purge` from
+    # cron does the same). On PostgreSQL one process at a time runs it (advisory lock).
+    purge_interval: timedelta | None = None
+    # Rows per DELETE statement: short transactions that never hold the token path up.
+    purge_batch_size: int = Field(default=1000, ge=1, le=100_000)
+
     @field_validator("trusted_proxies", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -81,6 +90,13 @@ class Settings(BaseSettings):
         value = value.rstrip("/")
         if not value.startswith(("https://", "http://")):
             raise ValueError("PROVIDER_ISSUER must be an http(s) URL")
+        return value
+
+    @field_validator("purge_interval")
+    @classmethod
+    def _purge_interval_sane(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            return None  # 0 means off
         return value
 
     @field_validator("password_min_length")
