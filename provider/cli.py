@@ -158,9 +158,29 @@ def serve(
     # argon2 is CPU-bound: share the cores out among the workers unless told otherwise.
     os.environ.setdefault("PROVIDER_PASSWORD_HASH_CONCURRENCY",
                           str(max(1, (os.cpu_count() or 1) // workers)))
-    uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
-                workers=workers, access_log=False, proxy_headers=False,
-                server_header=False, log_config=log_config())
+    with workers_skip_main():
+        uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
+                    workers=workers, access_log=False, proxy_headers=False,
+                    server_header=False, log_config=log_config())
+
+
+@contextmanager
+def workers_skip_main() -> Iterator[None]:
+    """uvicorn starts workers with multiprocessing's "spawn", which first re-imports the
+    main script (this CLI and everything it imports) in each worker, before the worker
+    can answer uvicorn's 5-second health check: on a loaded machine that took longer and
+    workers were killed during start-up. Workers need nothing from ``__main__`` (the app
+    is imported by name), so hide it from multiprocessing while the server runs."""
+    main_module = sys.modules["__main__"]
+    saved: dict[str, Any] = {name: main_module.__dict__[name]
+                             for name in ("__file__", "__spec__") if name in main_module.__dict__}
+    main_module.__dict__.pop("__file__", None)
+    main_module.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main_module.__dict__.pop("__spec__", None)
+        main_module.__dict__.update(saved)
 
 
 def log_config() -> dict[str, Any]:
