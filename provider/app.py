@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from provider import __version__
+from provider.audit.router import router as admin_audit_router
 from provider.clients.router import router as admin_clients_router
 from provider.clock import Clock
 from provider.db import Unavailable, unavailable_reason
@@ -35,6 +38,7 @@ from provider.oauth.grants import check_registry
 from provider.oauth.router import JWKS_PATH, jwks
 from provider.oauth.router import router as oauth_router
 from provider.ops import router as ops_router
+from provider.purge import Purger, purge_periodically
 from provider.services import build_services
 from provider.settings import Settings
 from provider.users.admin_router import router as admin_users_router
@@ -56,7 +60,18 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             await services.engine.dispose()
             raise RuntimeError(f"{exc} (keys directory: {settings.keys_dir})") from None
         app.state.services = services
+        services.audit.start()
+        purging = None
+        if settings.purge_interval is not None:
+            purger = Purger(services.engine, services.single, settings, services.clock)
+            purging = asyncio.get_running_loop().create_task(
+                purge_periodically(purger, settings.purge_interval), name="purge")
         yield
+        if purging is not None:
+            purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purging
+        await services.audit.close()
         await services.engine.dispose()
 
     app = FastAPI(
@@ -76,6 +91,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(users_router)
     app.include_router(admin_users_router)
     app.include_router(admin_clients_router)
+    app.include_router(admin_audit_router)
     app.include_router(ops_router)
     # The JWKS is the most requested document: serve it from a plain Starlette route
     # tried first (no FastAPI dependency solving, no route scan; measured in bench/).

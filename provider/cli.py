@@ -1,4 +1,4 @@
-"""The `provider` command line: serve, migrate, openapi, keys, clients, users.
+"""The `provider` command line: serve, migrate, openapi, keys, clients, users, purge.
 
 Bad arguments exit 2 with a one-line message on stderr, and write nothing.
 """
@@ -20,6 +20,7 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from provider.audit.service import EventType
 from provider.clock import SystemClock
 from provider.errors import ProviderError
 from provider.keys.store import KeyStore, KeyStoreError
@@ -96,6 +97,47 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
     typer.echo(json.dumps(data) if as_json else text)
 
 
+def audit_in(session: AsyncSession, event: Any, **fields: Any) -> None:
+    """An audit event of a CLI change, written in the change's own transaction."""
+    from provider.audit.models import AuditEvent
+    from provider.audit.service import CLI_ACTOR, event_row
+
+    session.add(AuditEvent(**event_row(event=event, actor=CLI_ACTOR, now=SystemClock().now(),
+                                       **fields)))
+
+
+def audit_key_change(event: Any, record: Any) -> None:
+    """Key changes live in the keys directory, not the database: the event is written
+    after the change, and a database that cannot take it only earns a warning."""
+    from sqlalchemy import insert
+
+    from provider.audit.models import AuditEvent
+    from provider.audit.service import CLI_ACTOR, event_row
+    from provider.db import create_engine
+
+    url = settings().database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        typer.echo("warning: no database yet; the key change is not in the audit trail",
+                   err=True)
+        return
+
+    async def write() -> None:
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(insert(AuditEvent), event_row(
+                    event=event, actor=CLI_ACTOR, now=SystemClock().now(),
+                    details={"kid": record.kid, "status": record.status}))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(write())
+    except Exception as exc:
+        typer.echo(f"warning: the key change is not in the audit trail: "
+                   f"{type(exc).__name__}", err=True)
+
+
 # --- serve, migrate, openapi ---------------------------------------------------------
 
 
@@ -119,13 +161,33 @@ def serve(
     # argon2 is CPU-bound: share the cores out among the workers unless told otherwise.
     os.environ.setdefault("PROVIDER_PASSWORD_HASH_CONCURRENCY",
                           str(max(1, (os.cpu_count() or 1) // workers)))
-    uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
-                workers=workers, access_log=False, proxy_headers=False,
-                server_header=False, log_config=log_config(),
-                # uvicorn kills a worker that has not answered its supervisor within this
-                # (5 s by default): on a busy host, start-up alone can take longer, and the
-                # worker would be killed and restarted over and over.
-                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+    with workers_skip_main():
+        uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
+                    workers=workers, access_log=False, proxy_headers=False,
+                    server_header=False, log_config=log_config(),
+                    # uvicorn kills a worker that has not answered its supervisor within
+                    # this (5 s by default): on a busy host, start-up alone can take
+                    # longer, and the worker would be killed and restarted over and over.
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+
+
+@contextmanager
+def workers_skip_main() -> Iterator[None]:
+    """uvicorn starts workers with multiprocessing's "spawn", which first re-imports the
+    main script (this CLI and everything it imports) in each worker, before the worker
+    can answer uvicorn's health check: on a loaded machine that took longer and
+    workers were killed during start-up. Workers need nothing from ``__main__`` (the app
+    is imported by name), so hide it from multiprocessing while the server runs."""
+    main_module = sys.modules["__main__"]
+    saved: dict[str, Any] = {name: main_module.__dict__[name]
+                             for name in ("__file__", "__spec__") if name in main_module.__dict__}
+    main_module.__dict__.pop("__file__", None)
+    main_module.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main_module.__dict__.pop("__spec__", None)
+        main_module.__dict__.update(saved)
 
 
 def log_config() -> dict[str, Any]:
@@ -209,6 +271,7 @@ def keys_generate(
                  f"signing key present: {active.kid}")
             return
         record = generate_key(store, activate=True if activate else None)
+    audit_key_change(EventType.KEY_GENERATED, record)
     emit(as_json, {"kid": record.kid, "status": record.status, "created": True},
          f"generated {record.kid} ({record.status})")
 
@@ -222,6 +285,7 @@ def keys_rotate(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 
     with friendly_errors():
         record = rotate(key_store())
+    audit_key_change(EventType.KEY_ACTIVATED, record)
     emit(as_json, {"kid": record.kid, "status": record.status},
          f"now signing with {record.kid}")
 
@@ -250,6 +314,7 @@ def keys_retire(kid: Annotated[str, typer.Argument(
 
     with friendly_errors():
         record = retire(key_store(), kid)
+    audit_key_change(EventType.KEY_RETIRED, record)
     typer.echo(f"retired {record.kid}")
 
 
@@ -269,6 +334,7 @@ def keys_import(
     with friendly_errors():
         record = add_key(key_store(), parse_private_pem(data),
                          activate=True if activate else None)
+    audit_key_change(EventType.KEY_IMPORTED, record)
     emit(as_json, {"kid": record.kid, "status": record.status},
          f"imported {record.kid} ({record.status})")
 
@@ -293,6 +359,7 @@ def clients_create(
             session, name=name, grant_types=grant, scopes=[scope], is_public=public,
             now=SystemClock().now(), grant_rules=CLIENT_GRANT_RULES,
         )
+        audit_in(session, EventType.CLIENT_CREATED, client_id=client.client_id)
         return client.client_id, secret
 
     client_id, secret = in_session(work)
@@ -331,7 +398,11 @@ def clients_delete(client_id: Annotated[str, typer.Argument(help="The client to 
     """Delete a client and every refresh token issued to it."""
     from provider.clients.service import delete_client
 
-    in_session(lambda session: delete_client(session, client_id))
+    async def work(session: AsyncSession) -> None:
+        await delete_client(session, client_id)
+        audit_in(session, EventType.CLIENT_DELETED, client_id=client_id)
+
+    in_session(work)
     typer.echo(f"deleted {client_id}")
 
 
@@ -408,10 +479,61 @@ def users_create(
             min_password_length=current.password_min_length, now=SystemClock().now(),
             username=username, is_admin=admin, is_verified=verified,
         )
+        audit_in(session, EventType.USER_CREATED, subject_user_id=user.id,
+                 details={"fields": ["email", "password"] + [
+                     name for name, given in (("username", username), ("is_admin", admin),
+                                              ("is_verified", verified)) if given]})
         return str(user.id), user.email
 
     user_id, normalized = in_session(work)
     emit(as_json, {"id": user_id, "email": normalized}, f"created user {user_id} ({normalized})")
+
+
+# --- purge ------------------------------------------------------------------------------
+
+
+@app.command()
+def purge(
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Count what would be deleted; delete nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Delete dead rows: expired sessions and sessions revoked longer ago than an access
+    token lives (with their refresh tokens), used or expired email codes, expired
+    denylist entries, audit events older than PROVIDER_AUDIT_RETENTION. In batches of
+    PROVIDER_PURGE_BATCH_SIZE rows; on PostgreSQL one purge runs at a time (a second one
+    does nothing and says so)."""
+    from provider.db import create_engine, single_statement_engine
+    from provider.purge import Purger, PurgeReport
+
+    current = settings()
+
+    async def run() -> PurgeReport:
+        engine = create_engine(current.database_url, pool_size=2)
+        try:
+            purger = Purger(engine, single_statement_engine(engine), current, SystemClock())
+            return await purger.run(dry_run=dry_run)
+        finally:
+            await engine.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except Exception as exc:
+        from sqlalchemy.exc import DBAPIError
+
+        if not isinstance(exc, (OSError, DBAPIError)):
+            raise
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        fail(f"cannot purge the database: {reason}")
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+        return
+    if not report.ran:
+        typer.echo("another purge is running; nothing done")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for table, count in report.counts.items():
+        typer.echo(f"{verb} {count} {table}")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from provider.audit.service import RequestContext
 from provider.clock import Clock
 from provider.db import unit_of_work
 from provider.oauth.errors import (
@@ -75,6 +76,18 @@ def client_address(request: Request, settings: Settings) -> str:
                 if hop not in settings.trusted_proxies:
                     return hop
     return peer
+
+
+def request_context(request: Request, settings: Settings) -> RequestContext:
+    """Where the request came from, for the audit trail."""
+    return RequestContext(client_address(request, settings), request.headers.get("user-agent"))
+
+
+async def get_request_context(request: Request, services: ServicesDep) -> RequestContext:
+    return request_context(request, services.settings)
+
+
+RequestContextDep = Annotated[RequestContext, Depends(get_request_context)]
 
 
 def bearer_token(request: Request) -> str:

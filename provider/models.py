@@ -1,10 +1,11 @@
 """Every table, imported in one place for Alembic and metadata-wide operations."""
 
+from provider.audit.models import AuditEvent
 from provider.clients.models import Client
 from provider.codes.models import EmailCode
 from provider.db import Base
 from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
 from provider.users.models import User
 
-__all__ = ["Base", "Client", "EmailCode", "LoginSession", "RefreshToken", "RevokedAccessToken",
-           "User"]
+__all__ = ["AuditEvent", "Base", "Client", "EmailCode", "LoginSession", "RefreshToken",
+           "RevokedAccessToken", "User"]

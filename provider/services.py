@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from provider.audit.service import AuditLog
 from provider.clients.service import ClientCache
 from provider.clock import Clock, SystemClock
 from provider.codes.service import EmailCodes
@@ -42,6 +43,7 @@ class Services:
     throttles: Throttles
     accounts: Accounts
     readiness: ReadinessProbe
+    audit: AuditLog
 
 
 # /readyz answers within this, whatever the database does (DESIGN.md: 503 within 2 s).
@@ -80,4 +82,5 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     return Services(settings=settings, engine=engine, single=single, sessions=sessions,
                     clock=clock, keys=keys, jwt=jwt, hasher=hasher,
                     clients=ClientCache(single), throttles=throttles, accounts=accounts,
-                    readiness=ReadinessProbe(engine, READINESS_DEADLINE_S))
+                    readiness=ReadinessProbe(engine, READINESS_DEADLINE_S),
+                    audit=AuditLog(single, clock))

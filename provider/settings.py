@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     AliasChoices,
@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     # Waiting for a pooled connection when all are in use.
     db_pool_timeout: timedelta = Field(default=timedelta(seconds=3), gt=timedelta(0))
 
+    # --- Audit trail and self-cleaning tables (issue 7) -----------------------------------
+    # Audit events older than this are deleted by `provider purge` and the purge task.
+    audit_retention: timedelta = timedelta(days=90)
+    # Run the purge in the server every so often (off by default; `provider purge` from
+    # cron does the same). On PostgreSQL one process at a time runs it (advisory lock).
+    purge_interval: timedelta | None = None
+    # Rows per DELETE statement: short transactions that never hold the token path up.
+    purge_batch_size: int = Field(default=1000, ge=1, le=100_000)
+
     @field_validator("trusted_proxies", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -98,7 +107,9 @@ class Settings(BaseSettings):
         # pydantic reads "900" from the environment as an ISO 8601 fragment and fails:
         # plain numbers are seconds for every duration, as everyone writes them (1.5 too).
         field = cls.model_fields.get(info.field_name or "")
-        if field is not None and field.annotation is timedelta and isinstance(value, str):
+        is_duration = field is not None and (
+            field.annotation is timedelta or timedelta in get_args(field.annotation))
+        if is_duration and isinstance(value, str):
             try:
                 return timedelta(seconds=float(value))
             except ValueError:
@@ -111,6 +122,13 @@ class Settings(BaseSettings):
         value = value.rstrip("/")
         if not value.startswith(("https://", "http://")):
             raise ValueError("PROVIDER_ISSUER must be an http(s) URL")
+        return value
+
+    @field_validator("purge_interval")
+    @classmethod
+    def _purge_interval_sane(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            return None  # 0 means off
         return value
 
     @field_validator("password_min_length")

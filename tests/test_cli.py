@@ -158,7 +158,7 @@ def test_every_command_has_help() -> None:
     # --help is checked below.
     paths = all_command_paths()
     assert ["keys", "import"] in paths and ["clients", "ensure-dev"] in paths
-    assert len(paths) == 17
+    assert len(paths) == 18
     runner = CliRunner()
     for path in paths:
         result = runner.invoke(app, [*path, "--help"])

@@ -226,6 +226,12 @@ def test_login_sessions_revision_moves_families_into_sessions_and_back(fresh_url
         OLD_REVOKED: (OLD_USER, "cl_old", "openid", 0, LATER, FAMILY_END),
     }
     assert inspect_db(fresh_url, lambda c: _token_families(c, "session_id")) == by_token
+    # Later revisions leave the moved rows alone and bring the schema to the models'.
+    command.upgrade(config, "head")
+    assert inspect_db(fresh_url, _sessions) == {
+        OLD_LIVE: (OLD_USER, "cl_old", "openid", 0, None, FAMILY_END),
+        OLD_REVOKED: (OLD_USER, "cl_old", "openid", 0, LATER, FAMILY_END),
+    }
     assert inspect_db(fresh_url, schema_drift) == []
 
     command.downgrade(config, "eac89a9247d2")

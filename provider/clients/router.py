@@ -2,7 +2,8 @@
 
 Never returns a secret hash; a secret only once, when it is created or rotated. Every
 change drops the client from this process's cache, so the token path sees it at once
-(other processes within the cache's TTL). Changes are logged on ``provider.admin``.
+(other processes within the cache's TTL). Changes are logged on ``provider.admin`` and
+written to the audit trail in the change's own transaction.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
+from provider.audit.service import EventType
 from provider.clients.schemas import (
     ClientCreate,
     ClientCreated,
@@ -29,7 +31,7 @@ from provider.clients.service import (
     rotate_secret,
     update_client,
 )
-from provider.deps import AdminUser, ClockDep, ServicesDep, SessionDep
+from provider.deps import AdminUser, ClockDep, RequestContextDep, ServicesDep, SessionDep
 from provider.oauth.grants import CLIENT_GRANT_RULES
 from provider.responses import (
     ADMIN_BEARER_ERRORS,
@@ -62,6 +64,7 @@ async def admin_list_clients(
              responses={**ADMIN_BEARER_ERRORS, **INVALID})
 async def admin_create_client(
     admin: AdminUser, body: ClientCreate, session: SessionDep, clock: ClockDep,
+    services: ServicesDep, context: RequestContextDep,
 ) -> ClientCreated:
     """Create a client. Its secret (none for a public client) is shown only here."""
     client, secret = await create_client(
@@ -69,6 +72,8 @@ async def admin_create_client(
         is_public=body.is_public, now=clock.now(), grant_rules=CLIENT_GRANT_RULES,
     )
     audit.info("admin=%s action=client.create target=%s", admin.id, client.client_id)
+    services.audit.add(session, EventType.CLIENT_CREATED, actor=str(admin.id),
+                       client_id=client.client_id, context=context)
     return ClientCreated(**ClientRead.model_validate(client).model_dump(), client_secret=secret)
 
 
@@ -83,7 +88,7 @@ async def admin_read_client(admin: AdminUser, client_id: ClientId, session: Sess
               responses={**ADMIN_BEARER_ERRORS, **CLIENT_NOT_FOUND, **INVALID})
 async def admin_update_client(
     admin: AdminUser, client_id: ClientId, body: ClientUpdate, session: SessionDep,
-    services: ServicesDep, clock: ClockDep,
+    services: ServicesDep, clock: ClockDep, context: RequestContextDep,
 ) -> ClientRead:
     """Change only the fields sent; grants and scopes are validated as at creation.
     ``is_active: false`` ends every session of the client for good."""
@@ -93,6 +98,9 @@ async def admin_update_client(
     invalidate_on_commit(session, services.clients, client_id)
     audit.info("admin=%s action=client.update target=%s fields=%s", admin.id, client_id,
                ",".join(sorted(changes)))
+    services.audit.add(session, EventType.CLIENT_UPDATED, actor=str(admin.id),
+                       client_id=client_id, context=context,
+                       details={"fields": sorted(changes)})
     return ClientRead.model_validate(client)
 
 
@@ -100,11 +108,14 @@ async def admin_update_client(
                responses={**ADMIN_BEARER_ERRORS, **CLIENT_NOT_FOUND, **INVALID})
 async def admin_delete_client(
     admin: AdminUser, client_id: ClientId, session: SessionDep, services: ServicesDep,
+    context: RequestContextDep,
 ) -> Response:
     """Delete the client and, with it, every refresh token issued to it."""
     await delete_client(session, client_id)
     invalidate_on_commit(session, services.clients, client_id)
     audit.info("admin=%s action=client.delete target=%s", admin.id, client_id)
+    services.audit.add(session, EventType.CLIENT_DELETED, actor=str(admin.id),
+                       client_id=client_id, context=context)
     return Response(status_code=204)
 
 
@@ -113,10 +124,12 @@ async def admin_delete_client(
                         **PUBLIC_CLIENT_HAS_NO_SECRET})
 async def admin_rotate_client_secret(
     admin: AdminUser, client_id: ClientId, session: SessionDep, services: ServicesDep,
-    clock: ClockDep,
+    clock: ClockDep, context: RequestContextDep,
 ) -> ClientSecret:
     """Replace the secret; the old one stops working at once. The new one is shown only here."""
     secret = await rotate_secret(session, client_id, now=clock.now())
     invalidate_on_commit(session, services.clients, client_id)
     audit.info("admin=%s action=client.rotate_secret target=%s", admin.id, client_id)
+    services.audit.add(session, EventType.CLIENT_SECRET_ROTATED, actor=str(admin.id),
+                       client_id=client_id, context=context)
     return ClientSecret(client_id=client_id, client_secret=secret)

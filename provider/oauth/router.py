@@ -8,7 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from provider.deps import ClaimsDep, CurrentUser, ServicesDep, client_address
+from provider.deps import (
+    ClaimsDep,
+    CurrentUser,
+    ServicesDep,
+    client_address,
+    request_context,
+)
 from provider.metrics import TOKENS_ISSUED
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
@@ -98,7 +104,8 @@ async def token(request: Request) -> Response:
         raise UnsupportedGrantType()
     if grant_type not in auth.client.grant_types:
         raise UnauthorizedClient()
-    token_request = TokenRequest(form, client_address(request, services.settings))
+    token_request = TokenRequest(form, client_address(request, services.settings),
+                                 request.headers.get("user-agent"))
     body = await grant.exchange(services, token_request, auth.client)
     TOKENS_ISSUED.labels(grant_type).inc()
     return JSONResponse(body, headers=NO_STORE)
@@ -117,7 +124,8 @@ async def revocation(request: Request, services: ServicesDep) -> Response:
         services.clients, form, request.headers.get("authorization")
     )
     token_value = require(form, "token")
-    await revoke(services, auth.client, token_value, form.get("token_type_hint"))
+    await revoke(services, auth.client, token_value, form.get("token_type_hint"),
+                 request_context(request, services.settings))
     return Response(status_code=200, headers=NO_STORE)
 
 

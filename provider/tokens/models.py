@@ -33,12 +33,13 @@ class LoginSession(Base):
     amr: Mapped[list[str]] = mapped_column(JSON)
     auth_time: Mapped[datetime]
     created_at: Mapped[datetime]
-    # Absolute end of the session: rotation never extends it.
-    expires_at: Mapped[datetime]
+    # Absolute end of the session: rotation never extends it. Indexed for the purge, like
+    # revoked_at (provider.purge).
+    expires_at: Mapped[datetime] = mapped_column(index=True)
     # users.session_epoch when the user signed in: ending all of a user's sessions bumps
     # the user's epoch, which also ends a sign-in that was still in flight.
     session_epoch: Mapped[int] = mapped_column(Integer)
-    revoked_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class RefreshToken(Base):

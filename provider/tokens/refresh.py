@@ -64,6 +64,9 @@ class Rotation:
     outcome: Outcome
     session: Session | None = None
     refresh_token: str | None = None
+    # Of a REUSED outcome: the session that was revoked and its user (for the audit).
+    session_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
 
 
 # --- starting a session -------------------------------------------------------------------
@@ -255,7 +258,7 @@ async def _successor(
 
 
 _FIND_FOR_REFUSAL = (
-    select(rt.c.id, rt.c.session_id, rt.c.rotated_at, ls.c.client_id)
+    select(rt.c.id, rt.c.session_id, rt.c.rotated_at, ls.c.client_id, ls.c.user_id)
     .join_from(rt, ls, ls.c.id == rt.c.session_id)
     .where(rt.c.token_hash == P_HASH)
 )
@@ -287,7 +290,7 @@ async def _explain_refusal(
                                     now, idle_ttl)
 
     await revoke_session(conn, old.session_id, now=now)
-    return Rotation(Outcome.REUSED)
+    return Rotation(Outcome.REUSED, session_id=old.session_id, user_id=old.user_id)
 
 
 def _session(row: Any, client_id: str) -> Session:

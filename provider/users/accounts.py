@@ -227,7 +227,8 @@ class Accounts:
     async def reset_password(
         self, session: AsyncSession, mailbox: Mailbox, *, email: str, code: str,
         new_password: str,
-    ) -> None:
+    ) -> uuid.UUID:
+        """Apply a new password with an emailed code; the user's id."""
         # The policy before the lookup, against the address as submitted: a weak password
         # gets the same 422 whether or not the address is registered (no enumeration).
         try:
@@ -254,6 +255,7 @@ class Accounts:
         if user.username:
             await self.throttles.login_account.clear(user.username)
         mailbox.send(mail.password_changed(user.email, product=PRODUCT))
+        return user.id
 
     # --- signed-in changes ------------------------------------------------------------
 

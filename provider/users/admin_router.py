@@ -1,7 +1,8 @@
 """Admin API for users (scope `admin` of an admin user). Never returns a hash or secret.
 
 A user id that is not a UUID answers 404 ``user_not_found``, like an unknown one.
-Every change is logged at INFO on ``provider.admin`` (admin id, action, target id).
+Every change is logged at INFO on ``provider.admin`` (admin id, action, target id) and
+written to the audit trail in the change's own transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from provider.deps import AdminUser, ClockDep, ServicesDep, SessionDep
+from provider.audit.service import EventType
+from provider.deps import AdminUser, ClockDep, RequestContextDep, ServicesDep, SessionDep
 from provider.responses import (
     ADMIN_BEARER_ERRORS,
     INVALID,
@@ -67,7 +69,7 @@ async def admin_list_users(
              responses={**ADMIN_BEARER_ERRORS, **USER_TAKEN, **INVALID})
 async def admin_create_user(
     admin: AdminUser, body: AdminUserCreate, session: SessionDep, services: ServicesDep,
-    clock: ClockDep,
+    clock: ClockDep, context: RequestContextDep,
 ) -> UserRead:
     """Create an active user; the password must meet the same policy as at registration."""
     user = await create_user(
@@ -77,6 +79,9 @@ async def admin_create_user(
         is_verified=body.is_verified,
     )
     audit.info("admin=%s action=user.create target=%s", admin.id, user.id)
+    services.audit.add(session, EventType.USER_CREATED, actor=str(admin.id),
+                       subject_user_id=user.id, context=context,
+                       details={"fields": sorted(body.model_fields_set - {"password"})})
     return UserRead.model_validate(user)
 
 
@@ -91,7 +96,7 @@ async def admin_read_user(admin: AdminUser, user_id: TargetUserId, session: Sess
               responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND, **USER_CONFLICT, **INVALID})
 async def admin_update_user(
     admin: AdminUser, user_id: TargetUserId, body: AdminUserUpdate, session: SessionDep,
-    clock: ClockDep,
+    clock: ClockDep, services: ServicesDep, context: RequestContextDep,
 ) -> UserRead:
     """Change only the fields sent. ``is_active: false`` also revokes the user's refresh
     tokens; an admin cannot disable or demote their own account (409 cannot_modify_self)."""
@@ -99,6 +104,9 @@ async def admin_update_user(
     user = await update_user_admin(session, user_id, changes, actor_id=admin.id, now=clock.now())
     audit.info("admin=%s action=user.update target=%s fields=%s", admin.id, user.id,
                ",".join(sorted(changes)))
+    services.audit.add(session, EventType.USER_UPDATED, actor=str(admin.id),
+                       subject_user_id=user.id, context=context,
+                       details={"fields": sorted(changes)})
     return UserRead.model_validate(user)
 
 
@@ -106,8 +114,11 @@ async def admin_update_user(
                responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND, **USER_CONFLICT, **INVALID})
 async def admin_disable_user(
     admin: AdminUser, user_id: TargetUserId, session: SessionDep, clock: ClockDep,
+    services: ServicesDep, context: RequestContextDep,
 ) -> Response:
     """Disable the account (it is kept, not erased) and revoke its tokens. Idempotent."""
     await disable_user(session, user_id, actor_id=admin.id, now=clock.now())
     audit.info("admin=%s action=user.disable target=%s", admin.id, user_id)
+    services.audit.add(session, EventType.USER_DISABLED, actor=str(admin.id),
+                       subject_user_id=user_id, context=context)
     return Response(status_code=204)

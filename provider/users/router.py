@@ -6,10 +6,12 @@ import uuid
 
 from fastapi import APIRouter, BackgroundTasks, Request, Response
 
+from provider.audit.service import EventType
 from provider.deps import (
     AccountsDep,
     ClaimsDep,
     CurrentUser,
+    RequestContextDep,
     ServicesDep,
     SessionDep,
     client_address,
@@ -82,10 +84,14 @@ async def forgot_password(body: EmailOnly, background: BackgroundTasks,
 
 @router.post("/auth/reset-password", response_model=Done, responses=problems(400, 422))
 async def reset_password(body: ResetPassword, background: BackgroundTasks,
-                         accounts: AccountsDep, session: SessionDep) -> Done:
-    await accounts.reset_password(session, mailbox_for(background, accounts),
-                                  email=body.email, code=body.code,
-                                  new_password=body.new_password)
+                         accounts: AccountsDep, session: SessionDep, services: ServicesDep,
+                         context: RequestContextDep) -> Done:
+    user_id = await accounts.reset_password(session, mailbox_for(background, accounts),
+                                            email=body.email, code=body.code,
+                                            new_password=body.new_password)
+    # In the request's transaction: kept exactly when the new password is.
+    services.audit.add(session, EventType.PASSWORD_RESET, actor=str(user_id),
+                       subject_user_id=user_id, context=context)
     return Done(status="password_reset")
 
 
@@ -96,8 +102,9 @@ async def read_me(user: CurrentUser) -> UserRead:
 
 @router.patch("/users/me", response_model=UserUpdated,
               responses={**BEARER_ERRORS, **problems(400, 409, 422, 429)})
-async def update_me(body: UserUpdate, user: CurrentUser, background: BackgroundTasks,
-                    accounts: AccountsDep, session: SessionDep) -> UserUpdated:
+async def update_me(body: UserUpdate, user: CurrentUser, claims: ClaimsDep,
+                    background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
+                    services: ServicesDep, context: RequestContextDep) -> UserUpdated:
     fields = body.model_fields_set
     mailbox = mailbox_for(background, accounts)
     pending = None
@@ -106,6 +113,9 @@ async def update_me(body: UserUpdate, user: CurrentUser, background: BackgroundT
             raise WrongPassword("Changing the email address requires your password.")
         pending = await accounts.request_email_change(
             session, mailbox, user, new_email=body.email, password=body.password)
+        services.audit.add(session, EventType.EMAIL_CHANGE_REQUESTED, actor=str(user.id),
+                           subject_user_id=user.id, client_id=claims.client_id,
+                           context=context)
     if "username" in fields or "profile" in fields:
         await accounts.update_profile(
             session, user, username=body.username, set_username="username" in fields,
@@ -115,10 +125,14 @@ async def update_me(body: UserUpdate, user: CurrentUser, background: BackgroundT
 
 @router.post("/users/me/email/confirm", response_model=UserRead,
              responses={**BEARER_ERRORS, **problems(400, 409, 422)})
-async def confirm_email(body: ConfirmEmail, user: CurrentUser, background: BackgroundTasks,
-                        accounts: AccountsDep, session: SessionDep) -> UserRead:
+async def confirm_email(body: ConfirmEmail, user: CurrentUser, claims: ClaimsDep,
+                        background: BackgroundTasks, accounts: AccountsDep,
+                        session: SessionDep, services: ServicesDep,
+                        context: RequestContextDep) -> UserRead:
     await accounts.confirm_email_change(session, mailbox_for(background, accounts),
                                         user, code=body.code)
+    services.audit.add(session, EventType.EMAIL_CHANGED, actor=str(user.id),
+                       subject_user_id=user.id, client_id=claims.client_id, context=context)
     return UserRead.model_validate(user)
 
 
@@ -126,18 +140,24 @@ async def confirm_email(body: ConfirmEmail, user: CurrentUser, background: Backg
              responses={**BEARER_ERRORS, **problems(400, 422)})
 async def change_password(body: ChangePassword, user: CurrentUser, claims: ClaimsDep,
                           background: BackgroundTasks, accounts: AccountsDep,
-                          session: SessionDep) -> Response:
+                          session: SessionDep, services: ServicesDep,
+                          context: RequestContextDep) -> Response:
     await accounts.change_password(
         session, mailbox_for(background, accounts), user,
         current_password=body.current_password, new_password=body.new_password,
         keep_session=uuid.UUID(claims.sid) if claims.sid else None)
+    services.audit.add(session, EventType.PASSWORD_CHANGED, actor=str(user.id),
+                       subject_user_id=user.id, client_id=claims.client_id, context=context)
     return Response(status_code=204)
 
 
 @router.delete("/users/me", status_code=204, response_class=Response,
                responses={**BEARER_ERRORS, **problems(400, 422)})
-async def delete_me(body: DeleteAccount, user: CurrentUser, background: BackgroundTasks,
-                    accounts: AccountsDep, session: SessionDep) -> Response:
+async def delete_me(body: DeleteAccount, user: CurrentUser, claims: ClaimsDep,
+                    background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
+                    services: ServicesDep, context: RequestContextDep) -> Response:
     await accounts.delete_account(session, mailbox_for(background, accounts), user,
                                   password=body.password)
+    services.audit.add(session, EventType.ACCOUNT_DELETED, actor=str(user.id),
+                       subject_user_id=user.id, client_id=claims.client_id, context=context)
     return Response(status_code=204)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from provider.audit.service import EventType, RequestContext
 from provider.clients.service import ClientInfo
 from provider.oauth.errors import InvalidRequest
 from provider.oauth.scopes import OPENID
@@ -22,6 +23,11 @@ class TokenRequest:
 
     form: dict[str, str]
     client_address: str
+    user_agent: str | None = None
+
+    @property
+    def context(self) -> RequestContext:
+        return RequestContext(self.client_address, self.user_agent)
 
 
 class Grant(Protocol):
@@ -45,6 +51,7 @@ def require(form: dict[str, str], name: str) -> str:
 
 def token_response(
     services: Services,
+    request: TokenRequest,
     *,
     sub: str,
     client_id: str,
@@ -52,7 +59,8 @@ def token_response(
     session: Session | None = None,
     refresh_token: str | None = None,
 ) -> TokenResponse:
-    """Sign the access token (and an ID token for `openid`) and shape RFC 6749 §5.1."""
+    """Sign the access token (and an ID token for `openid`), queue the audit event, and
+    shape RFC 6749 §5.1."""
     now = services.clock.now()
     settings = services.settings
     # `sid` ties a user's access token to its session, so ending the session ends it at
@@ -75,4 +83,10 @@ def token_response(
             sub=sub, client_id=client_id, now=now, ttl=settings.id_token_ttl,
             auth_time=session.auth_time, sid=sid,
         )
+    # Queued, not written here: no round trip on the token path (provider.audit.service).
+    services.audit.record(
+        EventType.TOKEN_ISSUED, actor=client_id, client_id=client_id,
+        subject_user_id=session.user_id if session else None, context=request.context,
+        details={"grant_type": request.form.get("grant_type")},
+    )
     return body

@@ -28,5 +28,5 @@ class ClientCredentialsGrant:
             raise InvalidScope("User scopes cannot be granted to a client acting for itself.")
         scope = resolve_scope(requested, allowed, may_admin=False)
         # `sub` is the client itself, never a user id (client ids cannot look like one).
-        return token_response(services, sub=client.client_id, client_id=client.client_id,
-                              scope=scope)
+        return token_response(services, request, sub=client.client_id,
+                              client_id=client.client_id, scope=scope)

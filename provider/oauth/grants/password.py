@@ -6,8 +6,11 @@ time: the password is verified against a dummy hash when there is no user.
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, ClassVar, NoReturn
 
+from provider.audit.service import EventType
+from provider.audit.service import Outcome as AuditOutcome
 from provider.clients.service import ClientInfo
 from provider.oauth.errors import InvalidGrant, SlowDown
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
@@ -42,16 +45,20 @@ class PasswordGrant:
             raise SlowDown(max(w for w in waits if w))
         if len(password) > MAX_PASSWORD_LENGTH:
             # Longer than any password we accept: refuse before hashing (DoS guard).
-            await self._failed(services, request, username)
+            await self._failed(services, request, client, username, None, "password_too_long")
 
         async with services.single.connect() as conn:
             user = await find_login_candidate(conn, username)
         valid, new_hash = await services.hasher.verify(
             password, user.password_hash if user else None)
         if user is None or not valid or not user.is_active:
-            await self._failed(services, request, username)
+            reason = ("unknown_user" if user is None else
+                      "wrong_password" if not valid else "inactive_user")
+            await self._failed(services, request, client, username,
+                               user.id if user else None, reason)
         await throttles.login_account.clear(username)
         if services.settings.require_verified_email and not user.is_verified:
+            _record_failure(services, request, client, user.id, "unverified_email")
             # Said only to someone who proved the password: it reveals nothing new.
             raise InvalidGrant("The email address has not been verified yet.")
 
@@ -73,11 +80,25 @@ class PasswordGrant:
                 refresh_token = await issue_refresh_token(
                     conn, session=session, now=now, idle_ttl=settings.refresh_token_ttl
                 )
-        return token_response(services, sub=str(user.id), client_id=client.client_id,
+        services.audit.record(EventType.LOGIN, actor=client.client_id,
+                              client_id=client.client_id, subject_user_id=user.id,
+                              context=request.context, details={"method": "password"})
+        return token_response(services, request, sub=str(user.id), client_id=client.client_id,
                               scope=scope, session=session, refresh_token=refresh_token)
 
-    async def _failed(self, services: Services, request: TokenRequest,
-                      username: str) -> NoReturn:
+    async def _failed(self, services: Services, request: TokenRequest, client: ClientInfo,
+                      username: str, user_id: uuid.UUID | None, reason: str) -> NoReturn:
+        # Recorded through the queue: this request's failure writes nothing of its own.
+        _record_failure(services, request, client, user_id, reason)
         await services.throttles.login_account.hit(username)
         await services.throttles.login_address.hit(request.client_address)
         raise InvalidGrant(BAD_CREDENTIALS)
+
+
+def _record_failure(services: Services, request: TokenRequest, client: ClientInfo,
+                    user_id: uuid.UUID | None, reason: str) -> None:
+    """A failed sign-in: the user it aimed at when known, never the name that was typed."""
+    services.audit.record(EventType.LOGIN, actor=client.client_id,
+                          outcome=AuditOutcome.FAILURE, client_id=client.client_id,
+                          subject_user_id=user_id, context=request.context,
+                          details={"method": "password", "reason": reason})

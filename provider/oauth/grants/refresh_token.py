@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from provider.audit.service import EventType
+from provider.audit.service import Outcome as AuditOutcome
 from provider.clients.service import ClientInfo
 from provider.oauth.errors import InvalidGrant
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
@@ -41,9 +43,17 @@ class RefreshTokenGrant:
             check=check if requested is not None else None,
         )
         session = rotation.session
+        if rotation.outcome is Outcome.REUSED:
+            services.audit.record(
+                EventType.REFRESH_TOKEN_REUSED, actor=client.client_id,
+                outcome=AuditOutcome.FAILURE, client_id=client.client_id,
+                subject_user_id=rotation.user_id, context=request.context,
+                details={"session_id": str(rotation.session_id), "session": "revoked"},
+            )
         if rotation.outcome is not Outcome.ROTATED or session is None:
             raise InvalidGrant()
         scope = refreshed_scope(requested, session.scope, client.scopes,
                                 may_admin=session.user_is_admin)
-        return token_response(services, sub=str(session.user_id), client_id=client.client_id,
-                              scope=scope, session=session, refresh_token=rotation.refresh_token)
+        return token_response(services, request, sub=str(session.user_id),
+                              client_id=client.client_id, scope=scope, session=session,
+                              refresh_token=rotation.refresh_token)

@@ -1,0 +1,205 @@
+"""Self-cleaning tables: delete what can never be used again, in bounded batches.
+
+Dead rows: login sessions past their absolute expiry, or revoked longer ago than an
+access token lives (so none of their tokens can still be live), with their refresh
+tokens; used or expired email codes; expired denylist entries; audit events past
+PROVIDER_AUDIT_RETENTION. Each statement deletes at most ``batch_size`` rows in a short
+transaction of its own, so the token path never waits long on a purge. On PostgreSQL
+one process at a time purges (a session-level advisory lock); on SQLite, writers are
+serialised by the database anyway and the deletes are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, Table, delete, func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from provider.audit.models import AuditEvent
+from provider.clock import Clock
+from provider.codes.models import EmailCode
+from provider.db import is_sqlite
+from provider.settings import Settings
+from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
+
+log = logging.getLogger("provider.purge")
+
+ls = cast(Table, LoginSession.__table__)
+rt = cast(Table, RefreshToken.__table__)
+codes = cast(Table, EmailCode.__table__)
+denylist = cast(Table, RevokedAccessToken.__table__)
+audit = cast(Table, AuditEvent.__table__)
+
+TABLES = ("login_sessions", "refresh_tokens", "email_codes", "revoked_access_tokens",
+          "audit_events")
+# pg_try_advisory_lock key: "prvpurge" as a big-endian int8.
+LOCK_KEY = int.from_bytes(b"prvpurge", "big")
+
+
+@dataclass
+class PurgeReport:
+    """Rows deleted (or, in a dry run, that would be) per table."""
+
+    dry_run: bool
+    # False when another process held the lock: nothing was done.
+    ran: bool = True
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "ran": self.ran, "counts": dict(self.counts)}
+
+    def summary(self) -> str:
+        return " ".join(f"{table}={n}" for table, n in self.counts.items())
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    now: datetime
+    # Sessions revoked before this can have no live access token left.
+    revoked_before: datetime
+    audit_before: datetime
+
+    @classmethod
+    def of(cls, settings: Settings, now: datetime) -> Cutoffs:
+        return cls(now=now, revoked_before=now - settings.access_token_ttl,
+                   audit_before=now - settings.audit_retention)
+
+
+def dead_sessions(c: Cutoffs) -> ColumnElement[bool]:
+    return or_(ls.c.expires_at <= c.now, ls.c.revoked_at <= c.revoked_before)
+
+
+def dead_codes(c: Cutoffs) -> ColumnElement[bool]:
+    # issue() restarts the failure count of such a row anyway: nothing in it is needed.
+    return or_(codes.c.used_at.is_not(None), codes.c.expires_at <= c.now)
+
+
+def dead_denials(c: Cutoffs) -> ColumnElement[bool]:
+    return denylist.c.expires_at <= c.now
+
+
+def old_events(c: Cutoffs) -> ColumnElement[bool]:
+    return audit.c.occurred_at < c.audit_before
+
+
+class Purger:
+    def __init__(self, engine: AsyncEngine, single: AsyncEngine, settings: Settings,
+                 clock: Clock, *, pause_s: float = 0.0) -> None:
+        self.engine = engine
+        self.single = single
+        self.settings = settings
+        self.clock = clock
+        # Rest between batches (gives the token path the database's attention).
+        self.pause_s = pause_s
+
+    async def run(self, *, dry_run: bool = False) -> PurgeReport:
+        report = PurgeReport(dry_run=dry_run)
+        cutoffs = Cutoffs.of(self.settings, self.clock.now())
+        if dry_run:
+            await self._count(cutoffs, report)
+            return report
+        async with self._exclusive() as acquired:
+            if not acquired:
+                report.ran = False
+                return report
+            await self._delete_sessions(cutoffs, report)
+            for table, key, condition in (
+                ("email_codes", codes.c.id, dead_codes(cutoffs)),
+                ("revoked_access_tokens", denylist.c.jti, dead_denials(cutoffs)),
+                ("audit_events", audit.c.id, old_events(cutoffs)),
+            ):
+                report.counts[table] = await self._delete_batches(key, condition)
+        return report
+
+    # --- one process at a time ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[bool]:
+        """Hold PostgreSQL's advisory lock for the whole purge, on a connection of its
+        own (a crashed purger's lock goes with its connection); SQLite: just run."""
+        if is_sqlite(self.engine):
+            yield True
+            return
+        async with self.single.connect() as conn:
+            acquired = bool((await conn.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})).scalar())
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                                       {"key": LOCK_KEY})
+
+    # --- deleting ---------------------------------------------------------------------------
+
+    async def _delete_sessions(self, cutoffs: Cutoffs, report: PurgeReport) -> None:
+        condition = dead_sessions(cutoffs)
+        size = self.settings.purge_batch_size
+        while True:
+            async with self.engine.begin() as conn:
+                doomed = list((await conn.execute(
+                    select(ls.c.id).where(condition).limit(size))).scalars())
+                if not doomed:
+                    return
+                # Explicitly, to count them; ON DELETE CASCADE would take them anyway.
+                tokens = await conn.execute(delete(rt).where(rt.c.session_id.in_(doomed)))
+                sessions = await conn.execute(
+                    delete(ls).where(ls.c.id.in_(doomed), condition))
+            report.counts["refresh_tokens"] += tokens.rowcount
+            report.counts["login_sessions"] += sessions.rowcount
+            if len(doomed) < size:
+                return
+            await asyncio.sleep(self.pause_s)
+
+    async def _delete_batches(self, key: Any, condition: ColumnElement[bool]) -> int:
+        """DELETE ... WHERE key IN (SELECT key ... LIMIT n) AND condition, until done. The
+        condition is repeated outside so that a row changed meanwhile (a code re-issued)
+        is re-checked by PostgreSQL before it goes."""
+        table = key.table
+        size = self.settings.purge_batch_size
+        total = 0
+        while True:
+            batch = select(key).where(condition).limit(size).scalar_subquery()
+            async with self.single.begin() as conn:
+                deleted = (await conn.execute(
+                    delete(table).where(key.in_(batch), condition))).rowcount
+            total += deleted
+            if deleted < size:
+                return total
+            await asyncio.sleep(self.pause_s)
+
+    async def _count(self, cutoffs: Cutoffs, report: PurgeReport) -> None:
+        sessions = select(ls.c.id).where(dead_sessions(cutoffs))
+        queries = {
+            "login_sessions": select(func.count()).where(dead_sessions(cutoffs))
+            .select_from(ls),
+            "refresh_tokens": select(func.count()).select_from(rt)
+            .where(rt.c.session_id.in_(sessions)),
+            "email_codes": select(func.count()).select_from(codes).where(dead_codes(cutoffs)),
+            "revoked_access_tokens": select(func.count()).select_from(denylist)
+            .where(dead_denials(cutoffs)),
+            "audit_events": select(func.count()).select_from(audit).where(old_events(cutoffs)),
+        }
+        async with self.single.connect() as conn:
+            for table, query in queries.items():
+                report.counts[table] = int((await conn.execute(query)).scalar_one())
+
+
+async def purge_periodically(purger: Purger, interval: timedelta) -> None:
+    """The opt-in in-process task: purge every ``interval``; one log line per run."""
+    while True:
+        await asyncio.sleep(interval.total_seconds())
+        try:
+            report = await purger.run()
+        except Exception as exc:  # the database may be away: try again next time
+            log.error("purge failed: %s", type(exc).__name__)
+            continue
+        if report.ran:
+            log.info("purge: %s", report.summary())

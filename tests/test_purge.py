@@ -1,0 +1,313 @@
+"""`provider purge` and the purge task on seeded dead and live rows, PostgreSQL and SQLite:
+exactly the dead rows go, live sessions keep working, a dry run changes nothing, and on
+PostgreSQL two purges never run at once (the advisory lock, across two processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, insert, select, text, update
+
+from provider.app import create_app
+from provider.audit.models import AuditEvent
+from provider.audit.service import EventType, event_row
+from provider.codes.models import EmailCode
+from provider.purge import TABLES
+from provider.services import Services, build_services
+from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
+from tests.conftest import make_settings, migrate
+from tests.factories import Factory
+from tests.helpers import bearer, login, refresh
+from tests.pgserver import create_database, drop_database
+from tests.test_cli import COMMAND, Cli
+
+NOTHING = dict.fromkeys(TABLES, 0)
+# What seed() makes dead: 2 sessions with 3 refresh tokens, 2 codes, 1 denial, 1 event.
+DEAD = {"login_sessions": 2, "refresh_tokens": 3, "email_codes": 2,
+        "revoked_access_tokens": 1, "audit_events": 1}
+WAIT_S = 30.0
+BASE_URL = "http://127.0.0.1:8000"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def fresh_url(request: pytest.FixtureRequest, postgres_server: str | None,
+              tmp_path: Path) -> Iterator[str]:
+    """A migrated database of the test's own: purge counts are exact only there."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/purge.db"
+        migrate(url)
+        yield url
+        return
+    if postgres_server is None:
+        pytest.skip("no PostgreSQL available")
+    name = f"provider_purge_{secrets.token_hex(4)}"
+    url = create_database(postgres_server, name)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_database(postgres_server, name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fresh(fresh_url: str, keys_dir: Path) -> AsyncIterator[Services]:
+    services = build_services(make_settings(fresh_url, keys_dir))
+    try:
+        yield services
+    finally:
+        await services.engine.dispose()
+
+
+@dataclass
+class World:
+    live_ids: dict[str, set[Any]]
+    dead_ids: dict[str, set[Any]]
+
+
+async def seed(services: Services) -> World:
+    """Dead and live rows of every purged table, with times relative to now."""
+    factory = Factory(services)
+    user = await factory.user()
+    oauth = await factory.client()
+    user_id = uuid.UUID(user.id)
+    now = services.clock.now()
+    access_ttl = services.settings.access_token_ttl
+    minute, day = timedelta(minutes=1), timedelta(days=1)
+    sessions = {  # name: (expires_at, revoked_at)
+        "live": (now + day, None),
+        "recently_revoked": (now + day, now - minute),  # its access tokens may still live
+        "expired": (now - minute, None),
+        "revoked": (now + day, now - access_ttl - minute),
+    }
+    session_ids = {name: uuid.uuid4() for name in sessions}
+    tokens: dict[str, list[uuid.UUID]] = {name: [] for name in sessions}
+    async with services.engine.begin() as conn:
+        for name, (expires_at, revoked_at) in sessions.items():
+            await conn.execute(insert(LoginSession), {
+                "id": session_ids[name], "user_id": user_id, "client_id": oauth.client_id,
+                "scope": "openid", "amr": ["pwd"], "auth_time": now - 2 * day,
+                "created_at": now - 2 * day, "expires_at": expires_at, "session_epoch": 0,
+                "revoked_at": revoked_at,
+            })
+            count = 2 if name in ("live", "expired") else 1
+            for i in range(count):
+                token_id = uuid.uuid4()
+                tokens[name].append(token_id)
+                await conn.execute(insert(RefreshToken), {
+                    "id": token_id, "token_hash": secrets.token_bytes(32),
+                    "session_id": session_ids[name], "parent_id": None,
+                    "issued_at": now - day, "expires_at": min(expires_at, now + day),
+                    "rotated_at": now - minute if i == 0 and count == 2 else None,
+                })
+        code_ids = {purpose: uuid.uuid4() for purpose in ("used", "expired", "live")}
+        for purpose, (expires_at, used_at) in {
+            "used": (now + minute, now - minute),
+            "expired": (now - minute, None),
+            "live": (now + minute, None),
+        }.items():
+            await conn.execute(insert(EmailCode), {
+                "id": code_ids[purpose], "user_id": user_id, "purpose": purpose,
+                "code_hash": secrets.token_bytes(32), "target_email": None,
+                "failed_attempts": 0, "created_at": now - 2 * minute,
+                "expires_at": expires_at, "used_at": used_at,
+            })
+        denials = {"dead": f"dead-{uuid.uuid4()}", "live": f"live-{uuid.uuid4()}"}
+        await conn.execute(insert(RevokedAccessToken), [
+            {"jti": denials["dead"], "expires_at": now - minute},
+            {"jti": denials["live"], "expires_at": now + minute},
+        ])
+        events = {
+            "old": event_row(event=EventType.LOGIN, actor="seed", now=now - 91 * day),
+            "two_days": event_row(event=EventType.LOGIN, actor="seed", now=now - 2 * day),
+        }
+        await conn.execute(insert(AuditEvent), list(events.values()))
+    return World(
+        live_ids={
+            "login_sessions": {session_ids["live"], session_ids["recently_revoked"]},
+            "refresh_tokens": {*tokens["live"], *tokens["recently_revoked"]},
+            "email_codes": {code_ids["live"]},
+            "revoked_access_tokens": {denials["live"]},
+            "audit_events": {events["two_days"]["id"]},
+        },
+        dead_ids={
+            "login_sessions": {session_ids["expired"], session_ids["revoked"]},
+            "refresh_tokens": {*tokens["expired"], *tokens["revoked"]},
+            "email_codes": {code_ids["used"], code_ids["expired"]},
+            "revoked_access_tokens": {denials["dead"]},
+            "audit_events": {events["old"]["id"]},
+        },
+    )
+
+
+KEYS = {"login_sessions": LoginSession.id, "refresh_tokens": RefreshToken.id,
+        "email_codes": EmailCode.id, "revoked_access_tokens": RevokedAccessToken.jti,
+        "audit_events": AuditEvent.id}
+
+
+async def present(services: Services) -> dict[str, set[Any]]:
+    async with services.engine.connect() as conn:
+        return {table: set((await conn.execute(select(key))).scalars())
+                for table, key in KEYS.items()}
+
+
+def cli_for(services: Services, home: Path) -> Cli:
+    return Cli(home, services.settings.database_url, services.settings.keys_dir)
+
+
+async def run_cli(cli: Cli, *args: str, **env: str) -> dict[str, Any]:
+    result = await asyncio.to_thread(cli, "purge", "--json", *args, **env)
+    body: dict[str, Any] = result.json()
+    return body
+
+
+async def test_purge_deletes_exactly_the_dead_rows_and_live_sessions_keep_working(
+    fresh: Services, tmp_path: Path
+) -> None:
+    app = create_app(fresh.settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
+            factory = Factory(fresh)
+            user, oauth = await factory.user(), await factory.client()
+            tokens = await login(http, oauth, user)
+            await app.state.services.audit.flush()  # its events are in before the snapshot
+            world = await seed(fresh)
+            before = await present(fresh)
+            cli = cli_for(fresh, tmp_path)
+
+            dry = await run_cli(cli, "--dry-run")
+            assert dry == {"dry_run": True, "ran": True, "counts": DEAD}
+            assert await present(fresh) == before  # a dry run changes nothing
+
+            done = await run_cli(cli)
+            assert done == {"dry_run": False, "ran": True, "counts": DEAD}
+            after = await present(fresh)
+            for table in TABLES:
+                assert after[table] == before[table] - world.dead_ids[table], table
+                assert world.live_ids[table] <= after[table], table
+
+            # The signed-in user's session was live: its tokens keep working.
+            me = await http.get("/users/me", headers=bearer(tokens["access_token"]))
+            assert me.status_code == 200, me.text
+            refreshed = await refresh(http, oauth, tokens["refresh_token"])
+            assert refreshed.status_code == 200, refreshed.text
+
+            again = await run_cli(cli)
+            assert again == {"dry_run": False, "ran": True, "counts": NOTHING}
+            # Retention is a setting: the two-day-old event goes with one day.
+            shorter = await run_cli(cli, PROVIDER_AUDIT_RETENTION="P1D")
+            assert shorter["counts"] == {**NOTHING, "audit_events": 1}
+
+
+async def test_purge_in_small_batches_deletes_everything_dead(
+    fresh: Services, tmp_path: Path
+) -> None:
+    world = await seed(fresh)
+    extra = await seed(fresh)
+    done = await run_cli(cli_for(fresh, tmp_path), PROVIDER_PURGE_BATCH_SIZE="1")
+    assert done["counts"] == {table: 2 * n for table, n in DEAD.items()}
+    after = await present(fresh)
+    for table in TABLES:
+        assert not (world.dead_ids[table] | extra.dead_ids[table]) & after[table]
+        assert world.live_ids[table] | extra.live_ids[table] <= after[table]
+
+
+async def test_the_purge_task_runs_in_the_server_when_asked(fresh: Services) -> None:
+    world = await seed(fresh)
+    settings = make_settings(fresh.settings.database_url, fresh.settings.keys_dir,
+                             purge_interval=timedelta(seconds=1))
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        deadline = time.monotonic() + WAIT_S
+        while any(world.dead_ids[table] & rows for table, rows in (await present(fresh)).items()):
+            assert time.monotonic() < deadline, "the purge task did not run"
+            await asyncio.sleep(0.2)
+    after = await present(fresh)
+    for table in TABLES:
+        assert not world.dead_ids[table] & after[table], table
+        assert world.live_ids[table] <= after[table], table
+
+
+async def test_two_purges_never_run_at_once_on_postgresql(
+    fresh: Services, tmp_path: Path
+) -> None:
+    if fresh.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers itself; there is no lock to test")
+    world = await seed(fresh)
+    cli = cli_for(fresh, tmp_path)
+    expired = next(iter(world.dead_ids["login_sessions"]))
+    async with fresh.engine.connect() as blocker:
+        # Hold a dead session's row: the first purge takes the advisory lock, then waits
+        # on this row in its first batch, so it is surely mid-purge.
+        await blocker.execute(select(LoginSession.id).where(LoginSession.id == expired)
+                              .with_for_update())
+        first = subprocess.Popen(
+            [*COMMAND, "purge", "--json"], cwd=tmp_path, env=cli.env(), text=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            await _wait_until_blocked(fresh)
+            second = await run_cli(cli)
+            assert second == {"dry_run": False, "ran": False, "counts": NOTHING}
+            assert await _count(fresh, LoginSession) == 4  # nothing was deleted yet
+            await blocker.rollback()
+            out, err = await asyncio.to_thread(first.communicate, timeout=WAIT_S)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate()
+    assert first.returncode == 0, err
+    assert json.loads(out) == {"dry_run": False, "ran": True, "counts": DEAD}
+    # The lock went with the first purge: the next one runs.
+    assert (await run_cli(cli))["ran"] is True
+
+
+async def _wait_until_blocked(services: Services) -> None:
+    """Until a backend of this database holds the advisory lock and another one waits
+    on a row lock (the purge, mid-batch)."""
+    deadline = time.monotonic() + WAIT_S
+    query = text(
+        "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        "        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),"
+        "       (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        "        AND wait_event_type = 'Lock')")
+    while True:
+        async with services.engine.connect() as conn:
+            locks, waiting = (await conn.execute(query)).one()
+        if locks >= 1 and waiting >= 1:
+            return
+        assert time.monotonic() < deadline, "the first purge never got under way"
+        await asyncio.sleep(0.1)
+
+
+async def _count(services: Services, model: Any) -> int:
+    async with services.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def test_a_revoked_session_stays_until_its_access_tokens_are_dead(
+    fresh: Services, tmp_path: Path
+) -> None:
+    """Revoked a minute ago (access tokens live 15): kept; past the lifetime: deleted."""
+    world = await seed(fresh)
+    cli = cli_for(fresh, tmp_path)
+    recent = world.live_ids["login_sessions"] - world.dead_ids["login_sessions"]
+    await run_cli(cli)
+    assert recent <= (await present(fresh))["login_sessions"]
+    async with fresh.engine.begin() as conn:
+        await conn.execute(update(LoginSession).where(LoginSession.revoked_at.is_not(None))
+                           .values(revoked_at=fresh.clock.now() - timedelta(minutes=16)))
+    done = await run_cli(cli)
+    assert done["counts"]["login_sessions"] == 1
