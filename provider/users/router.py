@@ -45,7 +45,7 @@ ACCEPTED = "If the address can receive it, a message is on its way."
 
 
 @router.post("/auth/register", status_code=202, response_model=Accepted,
-             responses=problems(403, 409, 422, 429))
+             responses=problems(403, 409, 422, 429, 503))
 async def register(body: Register, request: Request, background: BackgroundTasks,
                    services: ServicesDep, accounts: AccountsDep,
                    session: SessionDep) -> Accepted:
@@ -65,10 +65,12 @@ async def request_verification(body: EmailOnly, background: BackgroundTasks,
     return Accepted(detail=ACCEPTED)
 
 
-@router.post("/auth/verify-email", response_model=Done, responses=problems(400, 422))
-async def verify_email(body: VerifyEmail, accounts: AccountsDep,
-                       session: SessionDep) -> Done:
-    await accounts.verify_email(session, email=body.email, code=body.code)
+@router.post("/auth/verify-email", response_model=Done,
+             responses=problems(400, 422, 429, 503))
+async def verify_email(body: VerifyEmail, request: Request, services: ServicesDep,
+                       accounts: AccountsDep, session: SessionDep) -> Done:
+    await accounts.verify_email(session, email=body.email, code=body.code,
+                                client_address=client_address(request, services.settings))
     return Done(status="verified")
 
 
@@ -80,12 +82,15 @@ async def forgot_password(body: EmailOnly, background: BackgroundTasks,
     return Accepted(detail=ACCEPTED)
 
 
-@router.post("/auth/reset-password", response_model=Done, responses=problems(400, 422))
-async def reset_password(body: ResetPassword, background: BackgroundTasks,
-                         accounts: AccountsDep, session: SessionDep) -> Done:
+@router.post("/auth/reset-password", response_model=Done,
+             responses=problems(400, 422, 429, 503))
+async def reset_password(body: ResetPassword, request: Request, background: BackgroundTasks,
+                         services: ServicesDep, accounts: AccountsDep,
+                         session: SessionDep) -> Done:
     await accounts.reset_password(session, mailbox_for(background, accounts),
                                   email=body.email, code=body.code,
-                                  new_password=body.new_password)
+                                  new_password=body.new_password,
+                                  client_address=client_address(request, services.settings))
     return Done(status="password_reset")
 
 
@@ -95,7 +100,7 @@ async def read_me(user: CurrentUser) -> UserRead:
 
 
 @router.patch("/users/me", response_model=UserUpdated,
-              responses={**BEARER_ERRORS, **problems(400, 409, 422, 429)})
+              responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
 async def update_me(body: UserUpdate, user: CurrentUser, background: BackgroundTasks,
                     accounts: AccountsDep, session: SessionDep) -> UserUpdated:
     fields = body.model_fields_set
@@ -114,16 +119,18 @@ async def update_me(body: UserUpdate, user: CurrentUser, background: BackgroundT
 
 
 @router.post("/users/me/email/confirm", response_model=UserRead,
-             responses={**BEARER_ERRORS, **problems(400, 409, 422)})
-async def confirm_email(body: ConfirmEmail, user: CurrentUser, background: BackgroundTasks,
+             responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
+async def confirm_email(body: ConfirmEmail, user: CurrentUser, request: Request,
+                        background: BackgroundTasks, services: ServicesDep,
                         accounts: AccountsDep, session: SessionDep) -> UserRead:
-    await accounts.confirm_email_change(session, mailbox_for(background, accounts),
-                                        user, code=body.code)
+    await accounts.confirm_email_change(
+        session, mailbox_for(background, accounts), user, code=body.code,
+        client_address=client_address(request, services.settings))
     return UserRead.model_validate(user)
 
 
 @router.post("/users/me/password", status_code=204, response_class=Response,
-             responses={**BEARER_ERRORS, **problems(400, 422)})
+             responses={**BEARER_ERRORS, **problems(400, 422, 429, 503)})
 async def change_password(body: ChangePassword, user: CurrentUser, claims: ClaimsDep,
                           background: BackgroundTasks, accounts: AccountsDep,
                           session: SessionDep) -> Response:
@@ -135,7 +142,7 @@ async def change_password(body: ChangePassword, user: CurrentUser, claims: Claim
 
 
 @router.delete("/users/me", status_code=204, response_class=Response,
-               responses={**BEARER_ERRORS, **problems(400, 422)})
+               responses={**BEARER_ERRORS, **problems(400, 422, 429, 503)})
 async def delete_me(body: DeleteAccount, user: CurrentUser, background: BackgroundTasks,
                     accounts: AccountsDep, session: SessionDep) -> Response:
     await accounts.delete_account(session, mailbox_for(background, accounts), user,

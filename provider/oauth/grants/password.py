@@ -1,18 +1,22 @@
 """RFC 6749 §4.3: resource owner password credentials, for first-party clients only.
 
 Unknown user, wrong password and disabled account give one answer in about the same
-time: the password is verified against a dummy hash when there is no user.
+time: the password is verified against a dummy hash when there is no user. Slots of the
+login throttles (per account as typed, per address) are reserved before the verify, so
+parallel guesses count like sequential ones; a success clears the account's failures
+and gives its address slot back (only failures count).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, ClassVar
 
 from provider.clients.service import ClientInfo
 from provider.oauth.errors import InvalidGrant, SlowDown
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
 from provider.oauth.scopes import parse_scope, resolve_scope
 from provider.passwords import MAX_PASSWORD_LENGTH
+from provider.ratelimit import Throttled
 from provider.tokens.refresh import issue_refresh_token, start_session
 from provider.users.service import find_login_candidate, update_password_hash
 
@@ -36,21 +40,23 @@ class PasswordGrant:
         password = require(form, "password")
         requested = parse_scope(form.get("scope"))
         throttles = services.throttles
-        waits = [await throttles.login_account.retry_after(username),
-                 await throttles.login_address.retry_after(request.client_address)]
-        if any(waits):
-            raise SlowDown(max(w for w in waits if w))
+        try:
+            await throttles.reserve((throttles.login_account, username),
+                                    (throttles.login_address, request.client_address))
+        except Throttled as exc:
+            raise SlowDown(exc.retry_after) from None
         if len(password) > MAX_PASSWORD_LENGTH:
             # Longer than any password we accept: refuse before hashing (DoS guard).
-            await self._failed(services, request, username)
+            raise InvalidGrant(BAD_CREDENTIALS)
 
         async with services.single.connect() as conn:
             user = await find_login_candidate(conn, username)
         valid, new_hash = await services.hasher.verify(
             password, user.password_hash if user else None)
         if user is None or not valid or not user.is_active:
-            await self._failed(services, request, username)
+            raise InvalidGrant(BAD_CREDENTIALS)  # the reserved slots stay: a failure
         await throttles.login_account.clear(username)
+        await throttles.login_address.refund(request.client_address)
         if services.settings.require_verified_email and not user.is_verified:
             # Said only to someone who proved the password: it reveals nothing new.
             raise InvalidGrant("The email address has not been verified yet.")
@@ -75,9 +81,3 @@ class PasswordGrant:
                 )
         return token_response(services, sub=str(user.id), client_id=client.client_id,
                               scope=scope, session=session, refresh_token=refresh_token)
-
-    async def _failed(self, services: Services, request: TokenRequest,
-                      username: str) -> NoReturn:
-        await services.throttles.login_account.hit(username)
-        await services.throttles.login_address.hit(request.client_address)
-        raise InvalidGrant(BAD_CREDENTIALS)
