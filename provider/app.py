@@ -39,6 +39,7 @@ from provider.oauth.router import JWKS_PATH, jwks
 from provider.oauth.router import router as oauth_router
 from provider.ops import router as ops_router
 from provider.purge import Purger, purge_periodically
+from provider.ratelimit import ThrottleUnavailable
 from provider.services import build_services
 from provider.settings import Settings
 from provider.users.admin_router import router as admin_users_router
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             with contextlib.suppress(asyncio.CancelledError):
                 await purging
         await services.audit.close()
+        await services.throttles.close()
         await services.engine.dispose()
 
     app = FastAPI(
@@ -142,6 +144,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         if reason is None:
             return await unexpected(request, exc)
         return await database_unavailable(request, reason)
+
+    @app.exception_handler(ThrottleUnavailable)
+    async def throttle_unavailable(request: Request, exc: ThrottleUnavailable) -> Response:
+        # Fail closed: without its throttle a request could guess without limit (README).
+        log.error("rate-limit storage unavailable: %s", exc)
+        if request.url.path.startswith("/oauth/"):
+            return await oauth_error(request, TemporarilyUnavailable())
+        return ServiceUnavailable(
+            "The rate-limit service is unavailable. Try again shortly.").response()
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(_request: Request, _exc: ClientDisconnect) -> Response:

@@ -148,7 +148,9 @@ WORKER_HEALTHCHECK_S = 60
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="Worker processes. More than one needs PROVIDER_REDIS_URL for "
+        "rate limits that hold across them (refused in production without it).")] = 1,
 ) -> None:
     """Serve the HTTP API with uvicorn."""
     import uvicorn
@@ -158,6 +160,14 @@ def serve(
         records = KeyStore(current.keys_dir).records()
     if not any(r.status == "active" for r in records):
         fail("no signing key; run `provider keys generate` first")
+    if workers > 1 and not current.redis_url:
+        # Memory storage lives in each worker: every limit would be N times looser.
+        if current.env == "production":
+            fail(f"--workers {workers} without PROVIDER_REDIS_URL: every rate limit would be "
+                 f"per process ({workers} times looser); set PROVIDER_REDIS_URL or use "
+                 "--workers 1")
+        typer.echo(f"warning: --workers {workers} without PROVIDER_REDIS_URL: every rate "
+                   f"limit is per process, so {workers} times looser", err=True)
     # argon2 is CPU-bound: share the cores out among the workers unless told otherwise.
     os.environ.setdefault("PROVIDER_PASSWORD_HASH_CONCURRENCY",
                           str(max(1, (os.cpu_count() or 1) // workers)))

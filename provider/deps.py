@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -66,14 +67,16 @@ AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 
 
 def client_address(request: Request, settings: Settings) -> str:
-    """The caller's address; X-Forwarded-For counts only from a trusted proxy."""
+    """The caller's address; X-Forwarded-For counts only from a trusted proxy (an address
+    or a CIDR range of PROVIDER_TRUSTED_PROXIES)."""
     peer = request.client.host if request.client else "unknown"
-    if peer in settings.trusted_proxies:
+    proxies = settings.trusted_proxies
+    if proxies and is_trusted_proxy(peer, proxies):
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
             # The right-most address not of a trusted proxy is the one that reached us.
             for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
-                if hop not in settings.trusted_proxies:
+                if not is_trusted_proxy(hop, proxies):
                     return hop
     return peer
 
@@ -88,6 +91,15 @@ async def get_request_context(request: Request, services: ServicesDep) -> Reques
 
 
 RequestContextDep = Annotated[RequestContext, Depends(get_request_context)]
+
+def is_trusted_proxy(host: str, proxies: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return False  # not an address (e.g. "unknown"): never trusted
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in proxies)
 
 
 def bearer_token(request: Request) -> str:

@@ -1,24 +1,75 @@
-"""Throttles built on `limits`: login failures per account and per client address.
+"""Throttles built on `limits` that reserve before they check.
 
-Growing waits, never a lockout: each tier (e.g. 5/minute, 20/hour, 100/day) that is
-exhausted makes the caller wait until its window frees a slot, answered with 429 and
-Retry-After. Only failures count, and a success clears the account's count. The
-account key is the submitted identifier, whether or not such a user exists, so a 429
-reveals nothing. Memory storage per process by default; Redis (PROVIDER_REDIS_URL)
-makes the limits hold across workers and hosts.
+Every throttle takes its slot with limits' atomic moving-window hit *before* the work it
+guards (an argon2 verify, a code comparison, a mail), so N parallel attempts count
+exactly like N sequential ones: of 50 parallel wrong passwords, as many get through as
+the tiers allow, the rest wait. Tiers (e.g. 5/minute; 20/hour; 100/day) make the waits
+grow, answered with 429 and Retry-After; nothing is a permanent lockout.
+
+Where only failures should count, a success gives its slot back (``refund``): the newest
+entry of each tier's window is removed atomically (LPOP in Redis, under the key's lock
+in memory). Removing the newest rather than "ours" changes no count, only when that one
+slot frees: by the few milliseconds between two parallel hits.
+
+Memory storage per process by default; Redis (PROVIDER_REDIS_URL) makes the limits hold
+across workers and hosts. Redis unreachable: every throttled request fails closed with
+``ThrottleUnavailable`` (503) within ``timeout``, never a 500 or a hang.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import Storage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from limits.storage import storage_from_string
+
+T = TypeVar("T")
+
+# One round trip for "is any of these windows full, and for how long": the entry at
+# index limit-1 of a moving window (newest first, as limits keeps it) is the one whose
+# expiry frees the next slot.
+_WAIT_SCRIPT = """
+local now = tonumber(ARGV[1])
+local wait = 0
+for i, key in ipairs(KEYS) do
+    local limit = tonumber(ARGV[2 * i])
+    local expiry = tonumber(ARGV[2 * i + 1])
+    local entry = redis.call('lindex', key, limit - 1)
+    if entry and tonumber(entry) >= now - expiry then
+        wait = math.max(wait, tonumber(entry) + expiry - now)
+    end
+end
+return tostring(wait)
+"""
+# Give back one slot in each window: drop its newest entry.
+_REFUND_SCRIPT = """
+for _, key in ipairs(KEYS) do
+    redis.call('lpop', key)
+end
+return 0
+"""
+
+
+class ThrottleUnavailable(Exception):
+    """The rate-limit storage (Redis) did not answer in time: fail closed (503)."""
+
+
+class Throttled(Exception):
+    """No slot: try again in ``retry_after`` seconds (nothing was reserved)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"throttled for {retry_after} s")
+        self.retry_after = retry_after
 
 
 def _key(value: str) -> str:
@@ -27,49 +78,185 @@ def _key(value: str) -> str:
 
 
 class Throttle:
-    """A named set of tiers; ``retry_after`` says how long until another try is allowed."""
+    """A named set of tiers on the shared storage of ``Throttles``."""
 
-    def __init__(self, limiter: MovingWindowRateLimiter, name: str, tiers: str) -> None:
-        self._limiter = limiter
-        self._name = name
-        self._tiers: Sequence[RateLimitItem] = parse_many(tiers) if tiers else []
+    def __init__(self, owner: Throttles, name: str, tiers: str) -> None:
+        self._owner = owner
+        self.name = name
+        self.tiers: Sequence[RateLimitItem] = parse_many(tiers) if tiers else []
+        # limits' storage key of each tier is head + identifier + tail (what
+        # ``tier.key_for(name, key)`` builds): made once, as the token path reads them.
+        self._keys = [(tier, f"{tier.namespace}/{name}/",
+                       f"/{tier.amount}/{tier.multiples}/{tier.GRANULARITY.name}")
+                      for tier in self.tiers]
 
-    async def retry_after(self, identifier: str) -> int | None:
-        """Seconds to wait when any tier is exhausted, else None."""
+    def windows(self, identifier: str) -> list[tuple[RateLimitItem, str]]:
         key = _key(identifier)
-        wait = 0.0
-        for tier in self._tiers:
-            if not await self._limiter.test(tier, self._name, key):
-                stats = await self._limiter.get_window_stats(tier, self._name, key)
-                wait = max(wait, stats.reset_time - time.time())
-        return max(1, math.ceil(wait)) if wait > 0 else None
+        return [(tier, key) for tier in self.tiers]
 
-    async def hit(self, identifier: str) -> None:
+    def storage_keys(self, identifier: str) -> list[tuple[RateLimitItem, str]]:
         key = _key(identifier)
-        for tier in self._tiers:
-            await self._limiter.hit(tier, self._name, key)
+        return [(tier, head + key + tail) for tier, head, tail in self._keys]
+
+    async def reserve(self, identifier: str) -> None:
+        """Take a slot in every tier, or raise Throttled holding none."""
+        await self._owner.reserve((self, identifier))
+
+    async def refund(self, identifier: str) -> None:
+        """Give the slot of a success back (where only failures count)."""
+        await self._owner.refund((self, identifier))
 
     async def clear(self, identifier: str) -> None:
-        key = _key(identifier)
-        for tier in self._tiers:
-            await self._limiter.clear(tier, self._name, key)
+        await self._owner.clear((self, identifier))
+
+    async def wait(self, identifier: str) -> int | None:
+        """Seconds until a slot frees when any tier is full, else None (reserves nothing)."""
+        return await self._owner.wait((self, identifier))
+
+
+Slot = tuple[Throttle, str]
+
+
+@dataclass(frozen=True)
+class ThrottleConfig:
+    """Tiers of each throttle, in limits' syntax (``"5 per minute; 20 per hour"``)."""
+
+    login_account: str = ""
+    login_address: str = ""
+    email_code: str = ""
+    registration: str = ""
+    client_auth: str = ""
+    client_auth_address: str = ""
+    code_account: str = ""
+    code_address: str = ""
 
 
 class Throttles:
     """Every throttle of the process, on one storage."""
 
-    def __init__(self, storage_url: str | None, *, login_account: str, login_address: str,
-                 email_code: str = "", registration: str = "") -> None:
+    def __init__(self, storage_url: str | None, config: ThrottleConfig, *,
+                 timeout: timedelta = timedelta(seconds=2)) -> None:
         url = _async_storage_url(storage_url)
-        storage = storage_from_string(url)
+        self._timeout = timeout.total_seconds()
+        options: dict[str, Any] = {}
+        if url.startswith("async+redis"):
+            # Bounded connect and reads: an unreachable or frozen Redis gives a 503 in
+            # seconds, never a hang.
+            options = {"connect_timeout": self._timeout, "stream_timeout": self._timeout}
+        storage = storage_from_string(url, wrap_exceptions=True, **options)
         if not isinstance(storage, Storage):
             raise ValueError(f"not an async rate-limit storage: {url}")
         self.storage = storage
-        limiter = MovingWindowRateLimiter(self.storage)
-        self.login_account = Throttle(limiter, "login-account", login_account)
-        self.login_address = Throttle(limiter, "login-address", login_address)
-        self.email_code = Throttle(limiter, "email-code", email_code)
-        self.registration = Throttle(limiter, "registration", registration)
+        self.is_shared = not isinstance(storage, MemoryStorage)
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._redis: Any = None
+        if isinstance(storage, RedisStorage):
+            self._redis = storage.bridge
+            connection = self._redis.get_connection()
+            self._wait_script = connection.register_script(_WAIT_SCRIPT)
+            self._refund_script = connection.register_script(_REFUND_SCRIPT)
+        elif not isinstance(storage, MemoryStorage):
+            raise ValueError(f"unsupported rate-limit storage: {url} (memory or Redis)")
+        self.login_account = Throttle(self, "login-account", config.login_account)
+        self.login_address = Throttle(self, "login-address", config.login_address)
+        self.email_code = Throttle(self, "email-code", config.email_code)
+        self.registration = Throttle(self, "registration", config.registration)
+        # Client authentication failures per (client_id, address) and per address.
+        self.client_auth = Throttle(self, "client-auth", config.client_auth)
+        self.client_auth_address = Throttle(self, "client-auth-address",
+                                            config.client_auth_address)
+        # Email-code submissions per client address; wrong codes per account.
+        self.code_account = Throttle(self, "code-account", config.code_account)
+        self.code_address = Throttle(self, "code-address", config.code_address)
+
+    # --- the operations ------------------------------------------------------------------
+
+    async def reserve(self, *slots: Slot) -> None:
+        """Take one slot in every tier of every throttle, in order, each with limits'
+        atomic hit; when one is refused, give back those already taken and raise
+        Throttled: a refused attempt holds nothing and counts nowhere."""
+        taken: list[tuple[RateLimitItem, str, str]] = []
+        for throttle, identifier in slots:
+            for tier, key in throttle.windows(identifier):
+                if not await self._bounded(self._limiter.hit(tier, throttle.name, key)):
+                    await self._refund_windows(taken)
+                    raise Throttled(await self.wait(*slots) or 1)
+                taken.append((tier, throttle.name, key))
+
+    async def refund(self, *slots: Slot) -> None:
+        await self._refund_windows([(tier, throttle.name, key) for throttle, identifier in slots
+                                    for tier, key in throttle.windows(identifier)])
+
+    async def clear(self, *slots: Slot) -> None:
+        for throttle, identifier in slots:
+            for tier, key in throttle.windows(identifier):
+                if isinstance(self.storage, MemoryStorage):
+                    # Emptied under the key's lock rather than popped (limits' clear): its
+                    # expiry task reads the key after taking that lock, and would fail.
+                    full_key = tier.key_for(throttle.name, key)
+                    async with self.storage.locks[full_key]:
+                        if full_key in self.storage.events:
+                            self.storage.events[full_key] = []
+                else:
+                    await self._bounded(self._limiter.clear(tier, throttle.name, key))
+
+    async def wait(self, *slots: Slot) -> int | None:
+        """Seconds until every full window of ``slots`` frees a slot; None when none is
+        full. One round trip to Redis whatever the number of tiers."""
+        windows = [window for throttle, identifier in slots
+                   for window in throttle.storage_keys(identifier)]
+        if not windows:
+            return None
+        now = time.time()
+        if isinstance(self.storage, MemoryStorage):
+            seconds = 0.0
+            for tier, key in windows:
+                events = self.storage.events.get(key, [])
+                if len(events) >= tier.amount:
+                    entry = events[tier.amount - 1]
+                    if entry.atime >= now - tier.get_expiry():
+                        seconds = max(seconds, entry.atime + tier.get_expiry() - now)
+        else:
+            args: list[Any] = [repr(now)]
+            for tier, _ in windows:
+                args += [tier.amount, tier.get_expiry()]
+            keys = [self._redis.prefixed_key(key) for _, key in windows]
+            seconds = float(await self._bounded(self._wait_script(keys=keys, args=args)))
+        return max(1, math.ceil(seconds)) if seconds > 0 else None
+
+    # --- helpers ------------------------------------------------------------------------
+
+    async def _refund_windows(self, windows: Sequence[tuple[RateLimitItem, str, str]]) -> None:
+        keys = [tier.key_for(name, key) for tier, name, key in windows]
+        if not keys:
+            return
+        if isinstance(self.storage, MemoryStorage):
+            for key in keys:
+                async with self.storage.locks[key]:
+                    events = self.storage.events.get(key)
+                    if events:
+                        del events[0]
+        else:
+            await self._bounded(self._refund_script(
+                keys=[self._redis.prefixed_key(key) for key in keys], args=[]))
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        """One storage call, bounded in time; any storage failure is ThrottleUnavailable."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except (StorageError, TimeoutError, OSError) as exc:
+            raise ThrottleUnavailable(type(exc).__name__) from exc
+        except Exception as exc:
+            if self._redis is not None and isinstance(exc, self._redis.base_exceptions):
+                raise ThrottleUnavailable(type(exc).__name__) from exc
+            raise
+
+    async def close(self) -> None:
+        """Close the Redis connections (the app's lifespan ends with it)."""
+        if self._redis is not None:
+            self._redis.get_connection().connection_pool.disconnect()
+            await asyncio.sleep(0)  # the transports close on the loop's next turn
 
 
 def _async_storage_url(url: str | None) -> str:

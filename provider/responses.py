@@ -34,6 +34,7 @@ def oauth_errors(*codes: int) -> Responses:
         400: "Invalid request (RFC 6749 §5.2)",
         401: "Client authentication failed",
         429: "Too many attempts; see Retry-After",
+        503: "temporarily_unavailable (e.g. the rate-limit service); see Retry-After",
     }
     return {code: {"model": OAuthErrorBody, "description": described[code]} for code in codes}
 
@@ -41,7 +42,8 @@ def oauth_errors(*codes: int) -> Responses:
 def problems(*codes: int) -> Responses:
     """The self-service account endpoints' errors."""
     described = {400: "Invalid code or password", 403: "Forbidden", 409: "Conflict",
-                 422: "Invalid input or weak password", 429: "Rate limited"}
+                 422: "Invalid input or weak password", 429: "Rate limited",
+                 503: "A service it needs is unavailable; see Retry-After"}
     return {code: {"model": Problem, "description": described[code]} for code in codes}
 
 

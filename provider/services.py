@@ -21,7 +21,7 @@ from provider.keys.service import KeyRing
 from provider.keys.store import KeyStore, load_secret_key
 from provider.mail import make_sender
 from provider.passwords import PasswordHasher
-from provider.ratelimit import Throttles
+from provider.ratelimit import ThrottleConfig, Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import JwtService
 from provider.users.accounts import Accounts
@@ -62,13 +62,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
     hasher = PasswordHasher(settings)
     single = single_statement_engine(engine)
-    throttles = Throttles(
-        settings.redis_url,
-        login_account=settings.login_throttle_account,
-        login_address=settings.login_throttle_address,
-        email_code=settings.email_code_throttle,
-        registration=settings.registration_throttle,
-    )
+    throttles = Throttles(settings.redis_url, throttle_config(settings),
+                          timeout=settings.redis_timeout)
     sessions = session_factory(engine)
     secret = load_secret_key(
         settings.secret_key.get_secret_value() if settings.secret_key else None,
@@ -84,3 +79,16 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
                     clients=ClientCache(single), throttles=throttles, accounts=accounts,
                     readiness=ReadinessProbe(engine, READINESS_DEADLINE_S),
                     audit=AuditLog(single, clock))
+
+
+def throttle_config(settings: Settings) -> ThrottleConfig:
+    return ThrottleConfig(
+        login_account=settings.login_throttle_account,
+        login_address=settings.login_throttle_address,
+        email_code=settings.email_code_throttle,
+        registration=settings.registration_throttle,
+        client_auth=settings.client_auth_throttle,
+        client_auth_address=settings.client_auth_throttle_address,
+        code_account=settings.code_throttle_account,
+        code_address=settings.code_throttle_address,
+    )

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import (
     AliasChoices,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationInfo,
     field_validator,
@@ -67,11 +68,13 @@ class Settings(BaseSettings):
     # Login throttling (limits syntax; tiers separated by ';'). Only failures count.
     login_throttle_account: str = "5 per minute; 20 per hour; 100 per day"
     login_throttle_address: str = "30 per minute; 300 per hour"
-    # Email one-time codes sent per address, and self-registrations per client address.
-    email_code_throttle: str = "3 per 10 minutes; 10 per day"
+    # Email one-time codes sent per target address: a short window only, so that no
+    # stranger can keep an address's owner from getting a fresh code for long.
+    email_code_throttle: str = "3 per 2 minutes"
     registration_throttle: str = "10 per hour"
 
-    trusted_proxies: Annotated[list[str], NoDecode] = []
+    # Addresses or CIDR ranges (10.0.0.0/8) of the proxies whose X-Forwarded-For counts.
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = []
     cors_origins: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = 64 * 1024
 
@@ -93,6 +96,20 @@ class Settings(BaseSettings):
     purge_interval: timedelta | None = None
     # Rows per DELETE statement: short transactions that never hold the token path up.
     purge_batch_size: int = Field(default=1000, ge=1, le=100_000)
+
+    # --- throttles that hold under concurrency (issue 7) ------------------------------
+    # Client authentication failures per (client_id, client address) and per client
+    # address: growing waits; a client attacked from one address works from others.
+    client_auth_throttle: str = "10 per minute; 100 per hour"
+    client_auth_throttle_address: str = "30 per minute; 300 per hour"
+    # Email-code submissions per client address (spraying across accounts), and wrong
+    # codes per account: growing waits, bounded by 2 minutes, that a resend does not
+    # reset (NIST SP 800-63B §3.2.2).
+    code_throttle_address: str = "10 per minute; 50 per hour"
+    code_throttle_account: str = "5 per minute; 10 per 2 minutes"
+    # Bound on every call to the rate-limit storage (Redis connect and reads): past it
+    # a throttled request answers 503, never hangs.
+    redis_timeout: timedelta = timedelta(seconds=2)
 
     @field_validator("trusted_proxies", "cors_origins", mode="before")
     @classmethod

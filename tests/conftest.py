@@ -123,6 +123,8 @@ def make_settings(database_url: str, keys_dir: Path, **overrides: Any) -> Settin
         # Every in-process request comes from one address; the throttle tests build
         # their own app with tight limits.
         "login_throttle_address": "100000 per minute",
+        "client_auth_throttle_address": "100000 per minute",
+        "code_throttle_address": "100000 per minute",
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

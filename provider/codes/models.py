@@ -12,8 +12,9 @@ from provider.db import Base
 
 
 class EmailCode(Base):
-    """The current code of one (user, purpose); a resend replaces the code in place, so
-    the failure count carries over (NIST 800-63B §3.1.3.2) and the old code dies."""
+    """The current code of one (user, purpose); a resend replaces the code in place: the
+    old code dies and the new one starts with its own tries (``failed_attempts`` counts
+    wrong tries of this code only; the account-wide count lives in the throttles)."""
 
     __tablename__ = "email_codes"
 

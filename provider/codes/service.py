@@ -2,8 +2,11 @@
 
 Six digits from ``secrets``, stored as an HMAC under the server secret, bound to one
 user and one purpose, valid 10 minutes, used once (also under concurrent submissions),
-dead after 5 wrong tries. A resend replaces the code in place: the old one dies and
-the failure count carries over (NIST SP 800-63B §3.1.3.2). Email is never an MFA factor.
+dead after 5 wrong tries. A resend replaces the code in place: the old one dies and the
+new one gets its own 5 tries, so wrong codes from strangers never make a fresh code dead
+on arrival. The failure count that a resend does not reset (NIST SP 800-63B §3.1.3.2,
+§3.2.2) is the account-wide throttle of wrong codes (provider.users.accounts). Email is
+never an MFA factor.
 """
 
 from __future__ import annotations
@@ -84,9 +87,9 @@ class EmailCodes:
                 row = await self._locked(session, user_id, purpose)
                 if row is None:
                     raise
-        if row.used_at is not None or row.expires_at <= now:
-            # The previous code ran its course: a new challenge starts from zero.
-            row.failed_attempts = 0
+        # A new code, its own tries: the account-wide throttle carries the failures that a
+        # resend must not reset (NIST SP 800-63B §3.2.2; README "Throttles").
+        row.failed_attempts = 0
         row.code_hash = digest
         row.target_email = target_email
         row.created_at = now

@@ -88,7 +88,7 @@ TOKEN_ARG_FORM = _form_body(
     summary=f"Issue tokens ({', '.join(GRANT_TYPES)})",
     response_model=TokenResponse,
     response_model_exclude_none=True,
-    responses=oauth_errors(400, 401, 429),
+    responses=oauth_errors(400, 401, 429, 503),
     openapi_extra=TOKEN_FORM,
 )
 async def token(request: Request) -> Response:
@@ -97,15 +97,16 @@ async def token(request: Request) -> Response:
     form = await read_form(request)
     grant_type = require(form, "grant_type")
     grant = GRANTS.get(grant_type)
+    address = client_address(request, services.settings)
     auth = await authenticate_client(
-        services.clients, form, request.headers.get("authorization")
+        services.clients, form, request.headers.get("authorization"),
+        throttles=services.throttles, address=address,
     )
     if grant is None:
         raise UnsupportedGrantType()
     if grant_type not in auth.client.grant_types:
         raise UnauthorizedClient()
-    token_request = TokenRequest(form, client_address(request, services.settings),
-                                 request.headers.get("user-agent"))
+    token_request = TokenRequest(form, address, request.headers.get("user-agent"))
     body = await grant.exchange(services, token_request, auth.client)
     TOKENS_ISSUED.labels(grant_type).inc()
     return JSONResponse(body, headers=NO_STORE)
@@ -115,13 +116,14 @@ async def token(request: Request) -> Response:
     "/oauth/revoke",
     summary="Revoke a refresh or access token (RFC 7009)",
     responses={200: {"description": "Revoked, or the token was not valid"},
-               **oauth_errors(400, 401)},
+               **oauth_errors(400, 401, 429, 503)},
     openapi_extra=TOKEN_ARG_FORM,
 )
 async def revocation(request: Request, services: ServicesDep) -> Response:
     form = await read_form(request)
     auth = await authenticate_client(
-        services.clients, form, request.headers.get("authorization")
+        services.clients, form, request.headers.get("authorization"),
+        throttles=services.throttles, address=client_address(request, services.settings),
     )
     token_value = require(form, "token")
     await revoke(services, auth.client, token_value, form.get("token_type_hint"),
@@ -134,13 +136,14 @@ async def revocation(request: Request, services: ServicesDep) -> Response:
     summary="Introspect a token (RFC 7662; any confidential client, e.g. a resource server)",
     response_model=IntrospectionResponse,
     response_model_exclude_none=True,
-    responses=oauth_errors(400, 401),
+    responses=oauth_errors(400, 401, 429, 503),
     openapi_extra=TOKEN_ARG_FORM,
 )
 async def introspection(request: Request, services: ServicesDep) -> Response:
     form = await read_form(request)
     auth = await authenticate_client(
-        services.clients, form, request.headers.get("authorization")
+        services.clients, form, request.headers.get("authorization"),
+        throttles=services.throttles, address=client_address(request, services.settings),
     )
     if auth.client.is_public:
         # RFC 7662 §2.1: the endpoint must be protected; a public client proves nothing.

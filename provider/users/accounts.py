@@ -4,6 +4,10 @@ change email, delete. The rules live here; the HTTP shapes live in router.py.
 Answers never tell whether an address is registered: flows that start from an email
 address (register, verification request, forgot password) do their per-address work
 after the response (see ``Mailbox.later``), so status, body and time are the same.
+
+Every throttle slot is reserved before the work it guards (provider.ratelimit): a
+registration before hashing, a re-entered password before verifying it, a code
+submission before comparing it, a mail before sending it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from provider.mail import MailError, MailSender, Message
 from provider.mail import templates as mail
 from provider.metrics import MAIL_FAILURES
 from provider.passwords import PasswordHasher, check_password_policy
-from provider.ratelimit import Throttles
+from provider.ratelimit import Throttled, Throttles, ThrottleUnavailable
 from provider.settings import Settings
 from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
@@ -127,11 +131,28 @@ class Accounts:
         await self.deliver(mailbox)
 
     async def _may_send_code(self, email: str) -> bool:
-        if await self.throttles.email_code.retry_after(email) is not None:
+        """Take a slot of the per-address send window (after the response: the caller
+        learns nothing). Fails closed when the rate-limit storage is down."""
+        try:
+            await self.throttles.email_code.reserve(email)
+        except Throttled:
             log.info("email code throttled")
             return False
-        await self.throttles.email_code.hit(email)
+        except ThrottleUnavailable as exc:
+            log.error("email code not sent: rate-limit storage unavailable (%s)", exc)
+            return False
         return True
+
+    async def _reserve_code_attempt(self, account: str, client_address: str) -> None:
+        """A code submission's slots, before the code is compared: one per client address
+        (spraying across accounts), one per account (wrong codes, growing waits that a
+        resend does not reset). A right code clears the account's count."""
+        throttles = self.throttles
+        try:
+            await throttles.reserve((throttles.code_address, client_address),
+                                    (throttles.code_account, account))
+        except Throttled as exc:
+            raise TooManyRequests(exc.retry_after) from None
 
     # --- registration -----------------------------------------------------------------
 
@@ -148,10 +169,10 @@ class Accounts:
     ) -> None:
         if not self.settings.registration_open:
             raise RegistrationClosed()
-        wait = await self.throttles.registration.retry_after(client_address)
-        if wait is not None:
-            raise TooManyRequests(wait)
-        await self.throttles.registration.hit(client_address)
+        try:
+            await self.throttles.registration.reserve(client_address)
+        except Throttled as exc:
+            raise TooManyRequests(exc.retry_after) from None
         email = normalize_email(email)
         username = normalize_username(username) if username else None
         password = check_password_policy(
@@ -178,7 +199,8 @@ class Accounts:
                                           purpose=Purpose.VERIFY_EMAIL, now=now)
             mailbox.send(mail.verification_code(
                 email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
-            await self.throttles.email_code.hit(email)
+            # The new account's first code always goes out; it counts in the send window.
+            await self._may_send_code(email)
 
         mailbox.later(lambda: self._in_transaction(create_or_notify))
 
@@ -198,12 +220,15 @@ class Accounts:
 
         mailbox.later(lambda: self._in_transaction(send_code))
 
-    async def verify_email(self, session: AsyncSession, *, email: str, code: str) -> None:
+    async def verify_email(self, session: AsyncSession, *, email: str, code: str,
+                           client_address: str) -> None:
+        await self._reserve_code_attempt(_account_key(email), client_address)
         user = await self._user_by_email(session, email)
         if user is None or not user.is_active:
             raise InvalidCode()  # the same answer as a wrong code: no enumeration
         await self.codes.consume(session, user_id=user.id, purpose=Purpose.VERIFY_EMAIL,
                                  code=code, now=self.clock.now())
+        await self.throttles.code_account.clear(_account_key(email))
         user.is_verified = True
         user.updated_at = self.clock.now()
         await session.flush()
@@ -226,7 +251,7 @@ class Accounts:
 
     async def reset_password(
         self, session: AsyncSession, mailbox: Mailbox, *, email: str, code: str,
-        new_password: str,
+        new_password: str, client_address: str,
     ) -> uuid.UUID:
         """Apply a new password with an emailed code; the user's id."""
         # The policy before the lookup, against the address as submitted: a weak password
@@ -238,12 +263,14 @@ class Accounts:
         password = check_password_policy(
             new_password, min_length=self.settings.password_min_length, email=address
         )
+        await self._reserve_code_attempt(_account_key(email), client_address)
         user = await self._user_by_email(session, email)
         if user is None or not user.is_active:
             raise InvalidCode()
         now = self.clock.now()
         await self.codes.consume(session, user_id=user.id, purpose=Purpose.RESET_PASSWORD,
                                  code=code, now=now)
+        await self.throttles.code_account.clear(_account_key(email))
         user.password_hash = await self.hasher.hash(password)
         # The code proved control of the address.
         user.is_verified = True
@@ -305,8 +332,10 @@ class Accounts:
         if new_email == user.email:
             raise InvalidEmail("This is already your email address.")
         await ensure_available(session, email=new_email, exclude=user.id)
-        if not await self._may_send_code(new_email):
-            raise TooManyRequests(await self.throttles.email_code.retry_after(new_email) or 60)
+        try:
+            await self.throttles.email_code.reserve(new_email)
+        except Throttled as exc:
+            raise TooManyRequests(exc.retry_after) from None
         code = await self.codes.issue(session, user_id=user.id, purpose=Purpose.CHANGE_EMAIL,
                                       now=self.clock.now(), target_email=new_email)
         mailbox.send(mail.email_change_code(
@@ -314,11 +343,15 @@ class Accounts:
         return new_email
 
     async def confirm_email_change(
-        self, session: AsyncSession, mailbox: Mailbox, user: User, *, code: str
+        self, session: AsyncSession, mailbox: Mailbox, user: User, *, code: str,
+        client_address: str,
     ) -> None:
+        account = _account_key(user.email)
+        await self._reserve_code_attempt(account, client_address)
         now = self.clock.now()
         used = await self.codes.consume(session, user_id=user.id,
                                         purpose=Purpose.CHANGE_EMAIL, code=code, now=now)
+        await self.throttles.code_account.clear(account)
         if used.target_email is None:
             raise InvalidCode()
         await ensure_available(session, email=used.target_email, exclude=user.id)
@@ -363,13 +396,14 @@ class Accounts:
     async def _check_password(self, user: User, password: str) -> None:
         """Re-authentication for sensitive changes, throttled like a login: a stolen
         access token must not become an online password-guessing oracle."""
-        wait = await self.throttles.login_account.retry_after(user.email)
-        if wait is not None:
-            raise TooManyRequests(wait)
+        try:
+            await self.throttles.login_account.reserve(user.email)
+        except Throttled as exc:
+            raise TooManyRequests(exc.retry_after) from None
         valid, new_hash = await self.hasher.verify(password, user.password_hash)
         if not valid:
-            await self.throttles.login_account.hit(user.email)
-            raise WrongPassword()
+            raise WrongPassword()  # the reserved slot stays: a failure
+        await self.throttles.login_account.clear(user.email)
         if new_hash is not None:
             user.password_hash = new_hash
 
@@ -380,6 +414,15 @@ class Accounts:
             return None
         user: User | None = await session.scalar(select(User).where(User.email == address))
         return user
+
+
+def _account_key(email: str) -> str:
+    """The account a code submission counts against: the address as the account knows it,
+    or as typed when it is not one (the same key whether or not it is registered)."""
+    try:
+        return normalize_email(email)
+    except InvalidEmail:
+        return email
 
 
 def _hint(email: str) -> str:

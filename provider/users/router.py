@@ -47,7 +47,7 @@ ACCEPTED = "If the address can receive it, a message is on its way."
 
 
 @router.post("/auth/register", status_code=202, response_model=Accepted,
-             responses=problems(403, 409, 422, 429))
+             responses=problems(403, 409, 422, 429, 503))
 async def register(body: Register, request: Request, background: BackgroundTasks,
                    services: ServicesDep, accounts: AccountsDep,
                    session: SessionDep) -> Accepted:
@@ -67,10 +67,12 @@ async def request_verification(body: EmailOnly, background: BackgroundTasks,
     return Accepted(detail=ACCEPTED)
 
 
-@router.post("/auth/verify-email", response_model=Done, responses=problems(400, 422))
-async def verify_email(body: VerifyEmail, accounts: AccountsDep,
-                       session: SessionDep) -> Done:
-    await accounts.verify_email(session, email=body.email, code=body.code)
+@router.post("/auth/verify-email", response_model=Done,
+             responses=problems(400, 422, 429, 503))
+async def verify_email(body: VerifyEmail, request: Request, services: ServicesDep,
+                       accounts: AccountsDep, session: SessionDep) -> Done:
+    await accounts.verify_email(session, email=body.email, code=body.code,
+                                client_address=client_address(request, services.settings))
     return Done(status="verified")
 
 
@@ -82,13 +84,15 @@ async def forgot_password(body: EmailOnly, background: BackgroundTasks,
     return Accepted(detail=ACCEPTED)
 
 
-@router.post("/auth/reset-password", response_model=Done, responses=problems(400, 422))
+@router.post("/auth/reset-password", response_model=Done,
+             responses=problems(400, 422, 429, 503))
 async def reset_password(body: ResetPassword, background: BackgroundTasks,
                          accounts: AccountsDep, session: SessionDep, services: ServicesDep,
                          context: RequestContextDep) -> Done:
     user_id = await accounts.reset_password(session, mailbox_for(background, accounts),
                                             email=body.email, code=body.code,
-                                            new_password=body.new_password)
+                                            new_password=body.new_password,
+                                            client_address=context.address or "unknown")
     # In the request's transaction: kept exactly when the new password is.
     services.audit.add(session, EventType.PASSWORD_RESET, actor=str(user_id),
                        subject_user_id=user_id, context=context)
@@ -101,7 +105,7 @@ async def read_me(user: CurrentUser) -> UserRead:
 
 
 @router.patch("/users/me", response_model=UserUpdated,
-              responses={**BEARER_ERRORS, **problems(400, 409, 422, 429)})
+              responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
 async def update_me(body: UserUpdate, user: CurrentUser, claims: ClaimsDep,
                     background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
                     services: ServicesDep, context: RequestContextDep) -> UserUpdated:
@@ -124,20 +128,21 @@ async def update_me(body: UserUpdate, user: CurrentUser, claims: ClaimsDep,
 
 
 @router.post("/users/me/email/confirm", response_model=UserRead,
-             responses={**BEARER_ERRORS, **problems(400, 409, 422)})
+             responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
 async def confirm_email(body: ConfirmEmail, user: CurrentUser, claims: ClaimsDep,
                         background: BackgroundTasks, accounts: AccountsDep,
                         session: SessionDep, services: ServicesDep,
                         context: RequestContextDep) -> UserRead:
     await accounts.confirm_email_change(session, mailbox_for(background, accounts),
-                                        user, code=body.code)
+                                        user, code=body.code,
+                                        client_address=context.address or "unknown")
     services.audit.add(session, EventType.EMAIL_CHANGED, actor=str(user.id),
                        subject_user_id=user.id, client_id=claims.client_id, context=context)
     return UserRead.model_validate(user)
 
 
 @router.post("/users/me/password", status_code=204, response_class=Response,
-             responses={**BEARER_ERRORS, **problems(400, 422)})
+             responses={**BEARER_ERRORS, **problems(400, 422, 429, 503)})
 async def change_password(body: ChangePassword, user: CurrentUser, claims: ClaimsDep,
                           background: BackgroundTasks, accounts: AccountsDep,
                           session: SessionDep, services: ServicesDep,
@@ -152,7 +157,7 @@ async def change_password(body: ChangePassword, user: CurrentUser, claims: Claim
 
 
 @router.delete("/users/me", status_code=204, response_class=Response,
-               responses={**BEARER_ERRORS, **problems(400, 422)})
+               responses={**BEARER_ERRORS, **problems(400, 422, 429, 503)})
 async def delete_me(body: DeleteAccount, user: CurrentUser, claims: ClaimsDep,
                     background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
                     services: ServicesDep, context: RequestContextDep) -> Response:

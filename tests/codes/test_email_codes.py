@@ -1,6 +1,8 @@
 """Email one-time codes (provider.codes.service) through the HTTP flows that use them, and
-directly for the race: 6 digits, HMAC-stored, 10 minutes, single use, 5 attempts,
-resend kills the old code and keeps the failure count, resends are throttled."""
+directly for the race: 6 digits, HMAC-stored, 10 minutes, single use, 5 attempts per
+code, a resend kills the old code and gives the new one its own tries, wrong codes count
+per account across resends (growing, bounded waits), submissions per client address,
+resends are throttled."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from sqlalchemy import select
 from provider.codes.models import EmailCode
 from provider.codes.service import MAX_ATTEMPTS, InvalidCode, Purpose
 from provider.services import Services
+from provider.settings import Settings
 from tests.conftest import TestClock as MovableClock
 from tests.factories import Factory
 from tests.helpers import assert_oauth_error, login, password_login
@@ -35,6 +38,8 @@ from tests.users.flows import (
     credentials,
     http_client,
     last_code,
+    own_app,
+    problem,
     register_user,
     request_reset_code,
     settle,
@@ -42,6 +47,9 @@ from tests.users.flows import (
 )
 
 NEW_PASSWORD = "saffron glacier tuba"
+RATE_LIMITED = problem(429, "rate_limited", "Too many requests. Try again later.")
+# Tests of the per-code cap alone lift the account-wide throttle of wrong codes.
+NO_ACCOUNT_THROTTLE = {"code_throttle_account": "1000 per minute"}
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -98,15 +106,17 @@ async def test_wrong_code_is_400_invalid_code(
 
 
 async def test_five_wrong_attempts_kill_the_code(
-    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+    settings: Settings, clock: MovableClock, factory: Factory, mail_sink: SmtpSink
 ) -> None:
-    user = await register_user(http, mail_sink, verify=False)
-    code = await last_code(mail_sink, user.email)
-    for n in range(1, MAX_ATTEMPTS + 1):
-        assert_body(await verify(http, user.email, wrong(code, n)), 400, INVALID_CODE)
-    assert_body(await verify(http, user.email, code), 400, INVALID_CODE)
-    assert_oauth_error(await password_login(http, await factory.client(), user), 400,
-                       "invalid_grant", UNVERIFIED)
+    async with own_app(settings, clock, mail_sink, **NO_ACCOUNT_THROTTLE) as own, \
+            own.client() as http:
+        user = await register_user(http, mail_sink, verify=False)
+        code = await last_code(mail_sink, user.email)
+        for n in range(1, MAX_ATTEMPTS + 1):
+            assert_body(await verify(http, user.email, wrong(code, n)), 400, INVALID_CODE)
+        assert_body(await verify(http, user.email, code), 400, INVALID_CODE)
+        assert_oauth_error(await password_login(http, await factory.client(), user), 400,
+                           "invalid_grant", UNVERIFIED)
 
 
 async def test_four_wrong_attempts_leave_the_code_alive(
@@ -120,21 +130,43 @@ async def test_four_wrong_attempts_leave_the_code_alive(
 
 
 async def test_malformed_codes_count_as_attempts(
-    http: httpx.AsyncClient, mail_sink: SmtpSink
+    settings: Settings, clock: MovableClock, mail_sink: SmtpSink
 ) -> None:
-    user = await register_user(http, mail_sink, verify=False)
-    code = await last_code(mail_sink, user.email)
-    empty = await verify(http, user.email, "")
-    assert empty.status_code == 422  # refused by the schema: not an attempt
-    for attempt in ["1", "abcdef", "1234567", "12345x"]:
-        assert_body(await verify(http, user.email, attempt), 400, INVALID_CODE)
-    assert_body(await verify(http, user.email, wrong(code)), 400, INVALID_CODE)
-    assert_body(await verify(http, user.email, code), 400, INVALID_CODE)
+    async with own_app(settings, clock, mail_sink, **NO_ACCOUNT_THROTTLE) as own, \
+            own.client() as http:
+        user = await register_user(http, mail_sink, verify=False)
+        code = await last_code(mail_sink, user.email)
+        empty = await verify(http, user.email, "")
+        assert empty.status_code == 422  # refused by the schema: not an attempt
+        for attempt in ["1", "abcdef", "1234567", "12345x"]:
+            assert_body(await verify(http, user.email, attempt), 400, INVALID_CODE)
+        assert_body(await verify(http, user.email, wrong(code)), 400, INVALID_CODE)
+        assert_body(await verify(http, user.email, code), 400, INVALID_CODE)
 
 
-async def test_resend_keeps_the_failure_count(
+async def test_resend_gives_the_new_code_its_own_five_tries(
+    settings: Settings, clock: MovableClock, mail_sink: SmtpSink
+) -> None:
+    """Five wrong codes (a stranger's, say) kill the code, not the next one: a resend
+    mails a code that works, and that itself takes four wrong tries and still works."""
+    async with own_app(settings, clock, mail_sink, **NO_ACCOUNT_THROTTLE) as own, \
+            own.client() as http:
+        user = await register_user(http, mail_sink, verify=False)
+        first = await last_code(mail_sink, user.email)
+        for n in range(1, MAX_ATTEMPTS + 1):
+            assert_body(await verify(http, user.email, wrong(first, n)), 400, INVALID_CODE)
+        await resend_verification(http, user.email)
+        second = await last_code(mail_sink, user.email, count=2)
+        for n in range(1, MAX_ATTEMPTS):
+            assert_body(await verify(http, user.email, wrong(second, n)), 400, INVALID_CODE)
+        assert_body(await verify(http, user.email, second), 200, {"status": "verified"})
+
+
+async def test_wrong_codes_count_per_account_across_a_resend(
     http: httpx.AsyncClient, mail_sink: SmtpSink
 ) -> None:
+    """The account-wide count (default 5 per minute; 10 per 2 minutes) is what a resend
+    does not reset: 3 + 2 wrong codes, and the right new code waits, at most a minute."""
     user = await register_user(http, mail_sink, verify=False)
     first = await last_code(mail_sink, user.email)
     for n in range(1, 4):
@@ -143,8 +175,57 @@ async def test_resend_keeps_the_failure_count(
     second = await last_code(mail_sink, user.email, count=2)
     for n in range(1, 3):
         assert_body(await verify(http, user.email, wrong(second, n)), 400, INVALID_CODE)
-    # 3 + 2 failures: the new code died with the fifth, although it was never tried.
-    assert_body(await verify(http, user.email, second), 400, INVALID_CODE)
+    throttled = await verify(http, user.email, second)
+    assert_body(throttled, 429, RATE_LIMITED)
+    assert 1 <= int(throttled.headers["retry-after"]) <= 60
+
+
+async def test_a_right_code_clears_the_account_count(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    user = await factory.user()
+    for password in (NEW_PASSWORD, OTHER_PASSWORD):
+        code = await request_reset_code(http, mail_sink, user.email)
+        for n in range(1, MAX_ATTEMPTS):
+            assert_body(await reset(http, user.email, wrong(code, n)), 400, INVALID_CODE)
+        # The right code is the 5th submission, the second time the 10th within a
+        # minute: served both times, as the success restarts the count.
+        assert_body(await reset(http, user.email, code, password), 200,
+                    {"status": "password_reset"})
+
+
+async def test_parallel_wrong_codes_count_like_sequential_ones(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    """20 wrong codes at once for one account: 5 are compared (400), 15 wait (429)."""
+    user = await factory.user()
+    code = await request_reset_code(http, mail_sink, user.email)
+    answers = await asyncio.gather(*(reset(http, user.email, wrong(code, n))
+                                     for n in range(1, 21)))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [400] * 5 + [429] * 15, statuses
+    for answer in answers:
+        assert_body(answer, answer.status_code,
+                    INVALID_CODE if answer.status_code == 400 else RATE_LIMITED)
+
+
+async def test_code_submissions_are_throttled_per_client_address(
+    settings: Settings, clock: MovableClock, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    """Spraying guesses across accounts from one address is throttled; another address
+    is not held back by it."""
+    users = [await factory.user() for _ in range(4)]
+    async with own_app(settings, clock, mail_sink, code_throttle_address="3 per hour") as own:
+        async with own.client() as sprayer:
+            for user in users[:3]:
+                assert_body(await reset(sprayer, user.email, "123456"), 400, INVALID_CODE)
+            throttled = await reset(sprayer, users[3].email, "123456")
+            assert_body(throttled, 429, RATE_LIMITED)
+            assert int(throttled.headers["retry-after"]) >= 1
+        async with own.client() as other:
+            code = await request_reset_code(other, mail_sink, users[3].email)
+            assert_body(await reset(other, users[3].email, code), 200,
+                        {"status": "password_reset"})
 
 
 async def test_resend_kills_the_previous_code(

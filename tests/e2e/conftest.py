@@ -96,6 +96,12 @@ class LiveServer:
             "PROVIDER_ENV": "test",
             "PROVIDER_ARGON2_MEMORY_COST": "1024",
             "PROVIDER_ARGON2_TIME_COST": "1",
+            # Every request of the e2e suite comes from 127.0.0.1, as every in-process
+            # one does (tests/conftest.py): the per-address throttles would couple tests.
+            # The throttle tests name their client addresses through a trusted proxy.
+            "PROVIDER_LOGIN_THROTTLE_ADDRESS": "100000 per minute",
+            "PROVIDER_CLIENT_AUTH_THROTTLE_ADDRESS": "100000 per minute",
+            "PROVIDER_CODE_THROTTLE_ADDRESS": "100000 per minute",
             **(extra_env or {}),
         })
         self.env = env

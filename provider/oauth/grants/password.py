@@ -16,6 +16,7 @@ from provider.oauth.errors import InvalidGrant, SlowDown
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
 from provider.oauth.scopes import parse_scope, resolve_scope
 from provider.passwords import MAX_PASSWORD_LENGTH
+from provider.ratelimit import Throttled
 from provider.tokens.refresh import issue_refresh_token, start_session
 from provider.users.service import find_login_candidate, update_password_hash
 
@@ -39,10 +40,13 @@ class PasswordGrant:
         password = require(form, "password")
         requested = parse_scope(form.get("scope"))
         throttles = services.throttles
-        waits = [await throttles.login_account.retry_after(username),
-                 await throttles.login_address.retry_after(request.client_address)]
-        if any(waits):
-            raise SlowDown(max(w for w in waits if w))
+        # The slots are taken before the hash is verified: N parallel guesses count like
+        # N sequential ones. A failure keeps its slots; a success gives them back.
+        try:
+            await throttles.reserve((throttles.login_account, username),
+                                    (throttles.login_address, request.client_address))
+        except Throttled as exc:
+            raise SlowDown(exc.retry_after) from None
         if len(password) > MAX_PASSWORD_LENGTH:
             # Longer than any password we accept: refuse before hashing (DoS guard).
             await self._failed(services, request, client, username, None, "password_too_long")
@@ -57,6 +61,7 @@ class PasswordGrant:
             await self._failed(services, request, client, username,
                                user.id if user else None, reason)
         await throttles.login_account.clear(username)
+        await throttles.login_address.refund(request.client_address)
         if services.settings.require_verified_email and not user.is_verified:
             _record_failure(services, request, client, user.id, "unverified_email")
             # Said only to someone who proved the password: it reveals nothing new.
@@ -89,9 +94,8 @@ class PasswordGrant:
     async def _failed(self, services: Services, request: TokenRequest, client: ClientInfo,
                       username: str, user_id: uuid.UUID | None, reason: str) -> NoReturn:
         # Recorded through the queue: this request's failure writes nothing of its own.
+        # The throttle slots reserved above stay taken: this was a failure.
         _record_failure(services, request, client, user_id, reason)
-        await services.throttles.login_account.hit(username)
-        await services.throttles.login_address.hit(request.client_address)
         raise InvalidGrant(BAD_CREDENTIALS)
 
 

@@ -1,0 +1,411 @@
+"""Throttles that hold under concurrency, against real `provider serve` processes.
+
+- 50 parallel wrong passwords for one account, and 50 parallel wrong secrets for one
+  client, are answered exactly like 50 sequential ones;
+- a client attacked from one address keeps working from another (X-Forwarded-For from
+  a trusted CIDR range, 127.0.0.0/8);
+- the owner of an address resets the password after strangers sent wrong codes;
+- two servers sharing one real Redis share their limits;
+- a throwaway Redis stopped under a running server gives 503s, and service resumes when
+  it is back;
+- `serve --workers 2` without Redis warns that every limit is per process.
+
+Each test uses accounts, clients and client addresses of its own (unique per run), so it
+shares no throttle window with another test or an earlier run on the shared Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import LiveServer, OAuthClient, ServerPair, free_port
+from tests.smtp_sink import CODE_PATTERN, SmtpSink, plain_text
+
+REDIS_URL = os.environ.get("PROVIDER_TEST_REDIS_URL")
+REQUIRE_REDIS = os.environ.get("PROVIDER_TEST_REQUIRE_POSTGRES") == "1"
+WRONG_PASSWORD = "not the password 123"
+NEW_PASSWORD = "saffron glacier tuba"
+TRUSTED = {"PROVIDER_TRUSTED_PROXIES": "127.0.0.0/8, ::1"}
+# The email-code windows scaled down from minutes to seconds (defaults: sends 3 per
+# 2 minutes; wrong codes 5 per minute, 10 per 2 minutes), so the owner's wait is short.
+CODE_WINDOWS = {
+    "PROVIDER_EMAIL_CODE_THROTTLE": "3 per 6 seconds",
+    "PROVIDER_CODE_THROTTLE_ACCOUNT": "5 per 3 seconds; 10 per 6 seconds",
+}
+LONGEST_CODE_WINDOW_S = 6.0
+BURST = 50
+MAIL_WAIT_S = 30.0
+SLOW_DOWN = {"error": "slow_down", "error_description": "Too many attempts. Try again later."}
+BAD_CREDENTIALS = {"error": "invalid_grant",
+                   "error_description": "Invalid username or password."}
+BAD_CLIENT = {"error": "invalid_client", "error_description": "Client authentication failed."}
+UNAVAILABLE = {"error": "temporarily_unavailable",
+               "error_description": "The server cannot handle the request right now. "
+                                    "Try again later."}
+
+
+def new_address() -> str:
+    """A client address of the documentation range, unique per call and run."""
+    return f"198.51.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+
+
+def forwarded(address: str) -> dict[str, str]:
+    return {"X-Forwarded-For": address}
+
+
+def require_redis() -> str:
+    if not REDIS_URL:
+        if REQUIRE_REDIS:
+            pytest.fail("PROVIDER_TEST_REDIS_URL is required in CI")
+        pytest.skip("no PROVIDER_TEST_REDIS_URL")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="module")
+def e2e_database(request: pytest.FixtureRequest, postgres_server: str | None) -> str:
+    """The session's migrated PostgreSQL database, or the e2e SQLite file without one."""
+    if postgres_server is not None:
+        return str(request.getfixturevalue("migrated"))
+    return str(request.getfixturevalue("sqlite_e2e_url"))
+
+
+@pytest.fixture(scope="module")
+def server(e2e_database: str, keys_dir: Path, e2e_dir: Path,
+           mail_sink: SmtpSink) -> Iterator[LiveServer]:
+    """One process (memory throttles), behind a trusted proxy range, mailing to the sink."""
+    with LiveServer(database_url=e2e_database, keys_dir=keys_dir,
+                    rundir=e2e_dir / f"throttles-{secrets.token_hex(3)}",
+                    extra_env={**TRUSTED, **CODE_WINDOWS,
+                               "PROVIDER_SMTP_URL": mail_sink.url}) as live:
+        yield live
+
+
+def machine_client(server: LiveServer) -> OAuthClient:
+    out = server.cli_json("clients", "create", "--name", "machine", "--grant",
+                          "client_credentials", "--scope", "profile")
+    return OAuthClient(out["client_id"], out["client_secret"])
+
+
+async def password_attempt(http: httpx.AsyncClient, oauth: OAuthClient, username: str,
+                           password: str, address: str) -> httpx.Response:
+    return await http.post("/oauth/token", auth=(oauth.client_id, oauth.client_secret),
+                           headers=forwarded(address),
+                           data={"grant_type": "password", "username": username,
+                                 "password": password})
+
+
+async def secret_attempt(http: httpx.AsyncClient, client_id: str, secret: str,
+                         address: str) -> httpx.Response:
+    return await http.post("/oauth/token", auth=(client_id, secret), headers=forwarded(address),
+                           data={"grant_type": "client_credentials"})
+
+
+def outcomes(responses: list[httpx.Response]) -> Counter[tuple[int, str]]:
+    counted: Counter[tuple[int, str]] = Counter()
+    for response in responses:
+        body = response.json()
+        if response.status_code == 429:
+            assert body == SLOW_DOWN
+            assert int(response.headers["retry-after"]) >= 1
+        counted[(response.status_code, body.get("error", "ok"))] += 1
+    return counted
+
+
+# --- one server: parallel counts like sequential -----------------------------------------
+
+
+async def test_parallel_wrong_passwords_are_throttled_like_sequential_ones(
+    server: LiveServer,
+) -> None:
+    """Default tiers: 5 wrong passwords per account per minute, then 429 (45 of 50), and
+    the right password after the burst waits too."""
+    (first, oauth), (second, _) = server.create_account(), server.create_account()
+    async with server.http() as http:
+        parallel = await asyncio.gather(*(
+            password_attempt(http, oauth, first.email, WRONG_PASSWORD, new_address())
+            for _ in range(BURST)))
+        sequential = [await password_attempt(http, oauth, second.email, WRONG_PASSWORD,
+                                             new_address()) for _ in range(BURST)]
+        expected = Counter({(400, "invalid_grant"): 5, (429, "slow_down"): BURST - 5})
+        assert outcomes(list(parallel)) == expected
+        assert outcomes(sequential) == expected
+        assert [r.status_code for r in sequential] == [400] * 5 + [429] * (BURST - 5)
+        for response in parallel:
+            if response.status_code == 400:
+                assert response.json() == BAD_CREDENTIALS
+        right = await password_attempt(http, oauth, first.email, first.password,
+                                       new_address())
+        assert right.status_code == 429, right.text
+
+
+async def test_parallel_wrong_client_secrets_are_throttled_like_sequential_ones(
+    server: LiveServer,
+) -> None:
+    """Default tiers: 10 failures per (client, address) per minute, then 429 with
+    Retry-After; the client keeps working from another address."""
+    first, second = machine_client(server), machine_client(server)
+    attacker = new_address()
+    async with server.http() as http:
+        parallel = await asyncio.gather(*(
+            secret_attempt(http, first.client_id, secrets.token_urlsafe(32), attacker)
+            for _ in range(BURST)))
+        other_attacker = new_address()
+        sequential = [await secret_attempt(http, second.client_id, secrets.token_urlsafe(32),
+                                           other_attacker) for _ in range(BURST)]
+        expected = Counter({(401, "invalid_client"): 10, (429, "slow_down"): BURST - 10})
+        assert outcomes(list(parallel)) == expected
+        assert outcomes(sequential) == expected
+        assert [r.status_code for r in sequential] == [401] * 10 + [429] * (BURST - 10)
+        for response in parallel:
+            if response.status_code == 401:
+                assert response.json() == BAD_CLIENT
+        # The right secret from the attacker's address waits too: else a throttled
+        # guesser would learn which of its guesses was right.
+        blocked = await secret_attempt(http, first.client_id, first.client_secret, attacker)
+        assert blocked.status_code == 429
+        assert blocked.json() == SLOW_DOWN
+        # From anywhere else the client is served.
+        served = await secret_attempt(http, first.client_id, first.client_secret,
+                                      new_address())
+        assert served.status_code == 200, served.text
+        assert served.json()["token_type"] == "Bearer"
+
+
+async def test_forwarded_for_counts_only_from_a_trusted_range(
+    e2e_database: str, keys_dir: Path, e2e_dir: Path,
+) -> None:
+    """Without 127.0.0.0/8 among the trusted proxies, X-Forwarded-For is ignored: every
+    request is the loopback peer's, so changing the header does not escape the throttle."""
+    with LiveServer(database_url=e2e_database, keys_dir=keys_dir,
+                    rundir=e2e_dir / f"untrusted-{secrets.token_hex(3)}",
+                    extra_env={"PROVIDER_TRUSTED_PROXIES": "10.0.0.0/8",
+                               "PROVIDER_CLIENT_AUTH_THROTTLE": "3 per hour"}) as live:
+        client = machine_client(live)
+        async with live.http() as http:
+            answers = [await secret_attempt(http, client.client_id, "wrong", new_address())
+                       for _ in range(4)]
+        assert [a.status_code for a in answers] == [401, 401, 401, 429]
+
+
+# --- email codes: strangers cannot keep the owner out --------------------------------------
+
+
+async def forgot(http: httpx.AsyncClient, email: str, address: str) -> None:
+    response = await http.post("/auth/forgot-password", json={"email": email},
+                               headers=forwarded(address))
+    assert response.status_code == 202, response.text
+
+
+async def reset(http: httpx.AsyncClient, email: str, code: str, address: str,
+                password: str = NEW_PASSWORD) -> httpx.Response:
+    return await http.post("/auth/reset-password", headers=forwarded(address),
+                           json={"email": email, "code": code, "new_password": password})
+
+
+def code_in(message: Any) -> str:
+    codes = CODE_PATTERN.findall(plain_text(message))
+    assert len(codes) == 1
+    return str(codes[0])
+
+
+async def test_owner_resets_the_password_after_strangers_sent_wrong_codes(
+    server: LiveServer, mail_sink: SmtpSink,
+) -> None:
+    """Strangers who know only the address fill its send window, kill its code with
+    wrong guesses and push the account's wrong-code count to its limit. The owner then
+    waits no longer than the longest window (2 minutes by default, 6 s here), gets a
+    fresh code that is not dead on arrival, and resets the password."""
+    owner, oauth = server.create_account()
+    strangers = [new_address() for _ in range(4)]
+    async with server.http() as http:
+        for n, stranger in enumerate(strangers[:3], start=1):
+            await forgot(http, owner.email, stranger)
+            mails = await mail_sink.wait_for(owner.email, count=n, timeout=MAIL_WAIT_S)
+        live_code = code_in(mails[-1])
+        wrong = [f"{(int(live_code) + n) % 1_000_000:06d}" for n in range(1, 13)]
+        guesses = await asyncio.gather(*(reset(http, owner.email, guess, strangers[n % 4])
+                                         for n, guess in enumerate(wrong)))
+        attacked_at = time.monotonic()
+        statuses = Counter(g.status_code for g in guesses)
+        # At least the 5 that kill the code were compared; the rest waited (exact counts
+        # are the business of the minute-long windows above, not of these short ones).
+        assert set(statuses) <= {400, 429} and statuses[400] >= 5, statuses
+        # The code the owner holds died with the fifth wrong guess.
+        dead = await reset(http, owner.email, live_code, new_address())
+        assert dead.status_code in (400, 429), dead.text
+
+        # No wait a stranger can cause outlasts the longest window.
+        await asyncio.sleep(max(0.0, attacked_at + LONGEST_CODE_WINDOW_S + 0.5
+                                - time.monotonic()))
+        own_address = new_address()
+        await forgot(http, owner.email, own_address)
+        fresh = code_in((await mail_sink.wait_for(owner.email, count=4,
+                                                  timeout=MAIL_WAIT_S))[-1])
+        done = await reset(http, owner.email, fresh, own_address)
+        assert done.status_code == 200, done.text
+        assert done.json() == {"status": "password_reset"}
+        login = await password_attempt(http, oauth, owner.email, NEW_PASSWORD, own_address)
+        assert login.status_code == 200, login.text
+
+
+# --- two servers, one Redis -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_pair(e2e_database: str, keys_dir: Path, e2e_dir: Path) -> Iterator[ServerPair]:
+    url = require_redis()
+    with ServerPair(e2e_database, keys_dir, e2e_dir / f"redis-pair-{secrets.token_hex(3)}",
+                    {**TRUSTED, "PROVIDER_REDIS_URL": url}) as pair:
+        yield pair
+
+
+async def test_two_servers_sharing_redis_share_the_limits(redis_pair: ServerPair) -> None:
+    (user, oauth) = redis_pair[0].create_account()
+    machine = machine_client(redis_pair[0])
+    attacker = new_address()
+    async with redis_pair[0].http() as first, redis_pair[1].http() as second:
+        https = (first, second)
+        passwords = await asyncio.gather(*(
+            password_attempt(https[n % 2], oauth, user.email, WRONG_PASSWORD, new_address())
+            for n in range(BURST)))
+        assert outcomes(list(passwords)) == Counter({(400, "invalid_grant"): 5,
+                                                     (429, "slow_down"): BURST - 5})
+        guesses = await asyncio.gather(*(
+            secret_attempt(https[n % 2], machine.client_id, secrets.token_urlsafe(16),
+                           attacker) for n in range(BURST)))
+        assert outcomes(list(guesses)) == Counter({(401, "invalid_client"): 10,
+                                                   (429, "slow_down"): BURST - 10})
+        for http in https:
+            blocked = await secret_attempt(http, machine.client_id, machine.client_secret,
+                                           attacker)
+            assert blocked.status_code == 429
+            served = await secret_attempt(http, machine.client_id, machine.client_secret,
+                                          new_address())
+            assert served.status_code == 200, served.text
+    for live in redis_pair.servers:
+        assert "per process" not in live.log()
+
+
+# --- Redis stopped and restarted under a running server ---------------------------------------
+
+
+class ThrowawayRedis:
+    """`redis-server` on a free loopback port, no persistence, stopped by PID."""
+
+    def __init__(self, rundir: Path) -> None:
+        self.port = free_port()
+        self.rundir = rundir
+        rundir.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            cwd=self.rundir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail("throwaway redis-server did not start within 10 s")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+async def test_redis_stopped_gives_503_and_service_resumes_when_it_returns(
+    e2e_database: str, keys_dir: Path, e2e_dir: Path,
+) -> None:
+    rundir = e2e_dir / f"redis-outage-{secrets.token_hex(3)}"
+    redis = ThrowawayRedis(rundir / "redis")
+    redis.start()
+    try:
+        with LiveServer(database_url=e2e_database, keys_dir=keys_dir, rundir=rundir,
+                        extra_env={"PROVIDER_REDIS_URL": redis.url,
+                                   "PROVIDER_REDIS_TIMEOUT": "PT1S"}) as live:
+            machine = machine_client(live)
+            async with live.http() as http:
+                async def token() -> httpx.Response:
+                    return await http.post(
+                        "/oauth/token", auth=(machine.client_id, machine.client_secret),
+                        data={"grant_type": "client_credentials"})
+
+                assert (await token()).status_code == 200
+
+                redis.stop()
+                for _ in range(3):
+                    started = time.monotonic()
+                    down = await token()
+                    assert time.monotonic() - started < 10
+                    assert down.status_code == 503, down.text
+                    assert down.json() == UNAVAILABLE
+                    assert int(down.headers["retry-after"]) >= 1
+                problem = await http.post("/auth/verify-email",
+                                          json={"email": "someone@example.com",
+                                                "code": "123456"})
+                assert problem.status_code == 503, problem.text
+                assert problem.headers["content-type"] == "application/problem+json"
+                assert problem.json()["code"] == "service_unavailable"
+                assert problem.headers["retry-after"]
+                # What needs no throttle keeps answering.
+                assert (await http.get("/.well-known/jwks.json")).status_code == 200
+
+                redis.start()
+                deadline = time.monotonic() + 20
+                while True:
+                    answer = await token()
+                    if answer.status_code == 200:
+                        break
+                    assert answer.status_code == 503, answer.text
+                    assert time.monotonic() < deadline, "no recovery within 20 s"
+                    await asyncio.sleep(0.2)
+            log = live.log()
+        assert "Traceback" not in log
+        assert "rate-limit storage unavailable" in log
+    finally:
+        redis.stop()
+
+
+# --- workers without Redis -----------------------------------------------------------------
+
+
+def test_workers_without_redis_warn_that_limits_are_per_process(
+    live_sqlite: LiveServer,
+) -> None:
+    assert live_sqlite.workers == 2
+    assert ("warning: --workers 2 without PROVIDER_REDIS_URL: every rate limit is per "
+            "process, so 2 times looser") in live_sqlite.log()
