@@ -238,7 +238,9 @@ async def test_statement_and_pool_timeouts_answer_503_then_service_goes_on(
         assert answer.headers["retry-after"] == "5"
     assert elapsed < 4
     assert after.status_code == 200, after.text  # the cancelled statement's connection
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+    # (The audit writer's own outage line, if it had events queued, is its business.)
+    assert [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.ERROR and r.name == "provider"] == [
         "database unavailable (GET /users/me): pool timeout",
         "database unavailable (PATCH /users/me): QueryCanceledError 57014",
     ]

@@ -112,6 +112,7 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
+        self._failing = False  # the last write failed: an outage is under way
         self.dropped = 0
 
     # --- writing ----------------------------------------------------------------------
@@ -141,12 +142,18 @@ class AuditLog:
                     async with self._engine.begin() as conn:
                         await conn.execute(insert(audit_events), batch)
                 except Exception as exc:
-                    # Keep them for the next try (oldest first), within the bound.
+                    # Keep them for the next try (oldest first), within the bound. One
+                    # line when writing stops working, not one per retry of an outage.
                     self._queue.extendleft(reversed(batch))
-                    log.error("audit events not written yet (%d waiting): %s",
-                              len(self._queue), type(exc).__name__)
+                    if not self._failing:
+                        self._failing = True
+                        log.error("audit events not written yet (%d waiting): %s",
+                                  len(self._queue), type(exc).__name__)
                     raise
                 written += len(batch)
+            if self._failing:
+                self._failing = False
+                log.warning("audit events written again: %d", written)
             if self.dropped:
                 log.error("audit events dropped while the database was unavailable: %d",
                           self.dropped)

@@ -67,6 +67,10 @@ EXPECTED_LOG_LINE = re.compile(
     r"database unavailable \((GET|POST) /[\w/.-]+\): \S.*"
     r"|not ready: database unavailable: \S.*"
     r"|deferred account work failed: database unavailable: \S.*"
+    # The audit writer keeps its queue through an outage: one line when writing stops
+    # working, one when it works again (provider.audit.service).
+    r"|audit events not written yet \(\d+ waiting\): \S.*"
+    r"|audit events written again: \d+"
 )
 
 
