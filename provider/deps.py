@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from provider.clock import Clock
 from provider.db import unit_of_work
+from provider.logs import note_user
 from provider.oauth.errors import (
     InsufficientScope,
     InvalidBearerRequest,
@@ -64,15 +65,20 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 
 
+def is_trusted_proxy(address: str, settings: Settings) -> bool:
+    """Whether ``address`` is a proxy whose forwarding headers we believe."""
+    return address in settings.trusted_proxies
+
+
 def client_address(request: Request, settings: Settings) -> str:
     """The caller's address; X-Forwarded-For counts only from a trusted proxy."""
     peer = request.client.host if request.client else "unknown"
-    if peer in settings.trusted_proxies:
+    if is_trusted_proxy(peer, settings):
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
             # The right-most address not of a trusted proxy is the one that reached us.
             for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
-                if hop not in settings.trusted_proxies:
+                if not is_trusted_proxy(hop, settings):
                     return hop
     return peer
 
@@ -121,6 +127,7 @@ async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
     user = await session.scalar(select(User).where(access_token_stands(claims)))
     if user is None:
         raise InvalidToken()
+    note_user(user.id)
     return user
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from provider.deps import ClaimsDep, CurrentUser, ServicesDep, client_address
+from provider.logs import note_client
 from provider.metrics import TOKENS_ISSUED
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
@@ -94,6 +95,7 @@ async def token(request: Request) -> Response:
     auth = await authenticate_client(
         services.clients, form, request.headers.get("authorization")
     )
+    note_client(auth.client.client_id)
     if grant is None:
         raise UnsupportedGrantType()
     if grant_type not in auth.client.grant_types:
@@ -116,6 +118,7 @@ async def revocation(request: Request, services: ServicesDep) -> Response:
     auth = await authenticate_client(
         services.clients, form, request.headers.get("authorization")
     )
+    note_client(auth.client.client_id)
     token_value = require(form, "token")
     await revoke(services, auth.client, token_value, form.get("token_type_hint"))
     return Response(status_code=200, headers=NO_STORE)
@@ -134,6 +137,7 @@ async def introspection(request: Request, services: ServicesDep) -> Response:
     auth = await authenticate_client(
         services.clients, form, request.headers.get("authorization")
     )
+    note_client(auth.client.client_id)
     if auth.client.is_public:
         # RFC 7662 §2.1: the endpoint must be protected; a public client proves nothing.
         raise InvalidClient("Public clients may not introspect tokens.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 from provider.clients.service import ClientInfo
+from provider.metrics import LOGIN_FAILURES
 from provider.oauth.errors import InvalidGrant, SlowDown
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
 from provider.oauth.scopes import parse_scope, resolve_scope
@@ -78,6 +79,7 @@ class PasswordGrant:
 
     async def _failed(self, services: Services, request: TokenRequest,
                       username: str) -> NoReturn:
+        LOGIN_FAILURES.inc()
         await services.throttles.login_account.hit(username)
         await services.throttles.login_address.hit(request.client_address)
         raise InvalidGrant(BAD_CREDENTIALS)
