@@ -192,6 +192,22 @@ class RequestLogMiddleware:
 
 def _route_template(scope: Scope) -> str:
     """``/admin/users/{user_id}``, not the path: bounded, and free of anything sent."""
-    route = scope.get("route")
-    template: object = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return template if isinstance(template, str) and template else UNMATCHED_ROUTE
+    template = getattr(scope.get("route"), "path_format", None)
+    if isinstance(template, str):
+        return template
+    # FastAPI names only its own routes in the scope; a plain Starlette route (the JWKS)
+    # or a mount (the docs assets) is known by the endpoint it was handed to.
+    endpoint = scope.get("endpoint")
+    app = scope.get("app")
+    if endpoint is None or app is None:
+        return UNMATCHED_ROUTE
+    templates: dict[object, str] | None = getattr(app.state, "route_templates", None)
+    if templates is None:
+        templates = {}
+        for route in app.router.routes:
+            target = getattr(route, "endpoint", None) or getattr(route, "app", None)
+            path_format = getattr(route, "path_format", None)
+            if target is not None and isinstance(path_format, str):
+                templates.setdefault(target, path_format)
+        app.state.route_templates = templates
+    return templates.get(endpoint, UNMATCHED_ROUTE)
