@@ -101,6 +101,9 @@ def emit(as_json: bool, data: dict[str, Any], text: str) -> None:
 # --- serve, migrate, openapi ---------------------------------------------------------
 
 
+WORKER_HEALTHCHECK_S = 60
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -125,7 +128,11 @@ def serve(
         uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
                     workers=workers, access_log=False, proxy_headers=False,
                     server_header=False,
-                    log_config=logging_config(current.effective_log_format))
+                    log_config=logging_config(current.effective_log_format),
+                    # uvicorn kills a worker that has not answered its supervisor within
+                    # this (5 s by default): on a busy host, start-up alone can take
+                    # longer, and the worker would be killed and restarted over and over.
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
 
 
 @contextmanager
