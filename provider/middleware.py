@@ -17,7 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from provider.deps import client_address, is_trusted_proxy
 from provider.docs import DOCS_PAGES, DOCS_PREFIX
 from provider.errors import PayloadTooLarge
-from provider.logs import ACCESS_LOGGER, RequestContext, close_request, open_request
+from provider.logs import (
+    ACCESS_LOGGER,
+    AccessRecord,
+    RequestContext,
+    close_request,
+    open_request,
+)
 from provider.metrics import observe_request
 from provider.settings import Settings
 
@@ -178,7 +184,7 @@ class RequestLogMiddleware:
         method: str = scope["method"]
         observe_request(route, method, status, duration)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %s", method, route, status, extra={"fields": {
+            fields = {
                 "method": method,
                 "route": route,
                 "status": status,
@@ -187,7 +193,8 @@ class RequestLogMiddleware:
                 "client_id": context.client_id,
                 "user_id": context.user_id,
                 "request_id": context.request_id,
-            }})
+            }
+            access_log.handle(AccessRecord(f"{method} {route} {status}", fields))
 
 
 def _route_template(scope: Scope) -> str:
