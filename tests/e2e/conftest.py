@@ -227,7 +227,12 @@ class LiveServer:
     # --- HTTP ----------------------------------------------------------------------------
 
     def http(self, **kwargs: Any) -> httpx.AsyncClient:
-        """A new client (so new connections) for the server; plain HTTP on loopback."""
+        """A new client (so new connections) for the server; plain HTTP on loopback.
+
+        No keep-alive by default: on a loaded machine a request can go out on a connection
+        the server is just closing for idleness (uvicorn: 5 s), and fail with a read error.
+        """
+        kwargs.setdefault("limits", httpx.Limits(max_keepalive_connections=0))
         return httpx.AsyncClient(base_url=self.base_url, timeout=30.0, trust_env=False,
                                  verify=_TLS_CONTEXT, **kwargs)
 

@@ -287,7 +287,10 @@ async def test_revocation_wins_over_rotations_in_flight(
     admin_user = await pair_factory.user(is_admin=True)
     admin_client = await pair_factory.client(scopes="openid admin")
     admin = (admin_user, admin_client)
-    limits = httpx.Limits(max_connections=FAMILIES * 2 + 4)
+    # No keep-alive: a request sent on a connection that the server is just closing for
+    # idleness fails with a read error on a loaded machine, and a refresh must not be
+    # retried blindly (it is not idempotent).
+    limits = httpx.Limits(max_connections=FAMILIES * 2 + 4, max_keepalive_connections=0)
     problems: list[str] = []
     rotations = in_flight = 0
     async with pair[0].http(limits=limits) as first, pair[1].http(limits=limits) as second:
