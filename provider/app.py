@@ -31,8 +31,8 @@ from provider.errors import (
     from_http_exception,
 )
 from provider.keys.service import NoSigningKey
-from provider.metrics import OAUTH_ERRORS
-from provider.middleware import HardeningMiddleware
+from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS
+from provider.middleware import HardeningMiddleware, RequestLogMiddleware
 from provider.oauth.errors import OAuthError, TemporarilyUnavailable
 from provider.oauth.grants import check_registry
 from provider.oauth.router import JWKS_PATH, jwks
@@ -108,7 +108,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_body_bytes,
+                       hsts=settings.issuer.startswith("https://"))
+    # Added last, so outermost: it times and logs every answer, a 413 included.
+    app.add_middleware(RequestLogMiddleware, settings=settings)
     return app
 
 
@@ -135,6 +138,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         # 500. An outage is expected: one line per failed request, no traceback.
         log.error("database unavailable (%s %s): %s", request.method, request.url.path,
                   reason)
+        DATABASE_UNAVAILABLE.inc()
         if request.url.path.startswith("/oauth/"):
             return await oauth_error(request, TemporarilyUnavailable())
         return ServiceUnavailable("The database is unavailable. Try again shortly.").response()

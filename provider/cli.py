@@ -6,10 +6,11 @@ Bad arguments exit 2 with a one-line message on stderr, and write nothing.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +46,7 @@ app.add_typer(users_app, name="users")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_CLIENT_FILE = "dev-client.json"
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # provider.metrics reads it
 
 
 def fail(message: str) -> NoReturn:
@@ -155,6 +157,8 @@ def serve(
     """Serve the HTTP API with uvicorn."""
     import uvicorn
 
+    from provider.logs import logging_config
+
     current = settings()
     with friendly_errors():
         records = KeyStore(current.keys_dir).records()
@@ -171,10 +175,12 @@ def serve(
     # argon2 is CPU-bound: share the cores out among the workers unless told otherwise.
     os.environ.setdefault("PROVIDER_PASSWORD_HASH_CONCURRENCY",
                           str(max(1, (os.cpu_count() or 1) // workers)))
-    with workers_skip_main():
+    # uvicorn's access log is off: provider.middleware writes ours.
+    with workers_skip_main(), metrics_directory():
         uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
                     workers=workers, access_log=False, proxy_headers=False,
-                    server_header=False, log_config=log_config(),
+                    server_header=False,
+                    log_config=logging_config(current.effective_log_format),
                     # uvicorn kills a worker that has not answered its supervisor within
                     # this (5 s by default): on a busy host, start-up alone can take
                     # longer, and the worker would be killed and restarted over and over.
@@ -200,15 +206,23 @@ def workers_skip_main() -> Iterator[None]:
         main_module.__dict__.update(saved)
 
 
-def log_config() -> dict[str, Any]:
-    """uvicorn's logging, plus our `provider.*` loggers at INFO on stderr (the console
-    mailer's messages included, so a developer can read the codes)."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["provider"] = {"handlers": ["default"], "level": "INFO",
-                                     "propagate": False}
-    return config
+@contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for this server's processes, removed when it
+    stops: one scrape of any worker then counts every worker's requests, and counts of an
+    earlier run never come back. Set before prometheus_client is imported (so not
+    imported from provider.metrics here): that selects its multiprocess mode."""
+    path = Path(tempfile.mkdtemp(prefix="provider-metrics-"))
+    previous = os.environ.get(MULTIPROC_DIR_ENV)
+    os.environ[MULTIPROC_DIR_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
+        else:
+            os.environ[MULTIPROC_DIR_ENV] = previous
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def alembic_config(database_url: str) -> Any:

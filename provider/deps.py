@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from provider.audit.service import RequestContext
 from provider.clock import Clock
 from provider.db import unit_of_work
+from provider.logs import note_user
 from provider.oauth.errors import (
     InsufficientScope,
     InvalidBearerRequest,
@@ -146,6 +147,7 @@ async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
     user = await session.scalar(select(User).where(access_token_stands(claims)))
     if user is None:
         raise InvalidToken()
+    note_user(user.id)
     return user
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 
-from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from provider.deps import ServicesDep
+from provider.deps import ServicesDep, bearer_token
 from provider.errors import ServiceUnavailable
+from provider.metrics import render
+from provider.oauth.errors import InvalidToken
+from provider.responses import BEARER_ERRORS
 
 log = logging.getLogger("provider")
 router = APIRouter(tags=["operations"])
@@ -33,6 +38,18 @@ async def readyz(services: ServicesDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics of every worker (bearer PROVIDER_METRICS_TOKEN when set)",
+    response_class=Response,
+    responses={401: BEARER_ERRORS[401]},
+)
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    expected = services.settings.metrics_token
+    if expected is not None:
+        presented = bearer_token(request)
+        # Digests compared in constant time: neither the token nor its length leaks.
+        if not hmac.compare_digest(hashlib.sha256(presented.encode()).digest(),
+                                   hashlib.sha256(expected.get_secret_value().encode()).digest()):
+            raise InvalidToken("The metrics token is not valid.")
+    return Response(render(), media_type=CONTENT_TYPE_LATEST)

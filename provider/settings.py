@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     # a throttled request answers 503, never hangs.
     redis_timeout: timedelta = timedelta(seconds=2)
 
+    # --- Logs and metrics (issue 7, operations) ---
+    # Log lines as JSON objects or as text; unset: json when PROVIDER_ENV=production.
+    log_format: Literal["json", "text"] | None = None
+    # When set, /metrics answers only `Authorization: Bearer <this token>`.
+    metrics_token: SecretStr | None = None
+    # PROVIDER_ENV=production refuses a public /metrics unless this says it is on purpose.
+    metrics_public: bool = False
+
     @field_validator("trusted_proxies", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -165,6 +173,26 @@ class Settings(BaseSettings):
                 "PROVIDER_REFRESH_TOKEN_TTL"
             )
         return self
+
+    @field_validator("metrics_token", mode="after")
+    @classmethod
+    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _metrics_not_public_by_accident(self) -> Settings:
+        if self.env == "production" and self.metrics_token is None and not self.metrics_public:
+            raise ValueError(
+                "PROVIDER_METRICS_TOKEN must be set when PROVIDER_ENV=production (or set "
+                "PROVIDER_METRICS_PUBLIC=true to serve /metrics to anyone on purpose)"
+            )
+        return self
+
+    @property
+    def effective_log_format(self) -> Literal["json", "text"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.env == "production" else "text"
 
     @property
     def token_audience(self) -> str:

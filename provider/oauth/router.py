@@ -15,6 +15,7 @@ from provider.deps import (
     client_address,
     request_context,
 )
+from provider.logs import note_client
 from provider.metrics import TOKENS_ISSUED
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
@@ -102,6 +103,7 @@ async def token(request: Request) -> Response:
         services.clients, form, request.headers.get("authorization"),
         throttles=services.throttles, address=address,
     )
+    note_client(auth.client.client_id)
     if grant is None:
         raise UnsupportedGrantType()
     if grant_type not in auth.client.grant_types:
@@ -125,6 +127,7 @@ async def revocation(request: Request, services: ServicesDep) -> Response:
         services.clients, form, request.headers.get("authorization"),
         throttles=services.throttles, address=client_address(request, services.settings),
     )
+    note_client(auth.client.client_id)
     token_value = require(form, "token")
     await revoke(services, auth.client, token_value, form.get("token_type_hint"),
                  request_context(request, services.settings))
@@ -145,6 +148,7 @@ async def introspection(request: Request, services: ServicesDep) -> Response:
         services.clients, form, request.headers.get("authorization"),
         throttles=services.throttles, address=client_address(request, services.settings),
     )
+    note_client(auth.client.client_id)
     if auth.client.is_public:
         # RFC 7662 §2.1: the endpoint must be protected; a public client proves nothing.
         raise InvalidClient("Public clients may not introspect tokens.",

@@ -21,6 +21,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, bindparam, case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from provider.metrics import REFRESH_REUSE_DETECTED
 from provider.tokens.models import LoginSession, RefreshToken
 from provider.tokens.revocation import revoke_session
 from provider.users.models import User
@@ -290,6 +291,7 @@ async def _explain_refusal(
                                     now, idle_ttl)
 
     await revoke_session(conn, old.session_id, now=now)
+    REFRESH_REUSE_DETECTED.inc()
     return Rotation(Outcome.REUSED, session_id=old.session_id, user_id=old.user_id)
 
 

@@ -339,6 +339,7 @@ def test_make_sender_uses_smtp_when_url_set(caplog: pytest.LogCaptureFixture) ->
         _settings(
             env="production",
             issuer="https://auth.example.com",
+            metrics_token="a-metrics-token-for-the-scraper",
             smtp_url="smtps://u:p@mail.example.com:465",
             mail_from=FROM,
         )
@@ -367,7 +368,8 @@ def test_make_sender_falls_back_to_console_with_warning(
 
 
 def test_make_sender_refuses_console_in_production() -> None:
-    settings = _settings(env="production", issuer="https://auth.example.com", smtp_url=None)
+    settings = _settings(env="production", issuer="https://auth.example.com", smtp_url=None,
+                         metrics_token="a-metrics-token-for-the-scraper")
 
     with pytest.raises(RuntimeError) as caught:
         make_sender(settings)

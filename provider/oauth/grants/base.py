@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from provider.audit.service import EventType, RequestContext
 from provider.clients.service import ClientInfo
+from provider.logs import note_user
 from provider.oauth.errors import InvalidRequest
 from provider.oauth.scopes import OPENID
 from provider.tokens.refresh import Session
@@ -66,6 +67,7 @@ def token_response(
     # `sid` ties a user's access token to its session, so ending the session ends it at
     # our own endpoints and at introspection. A client acting for itself has none.
     sid = str(session.id) if session else None
+    note_user(sub if session else None)  # a user's tokens (a client's own have no session)
     access_token, _ = services.jwt.issue_access_token(
         sub=sub, client_id=client_id, scope=scope, now=now, ttl=settings.access_token_ttl,
         sid=sid, auth_time=session.auth_time if session else None,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, NoReturn
 from provider.audit.service import EventType
 from provider.audit.service import Outcome as AuditOutcome
 from provider.clients.service import ClientInfo
+from provider.metrics import LOGIN_FAILURES
 from provider.oauth.errors import InvalidGrant, SlowDown
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
 from provider.oauth.scopes import parse_scope, resolve_scope
@@ -96,6 +97,7 @@ class PasswordGrant:
         # Recorded through the queue: this request's failure writes nothing of its own.
         # The throttle slots reserved above stay taken: this was a failure.
         _record_failure(services, request, client, user_id, reason)
+        LOGIN_FAILURES.inc()
         raise InvalidGrant(BAD_CREDENTIALS)
 
 

@@ -1,0 +1,171 @@
+"""Logs: the request's context (id, client, user), the JSON and text formats, the set-up.
+
+provider.middleware opens a RequestContext for each request; every line logged while the
+request runs (deferred mail and account work included) carries its request id. Log lines
+name users and clients by id and never carry a token, code, password or secret.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+LogFormat = Literal["json", "text"]
+
+ACCESS_LOGGER = "provider.access"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the access line says about who made the request; filled in as it is learnt."""
+
+    request_id: str
+    client_id: str | None = None
+    user_id: str | None = None
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("provider_request", default=None)
+
+
+def open_request(context: RequestContext) -> object:
+    """Make ``context`` the current request's; returns the token for ``close_request``."""
+    return _current.set(context)
+
+
+def close_request(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]
+
+
+def current_request() -> RequestContext | None:
+    return _current.get()
+
+
+def note_client(client_id: str) -> None:
+    """An OAuth client authenticated in this request."""
+    context = _current.get()
+    if context is not None:
+        context.client_id = client_id
+
+
+def note_user(user_id: object) -> None:
+    """This request acts for (or issued tokens to) this user; None says nothing."""
+    context = _current.get()
+    if context is not None and user_id is not None:
+        context.user_id = str(user_id)
+
+
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
+_second: list[Any] = [None, ""]  # the last second formatted, and its text
+
+
+class AccessRecord(logging.LogRecord):
+    """The access line's record, made without LogRecord's per-record work (caller, thread
+    and process names), which on the token path cost more than formatting the line."""
+
+    # What formatters may ask of a record and an access line does not know.
+    pathname = filename = module = funcName = ""
+    lineno = 0
+    exc_info = exc_text = stack_info = None
+    thread = threadName = process = processName = taskName = None
+    relativeCreated = 0.0
+
+    def __init__(self, message: str, fields: dict[str, Any]) -> None:
+        self.name = ACCESS_LOGGER
+        self.levelno = logging.INFO
+        self.levelname = "INFO"
+        self.msg = message
+        self.args = None
+        self.created = time.time()
+        self.msecs = (self.created % 1) * 1000
+        self.fields = fields
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    """ISO 8601 in UTC with milliseconds; the seconds' text is reused within a second."""
+    created = record.created
+    second = int(created)
+    if _second[0] != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[:] = [second, text]
+    return f"{_second[1]}.{int((created - second) * 1000):03d}Z"
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's structured fields: an access line's own, else the request id."""
+    fields: dict[str, Any] | None = getattr(record, "fields", None)
+    if fields is not None:
+        return fields
+    context = _current.get()
+    return {"request_id": context.request_id} if context is not None else {}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the request's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return _ENCODER.encode(entry)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message key=value ...`` for people reading a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items() if v is not None)
+        if not extra:
+            return line
+        # Keep a traceback (if any) below the fields, not after them.
+        first, newline, rest = line.partition("\n")
+        return f"{first} {extra}{newline}{rest}"
+
+
+def logging_config(log_format: LogFormat) -> dict[str, Any]:
+    """The `logging.config.dictConfig` of `provider serve`: uvicorn's own loggers, ours
+    at INFO (the console mailer's messages included, so a developer can read the codes),
+    and in JSON mode everything, uvicorn and third parties included, as JSON lines.
+    uvicorn's access log is off: provider.middleware writes the access lines."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    if log_format == "text":
+        config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+        config["formatters"]["provider"] = {"()": "provider.logs.TextFormatter"}
+        config["handlers"]["provider"] = {"class": "logging.StreamHandler",
+                                          "formatter": "provider",
+                                          "stream": "ext://sys.stderr"}
+    else:
+        config = {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"provider": {"()": "provider.logs.JsonFormatter"}},
+            "handlers": {"provider": {"class": "logging.StreamHandler",
+                                      "formatter": "provider",
+                                      "stream": "ext://sys.stderr"}},
+            "root": {"handlers": ["provider"], "level": "WARNING"},
+            "loggers": {
+                "uvicorn": {"handlers": ["provider"], "level": "INFO", "propagate": False},
+                "uvicorn.error": {"level": "INFO"},
+            },
+        }
+    config["loggers"]["uvicorn.access"] = {"handlers": [], "level": "WARNING",
+                                           "propagate": False}
+    config["loggers"]["provider"] = {"handlers": ["provider"], "level": "INFO",
+                                     "propagate": False}
+    return config

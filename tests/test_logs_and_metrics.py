@@ -1,0 +1,89 @@
+"""Logs and metrics in-process: the settings' rules, the formats, label values a client
+cannot mint, and the database-unavailable count (real refused connections)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from pydantic import ValidationError
+
+from provider.app import create_app
+from provider.logs import JsonFormatter, RequestContext, TextFormatter, close_request, open_request
+from provider.metrics import observe_request
+from provider.settings import Settings
+from tests.conftest import make_settings
+
+PRODUCTION: dict[str, Any] = {"env": "production", "issuer": "https://auth.example.com"}
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_production_refuses_a_public_metrics_endpoint_unless_told() -> None:
+    with pytest.raises(ValidationError, match="PROVIDER_METRICS_TOKEN must be set"):
+        settings(**PRODUCTION)
+    with pytest.raises(ValidationError, match="PROVIDER_METRICS_TOKEN must be set"):
+        settings(**PRODUCTION, metrics_token="")  # empty is unset
+    assert settings(**PRODUCTION, metrics_public=True).metrics_token is None
+    assert settings(**PRODUCTION, metrics_token="t" * 32).metrics_public is False
+
+
+def test_log_format_defaults_to_json_in_production_only() -> None:
+    assert settings(**PRODUCTION, metrics_public=True).effective_log_format == "json"
+    assert settings().effective_log_format == "text"
+    assert settings(log_format="json").effective_log_format == "json"
+    assert settings(**PRODUCTION, metrics_public=True,
+                    log_format="text").effective_log_format == "text"
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("provider.accounts", logging.ERROR, __file__, 1, message, None,
+                             None)
+
+
+def test_application_lines_carry_the_request_id_in_both_formats() -> None:
+    token = open_request(RequestContext("req-1"))
+    try:
+        as_json = json.loads(JsonFormatter().format(_record("mail not sent")))
+        as_text = TextFormatter().format(_record("mail not sent"))
+    finally:
+        close_request(token)
+    assert {k: as_json[k] for k in ("level", "logger", "message", "request_id")} == {
+        "level": "error", "logger": "provider.accounts", "message": "mail not sent",
+        "request_id": "req-1"}
+    assert as_text.endswith("ERROR provider.accounts: mail not sent request_id=req-1")
+    assert "request_id" not in json.loads(JsonFormatter().format(_record("outside")))
+
+
+def test_a_client_cannot_mint_method_labels() -> None:
+    observe_request("/healthz", "BREW", 405, 0.001)
+    observe_request("/healthz", "PROPFIND", 405, 0.001)
+    labels = {"route": "/healthz", "method": "OTHER", "status": "4xx"}
+    assert REGISTRY.get_sample_value("provider_http_requests_total", labels) >= 2
+    assert REGISTRY.get_sample_value(
+        "provider_http_requests_total", {**labels, "method": "BREW"}) is None
+
+
+async def test_database_unavailable_answers_are_counted(settings_keys: tuple[str, Path]) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _, keys_dir = settings_keys
+    app = create_app(make_settings(f"postgresql://postgres@127.0.0.1:{port}/none", keys_dir))
+    before = REGISTRY.get_sample_value("provider_database_unavailable_total") or 0.0
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            response = await http.post("/oauth/token", auth=("cl_x", "secret"),
+                                       data={"grant_type": "client_credentials"})
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert REGISTRY.get_sample_value("provider_database_unavailable_total") == before + 1
