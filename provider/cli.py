@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import logging.config
 import os
 import shutil
 import sys
@@ -170,8 +172,11 @@ def serve(
             fail(f"--workers {workers} without PROVIDER_REDIS_URL: every rate limit would be "
                  f"per process ({workers} times looser); set PROVIDER_REDIS_URL or use "
                  "--workers 1")
-        typer.echo(f"warning: --workers {workers} without PROVIDER_REDIS_URL: every rate "
-                   f"limit is per process, so {workers} times looser", err=True)
+        # Through the server's own logging, so that it is a JSON line in JSON mode too.
+        logging.config.dictConfig(logging_config(current.effective_log_format))
+        logging.getLogger("provider").warning(
+            "--workers %d without PROVIDER_REDIS_URL: every rate limit is per process, "
+            "so %d times looser", workers, workers)
     # argon2 is CPU-bound: share the cores out among the workers unless told otherwise.
     os.environ.setdefault("PROVIDER_PASSWORD_HASH_CONCURRENCY",
                           str(max(1, (os.cpu_count() or 1) // workers)))

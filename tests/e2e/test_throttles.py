@@ -407,5 +407,6 @@ def test_workers_without_redis_warn_that_limits_are_per_process(
     live_sqlite: LiveServer,
 ) -> None:
     assert live_sqlite.workers == 2
-    assert ("warning: --workers 2 without PROVIDER_REDIS_URL: every rate limit is per "
+    # A log record of the server's own (a JSON line in JSON mode).
+    assert ("--workers 2 without PROVIDER_REDIS_URL: every rate limit is per "
             "process, so 2 times looser") in live_sqlite.log()
