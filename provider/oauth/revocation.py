@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from provider.audit.service import NO_CONTEXT, EventType, RequestContext
 from provider.clients.service import ClientInfo
 from provider.tokens.jwt import TokenRejected
-from provider.tokens.refresh import find_refresh_token
+from provider.tokens.refresh import find_session_of
 from provider.tokens.revocation import revoke_access_token, revoke_session, token_user_id
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ async def revoke(services: Services, client: ClientInfo, token: str, hint: str |
     for kind in order:
         if kind == "refresh_token":
             async with services.engine.begin() as conn:
-                stored = await find_refresh_token(conn, token, now=now)
+                stored = await find_session_of(conn, token)
                 if stored is not None and stored.client_id == client.client_id:
                     # Revoking a refresh token ends its session, and with it the session's
                     # access tokens at introspection and at our protected endpoints.

@@ -308,6 +308,22 @@ def _session(row: Any, client_id: str) -> Session:
     )
 
 
+@dataclass(frozen=True)
+class TokenOwner:
+    """Whose a refresh token is, live or not: what RFC 7009 revocation needs (one query)."""
+
+    session_id: uuid.UUID
+    client_id: str
+    user_id: uuid.UUID
+
+
+async def find_session_of(conn: AsyncConnection, token: str) -> TokenOwner | None:
+    if not token or len(token) > MAX_REFRESH_TOKEN_LENGTH:
+        return None
+    row = (await conn.execute(_FIND_FOR_REFUSAL, {"p_token_hash": digest(token)})).first()
+    return TokenOwner(row.session_id, row.client_id, row.user_id) if row is not None else None
+
+
 # --- lookups (revocation and introspection) ---------------------------------------------
 
 @dataclass(frozen=True)
