@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Text, Uuid
+from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from provider.db import Base
@@ -18,6 +18,15 @@ from provider.db import Base
 
 class LoginSession(Base):
     __tablename__ = "login_sessions"
+    __table_args__ = (
+        # The purge's way to revoked sessions. Partial on purpose: a full index on
+        # revoked_at offers the planner `revoked_at IS NULL`, which every live session
+        # matches; with stale statistics PostgreSQL then bitmap-scanned all sessions for
+        # each refresh (14 ms instead of 0.3 ms; tests/tokens/test_query_plans.py).
+        Index("ix_login_sessions_revoked_at", "revoked_at",
+              postgresql_where=text("revoked_at IS NOT NULL"),
+              sqlite_where=text("revoked_at IS NOT NULL")),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     user_id: Mapped[uuid.UUID] = mapped_column(
@@ -33,13 +42,13 @@ class LoginSession(Base):
     amr: Mapped[list[str]] = mapped_column(JSON)
     auth_time: Mapped[datetime]
     created_at: Mapped[datetime]
-    # Absolute end of the session: rotation never extends it. Indexed for the purge, like
-    # revoked_at (provider.purge).
+    # Absolute end of the session: rotation never extends it. Indexed for the purge
+    # (provider.purge), like revoked_at.
     expires_at: Mapped[datetime] = mapped_column(index=True)
     # users.session_epoch when the user signed in: ending all of a user's sessions bumps
     # the user's epoch, which also ends a sign-in that was still in flight.
     session_epoch: Mapped[int] = mapped_column(Integer)
-    revoked_at: Mapped[datetime | None] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]
 
 
 class RefreshToken(Base):

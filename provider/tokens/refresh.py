@@ -263,10 +263,12 @@ _FIND_FOR_REFUSAL = (
     .join_from(rt, ls, ls.c.id == rt.c.session_id)
     .where(rt.c.token_hash == P_HASH)
 )
-# The grace window's retry supersedes the live child: the same predicate, by parent.
+# The grace window's retry supersedes the live child: the same predicate, by parent. The
+# session is named too, so that it is found by its key whatever the statistics say.
 _SUPERSEDE_CHILD = (
     update(rt)
-    .where(rt.c.parent_id == bindparam("p_parent_id"), *_token_unused(), *_session_live())
+    .where(rt.c.parent_id == bindparam("p_parent_id"),
+           rt.c.session_id == bindparam("p_session_id"), *_token_unused(), *_session_live())
     .values(rotated_at=P_NOW)
     .returning(rt.c.id)
 )
@@ -285,7 +287,8 @@ async def _explain_refusal(
     if reuse_grace > timedelta(0) and now - old.rotated_at <= reuse_grace:
         # The immediate predecessor of the live token, retried within the grace window
         # (a lost response): supersede the live child and issue a new one from here.
-        child = (await conn.execute(_SUPERSEDE_CHILD, {**params, "p_parent_id": old.id}))
+        child = await conn.execute(_SUPERSEDE_CHILD, {
+            **params, "p_parent_id": old.id, "p_session_id": old.session_id})
         if child.first() is not None:
             return await _successor(conn, old.id, old.session_id, params["p_client_id"],
                                     now, idle_ttl)
