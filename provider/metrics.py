@@ -78,6 +78,17 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
         THROTTLED.labels(route).inc()
 
 
+_issued: dict[str, Counter] = {}
+
+
+def count_tokens_issued(grant_type: str) -> None:
+    """One token response of a registered grant type (the child is looked up once)."""
+    child = _issued.get(grant_type)
+    if child is None:
+        child = _issued[grant_type] = TOKENS_ISSUED.labels(grant_type)
+    child.inc()
+
+
 def render() -> bytes:
     """The Prometheus text exposition of every process (or of this one)."""
     if os.environ.get(MULTIPROC_DIR_ENV):

@@ -131,7 +131,8 @@ class RequestLogMiddleware:
 
     def _request_id(self, scope: Scope) -> str:
         client = scope.get("client")
-        if client and is_trusted_proxy(client[0], self.settings.trusted_proxies):
+        proxies = self.settings.trusted_proxies
+        if proxies and client and is_trusted_proxy(client[0], proxies):
             headers: list[tuple[bytes, bytes]] = scope["headers"]
             for name, value in headers:
                 if name == b"x-request-id":

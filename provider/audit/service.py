@@ -2,9 +2,10 @@
 
 Two ways in. ``AuditLog.add`` puts the event into the request's own transaction:
 account and admin changes are written with their event or not at all. ``AuditLog.record``
-queues the event in memory and a background task writes the queue in batches (one
-multi-row INSERT every ``FLUSH_INTERVAL_S``): the token path pays no round trip, and an
-event of a failed request (a wrong password) is kept whatever its transaction does.
+queues the event in memory and a background task writes the queue in batches (one COPY
+on PostgreSQL, else one multi-row INSERT, every ``FLUSH_INTERVAL_S``): the token path
+pays no round trip, and an event of a failed request (a wrong password) is kept whatever
+its transaction does.
 What a crash can lose: the queued events not yet written (README, "Audit trail").
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
 import uuid
 from collections import deque
@@ -21,7 +23,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, insert, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from provider.audit.models import AuditEvent
 from provider.clock import Clock
@@ -132,7 +134,7 @@ class AuditLog:
                                            **fields)))
 
     async def flush(self) -> int:
-        """Write every queued event now (one multi-row INSERT per batch); how many."""
+        """Write every queued event now (one COPY or multi-row INSERT per batch); how many."""
         async with self._flushing:
             written = 0
             while self._queue:
@@ -140,7 +142,7 @@ class AuditLog:
                          for _ in range(min(len(self._queue), 1000))]
                 try:
                     async with self._engine.begin() as conn:
-                        await conn.execute(insert(audit_events), batch)
+                        await _write(conn, batch)
                 except Exception as exc:
                     # Keep them for the next try (oldest first), within the bound. One
                     # line when writing stops working, not one per retry of an outage.
@@ -236,3 +238,18 @@ def _decode_event_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     if at.tzinfo is None:
         raise InvalidCursor()
     return at, event_id
+
+
+_COLUMNS = tuple(column.name for column in audit_events.columns)
+
+
+async def _write(conn: AsyncConnection, batch: list[dict[str, Any]]) -> None:
+    """One batch in one statement: PostgreSQL's COPY (about half the work of a multi-row
+    INSERT on both sides, and every refresh queues an event), else that INSERT."""
+    if conn.dialect.name != "postgresql":
+        await conn.execute(insert(audit_events), batch)
+        return
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    records = [tuple(json.dumps(row[name]) if name == "details" else row[name]
+                     for name in _COLUMNS) for row in batch]
+    await driver.copy_records_to_table(audit_events.name, records=records, columns=_COLUMNS)

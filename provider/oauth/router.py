@@ -16,7 +16,7 @@ from provider.deps import (
     request_context,
 )
 from provider.logs import note_client
-from provider.metrics import TOKENS_ISSUED
+from provider.metrics import count_tokens_issued
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
     NO_STORE,
@@ -110,7 +110,7 @@ async def token(request: Request) -> Response:
         raise UnauthorizedClient()
     token_request = TokenRequest(form, address, request.headers.get("user-agent"))
     body = await grant.exchange(services, token_request, auth.client)
-    TOKENS_ISSUED.labels(grant_type).inc()
+    count_tokens_issued(grant_type)
     return JSONResponse(body, headers=NO_STORE)
 
 
