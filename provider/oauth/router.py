@@ -26,7 +26,7 @@ from provider.oauth.errors import (
     UnsupportedGrantType,
 )
 from provider.oauth.form import FORM_TYPE, read_form
-from provider.oauth.grants import GRANT_TYPES, GRANTS
+from provider.oauth.grants import CLIENT_GRANT_TYPE, GRANT_TYPES, GRANTS
 from provider.oauth.grants.base import TokenRequest, require
 from provider.oauth.introspection import introspect
 from provider.oauth.metadata import authorization_server_metadata
@@ -106,7 +106,7 @@ async def token(request: Request) -> Response:
     note_client(auth.client.client_id)
     if grant is None:
         raise UnsupportedGrantType()
-    if grant_type not in auth.client.grant_types:
+    if CLIENT_GRANT_TYPE[grant_type] not in auth.client.grant_types:
         raise UnauthorizedClient()
     token_request = TokenRequest(form, address, request.headers.get("user-agent"))
     body = await grant.exchange(services, token_request, auth.client)
