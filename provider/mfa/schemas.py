@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from provider.users.schemas import Code
 
 
 class TotpEnrolment(BaseModel):
@@ -18,7 +17,8 @@ class TotpEnrolment(BaseModel):
 
 class TotpCode(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    code: str = Code
+    # Room for a recovery code typed by mistake: it gets the same invalid_code answer.
+    code: str = Field(min_length=1, max_length=64)
 
 
 class RecoveryCodes(BaseModel):
@@ -30,7 +30,7 @@ class DisableTotp(BaseModel):
     """Either a current TOTP ``code``, or the ``password`` and a ``recovery_code``."""
 
     model_config = ConfigDict(extra="forbid")
-    code: str | None = Field(default=None, min_length=1, max_length=16)
+    code: str | None = Field(default=None, min_length=1, max_length=64)
     password: str | None = Field(default=None, min_length=1, max_length=4096)
     # As typed: 16 characters, maybe grouped with dashes or spaces.
     recovery_code: str | None = Field(default=None, min_length=1, max_length=64)

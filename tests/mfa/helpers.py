@@ -40,9 +40,11 @@ def code_at(secret: str, instant: datetime) -> str:
 
 
 def freeze_in_a_step(clock: TestClock, seconds_into_step: int = 5) -> datetime:
-    """Stop the test clock ``seconds_into_step`` into the current 30 s step."""
+    """Stop the test clock ``seconds_into_step`` into the previous 30 s step (always in
+    the past, so that what the CLI or another process does with the real time comes
+    later)."""
     now = int(time.time())
-    at = datetime.fromtimestamp(now - now % 30 + seconds_into_step, UTC)
+    at = datetime.fromtimestamp(now - now % 30 - 30 + seconds_into_step, UTC)
     clock.freeze(at)
     return at
 

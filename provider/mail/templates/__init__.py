@@ -141,7 +141,7 @@ def mfa_reset(to: str, *, product: str = "provider") -> Message:
     return _render(
         "mfa_reset",
         to,
-        subject=f"An administrator turned off two-step verification for your {product} account",
+        subject=f"Your {product} two-step verification was reset by an administrator",
         product=product,
     )
 
