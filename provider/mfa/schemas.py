@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-
 class TotpEnrolment(BaseModel):
     """A pending TOTP secret: add it to an authenticator app, then confirm with a code."""
 

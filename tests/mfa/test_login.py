@@ -348,3 +348,17 @@ async def test_discovery_lists_the_mfa_otp_grant(client: httpx.AsyncClient) -> N
     for path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
         document = (await client.get(path)).json()
         assert MFA_OTP in document["grant_types_supported"]
+
+
+async def test_openapi_documents_otp_mfa_token_and_the_403(client: httpx.AsyncClient) -> None:
+    """What Swagger UI's "Try it out" needs to finish an MFA sign-in."""
+    document = (await client.get("/openapi.json")).json()
+    operation = document["paths"]["/oauth/token"]["post"]
+    form = operation["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert {"otp", "mfa_token"} <= set(form["properties"])
+    assert MFA_OTP in form["properties"]["grant_type"]["enum"]
+    answer = operation["responses"]["403"]
+    assert answer["description"].startswith("mfa_required")
+    schema_name = answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert {"error", "error_description", "mfa_token"} <= set(
+        document["components"]["schemas"][schema_name]["properties"])
