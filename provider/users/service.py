@@ -13,6 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Table, bindparam, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from provider.errors import Conflict, NotFound, ValidationFailed
 from provider.mfa.models import TotpAuthenticator
@@ -105,6 +106,9 @@ async def create_user(
         await session.flush()
     except IntegrityError:  # lost a race with a concurrent registration
         raise EmailTaken() from None
+    # A new user has no second factor: known without asking (an async session cannot
+    # load the column property lazily when UserRead reads it).
+    set_committed_value(user, "mfa_enabled", False)
     return user
 
 
