@@ -32,6 +32,8 @@ from provider.errors import (
 )
 from provider.keys.service import NoSigningKey
 from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS
+from provider.mfa.router import admin_router as admin_mfa_router
+from provider.mfa.router import router as mfa_router
 from provider.middleware import HardeningMiddleware, RequestLogMiddleware
 from provider.oauth.errors import OAuthError, TemporarilyUnavailable
 from provider.oauth.grants import check_registry
@@ -91,7 +93,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     app.include_router(oauth_router)
     app.include_router(users_router)
+    app.include_router(mfa_router)
     app.include_router(admin_users_router)
+    app.include_router(admin_mfa_router)
     app.include_router(admin_clients_router)
     app.include_router(admin_audit_router)
     app.include_router(ops_router)

@@ -518,6 +518,49 @@ def users_create(
     emit(as_json, {"id": user_id, "email": normalized}, f"created user {user_id} ({normalized})")
 
 
+@users_app.command("mfa-reset")
+def users_mfa_reset(
+    email: Annotated[str, typer.Argument(help="The user's email address.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Remove a user's two-step verification (TOTP and recovery codes), e.g. after a lost
+    phone: the user is emailed and every session of theirs ends."""
+    from sqlalchemy import select
+
+    from provider.mail import MailError, make_sender
+    from provider.mail import templates as mail
+    from provider.mfa.service import remove_mfa
+    from provider.tokens.revocation import end_user_sessions
+    from provider.users.accounts import PRODUCT
+    from provider.users.models import User
+    from provider.users.service import UserNotFound, normalize_email
+
+    current = settings()
+
+    async def work(session: AsyncSession) -> tuple[str, str, bool]:
+        user = await session.scalar(select(User).where(User.email == normalize_email(email)))
+        if user is None:
+            raise UserNotFound(f"no user with the email address {email}")
+        conn = await session.connection()
+        was_enabled = await remove_mfa(conn, user.id)
+        if was_enabled:
+            await end_user_sessions(conn, user.id, now=SystemClock().now())
+        audit_in(session, EventType.MFA_RESET, subject_user_id=user.id,
+                 details={"mfa_enabled": was_enabled})
+        return str(user.id), user.email, was_enabled
+
+    user_id, address, was_enabled = in_session(work)
+    if was_enabled:
+        # After the commit, like every mail: a failed mail does not undo the reset.
+        try:
+            asyncio.run(make_sender(current).send(mail.mfa_reset(address, product=PRODUCT)))
+        except MailError as exc:
+            typer.echo(f"warning: the user could not be emailed: {exc}", err=True)
+    emit(as_json, {"id": user_id, "email": address, "mfa_was_enabled": was_enabled},
+         f"two-step verification removed for {address}; every session ended" if was_enabled
+         else f"{address} had no two-step verification; nothing changed")
+
+
 # --- purge ------------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 Dead rows: login sessions past their absolute expiry, or revoked longer ago than an
 access token lives (so none of their tokens can still be live), with their refresh
-tokens; used or expired email codes; expired denylist entries; audit events past
+tokens; used or expired email codes and mfa_tokens; expired denylist entries; audit events past
 PROVIDER_AUDIT_RETENTION. Each statement deletes at most ``batch_size`` rows in a short
 transaction of its own, so the token path never waits long on a purge. On PostgreSQL
 one process at a time purges (a session-level advisory lock); on SQLite, writers are
@@ -26,6 +26,7 @@ from provider.audit.models import AuditEvent
 from provider.clock import Clock
 from provider.codes.models import EmailCode
 from provider.db import is_sqlite
+from provider.mfa.models import MfaToken
 from provider.settings import Settings
 from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
 
@@ -35,10 +36,11 @@ ls = cast(Table, LoginSession.__table__)
 rt = cast(Table, RefreshToken.__table__)
 codes = cast(Table, EmailCode.__table__)
 denylist = cast(Table, RevokedAccessToken.__table__)
+mfa_tokens = cast(Table, MfaToken.__table__)
 audit = cast(Table, AuditEvent.__table__)
 
-TABLES = ("login_sessions", "refresh_tokens", "email_codes", "revoked_access_tokens",
-          "audit_events")
+TABLES = ("login_sessions", "refresh_tokens", "email_codes", "mfa_tokens",
+          "revoked_access_tokens", "audit_events")
 # pg_try_advisory_lock key: "prvpurge" as a big-endian int8.
 LOCK_KEY = int.from_bytes(b"prvpurge", "big")
 
@@ -81,6 +83,10 @@ def dead_codes(c: Cutoffs) -> ColumnElement[bool]:
     return or_(codes.c.used_at.is_not(None), codes.c.expires_at <= c.now)
 
 
+def dead_mfa_tokens(c: Cutoffs) -> ColumnElement[bool]:
+    return or_(mfa_tokens.c.used_at.is_not(None), mfa_tokens.c.expires_at <= c.now)
+
+
 def dead_denials(c: Cutoffs) -> ColumnElement[bool]:
     return denylist.c.expires_at <= c.now
 
@@ -112,6 +118,7 @@ class Purger:
             await self._delete_sessions(cutoffs, report)
             for table, key, condition in (
                 ("email_codes", codes.c.id, dead_codes(cutoffs)),
+                ("mfa_tokens", mfa_tokens.c.id, dead_mfa_tokens(cutoffs)),
                 ("revoked_access_tokens", denylist.c.jti, dead_denials(cutoffs)),
                 ("audit_events", audit.c.id, old_events(cutoffs)),
             ):
@@ -183,6 +190,8 @@ class Purger:
             "refresh_tokens": select(func.count()).select_from(rt)
             .where(rt.c.session_id.in_(sessions)),
             "email_codes": select(func.count()).select_from(codes).where(dead_codes(cutoffs)),
+            "mfa_tokens": select(func.count()).select_from(mfa_tokens)
+            .where(dead_mfa_tokens(cutoffs)),
             "revoked_access_tokens": select(func.count()).select_from(denylist)
             .where(dead_denials(cutoffs)),
             "audit_events": select(func.count()).select_from(audit).where(old_events(cutoffs)),

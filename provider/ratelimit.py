@@ -129,6 +129,7 @@ class ThrottleConfig:
     client_auth_address: str = ""
     code_account: str = ""
     code_address: str = ""
+    mfa_account: str = ""
 
 
 class Throttles:
@@ -168,6 +169,8 @@ class Throttles:
         # Email-code submissions per client address; wrong codes per account.
         self.code_account = Throttle(self, "code-account", config.code_account)
         self.code_address = Throttle(self, "code-address", config.code_address)
+        # Wrong second-factor codes per user (provider.mfa.service).
+        self.mfa_account = Throttle(self, "mfa-account", config.mfa_account)
 
     # --- the operations ------------------------------------------------------------------
 

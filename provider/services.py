@@ -20,11 +20,12 @@ from provider.db import (
 from provider.keys.service import KeyRing
 from provider.keys.store import KeyStore, load_secret_key
 from provider.mail import make_sender
+from provider.mfa.service import Mfa
 from provider.passwords import PasswordHasher
 from provider.ratelimit import ThrottleConfig, Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import JwtService
-from provider.users.accounts import Accounts
+from provider.users.accounts import PRODUCT, Accounts
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Services:
     accounts: Accounts
     readiness: ReadinessProbe
     audit: AuditLog
+    mfa: Mfa
 
 
 # /readyz answers within this, whatever the database does (DESIGN.md: 503 within 2 s).
@@ -78,7 +80,10 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
                     clock=clock, keys=keys, jwt=jwt, hasher=hasher,
                     clients=ClientCache(single), throttles=throttles, accounts=accounts,
                     readiness=ReadinessProbe(engine, READINESS_DEADLINE_S),
-                    audit=AuditLog(single, clock))
+                    audit=AuditLog(single, clock),
+                    mfa=Mfa(server_secret=secret, issuer_name=PRODUCT,
+                            mfa_token_ttl=settings.mfa_token_ttl,
+                            throttle=throttles.mfa_account))
 
 
 def throttle_config(settings: Settings) -> ThrottleConfig:
@@ -91,4 +96,5 @@ def throttle_config(settings: Settings) -> ThrottleConfig:
         client_auth_address=settings.client_auth_throttle_address,
         code_account=settings.code_throttle_account,
         code_address=settings.code_throttle_address,
+        mfa_account=settings.mfa_throttle_account,
     )

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # reset (NIST SP 800-63B §3.2.2).
     code_throttle_address: str = "10 per minute; 50 per hour"
     code_throttle_account: str = "5 per minute; 10 per 2 minutes"
+    # Wrong second-factor codes (TOTP or recovery) per user, across mfa_tokens and
+    # requests: growing waits (RFC 4226 §7.3, NIST SP 800-63B §3.2.2). A right code gives
+    # its own slot back and clears nothing else; a password reset or change clears it.
+    mfa_throttle_account: str = "5 per minute; 20 per hour; 50 per day"
     # Bound on every call to the rate-limit storage (Redis connect and reads): past it
     # a throttled request answers 503, never hangs.
     redis_timeout: timedelta = timedelta(seconds=2)

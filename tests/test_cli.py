@@ -158,7 +158,8 @@ def test_every_command_has_help() -> None:
     # --help is checked below.
     paths = all_command_paths()
     assert ["keys", "import"] in paths and ["clients", "ensure-dev"] in paths
-    assert len(paths) == 18
+    assert ["users", "mfa-reset"] in paths
+    assert len(paths) == 19
     runner = CliRunner()
     for path in paths:
         result = runner.invoke(app, [*path, "--help"])

@@ -240,3 +240,38 @@ def test_login_sessions_revision_moves_families_into_sessions_and_back(fresh_url
     revoked = inspect_db(fresh_url, lambda c: c.execute(
         select(t.c.id).where(t.c.revoked_at.is_not(None))).scalars().all())
     assert revoked == [OLD_TOKENS[3]]
+
+
+MFA_REVISION = "55588a072e1c"
+MFA_TABLES = {"totp_authenticators", "recovery_codes", "mfa_tokens"}
+
+
+def test_mfa_revision_adds_its_tables_and_keeps_users(fresh_url: str) -> None:
+    """Issue 8's revision only adds tables: users from before it are untouched (and have
+    no second factor); its downgrade drops exactly those tables."""
+    config = config_for(fresh_url)
+    command.upgrade(config, "ab0d1b37df9a")  # the revision before MFA
+    inspect_db(fresh_url, lambda c: (c.execute(insert(_old_users).values(
+        id=OLD_USER, email="old@example.com", profile={}, is_active=True, is_verified=True,
+        is_admin=False, created_at=AT, updated_at=AT)), c.commit()))
+    assert not MFA_TABLES & inspect_db(fresh_url, table_names)
+
+    command.upgrade(config, MFA_REVISION)
+    assert MFA_TABLES <= inspect_db(fresh_url, table_names)
+    columns = inspect_db(fresh_url, lambda c: {
+        name: {col["name"] for col in inspect(c).get_columns(name)} for name in MFA_TABLES})
+    assert columns["totp_authenticators"] == {"user_id", "secret_encrypted", "created_at",
+                                              "confirmed_at", "last_used_step"}
+    assert columns["recovery_codes"] == {"id", "user_id", "code_hash", "created_at",
+                                         "used_at"}
+    assert columns["mfa_tokens"] == {"id", "token_hash", "user_id", "client_id", "scope",
+                                     "session_epoch", "created_at", "expires_at",
+                                     "attempts", "used_at"}
+    emails = inspect_db(fresh_url, lambda c: c.execute(
+        select(_old_users.c.email)).scalars().all())
+    assert emails == ["old@example.com"]
+
+    command.downgrade(config, "ab0d1b37df9a")
+    assert not MFA_TABLES & inspect_db(fresh_url, table_names)
+    assert inspect_db(fresh_url, lambda c: c.execute(
+        select(_old_users.c.email)).scalars().all()) == ["old@example.com"]

@@ -25,6 +25,7 @@ from provider.app import create_app
 from provider.audit.models import AuditEvent
 from provider.audit.service import EventType, event_row
 from provider.codes.models import EmailCode
+from provider.mfa.models import MfaToken
 from provider.purge import TABLES
 from provider.services import Services, build_services
 from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
@@ -35,8 +36,9 @@ from tests.pgserver import create_database, drop_database
 from tests.test_cli import COMMAND, Cli
 
 NOTHING = dict.fromkeys(TABLES, 0)
-# What seed() makes dead: 2 sessions with 3 refresh tokens, 2 codes, 1 denial, 1 event.
-DEAD = {"login_sessions": 2, "refresh_tokens": 3, "email_codes": 2,
+# What seed() makes dead: 2 sessions with 3 refresh tokens, 2 codes, 2 mfa_tokens,
+# 1 denial, 1 event.
+DEAD = {"login_sessions": 2, "refresh_tokens": 3, "email_codes": 2, "mfa_tokens": 2,
         "revoked_access_tokens": 1, "audit_events": 1}
 WAIT_S = 30.0
 BASE_URL = "http://127.0.0.1:8000"
@@ -124,6 +126,18 @@ async def seed(services: Services) -> World:
                 "failed_attempts": 0, "created_at": now - 2 * minute,
                 "expires_at": expires_at, "used_at": used_at,
             })
+        mfa_ids = {state: uuid.uuid4() for state in ("used", "expired", "live")}
+        for state, (expires_at, used_at) in {
+            "used": (now + minute, now - minute),
+            "expired": (now - minute, None),
+            "live": (now + minute, None),
+        }.items():
+            await conn.execute(insert(MfaToken), {
+                "id": mfa_ids[state], "token_hash": secrets.token_bytes(32),
+                "user_id": user_id, "client_id": oauth.client_id, "scope": "openid",
+                "session_epoch": 0, "created_at": now - 2 * minute, "expires_at": expires_at,
+                "attempts": 0, "used_at": used_at,
+            })
         denials = {"dead": f"dead-{uuid.uuid4()}", "live": f"live-{uuid.uuid4()}"}
         await conn.execute(insert(RevokedAccessToken), [
             {"jti": denials["dead"], "expires_at": now - minute},
@@ -139,6 +153,7 @@ async def seed(services: Services) -> World:
             "login_sessions": {session_ids["live"], session_ids["recently_revoked"]},
             "refresh_tokens": {*tokens["live"], *tokens["recently_revoked"]},
             "email_codes": {code_ids["live"]},
+            "mfa_tokens": {mfa_ids["live"]},
             "revoked_access_tokens": {denials["live"]},
             "audit_events": {events["two_days"]["id"]},
         },
@@ -146,6 +161,7 @@ async def seed(services: Services) -> World:
             "login_sessions": {session_ids["expired"], session_ids["revoked"]},
             "refresh_tokens": {*tokens["expired"], *tokens["revoked"]},
             "email_codes": {code_ids["used"], code_ids["expired"]},
+            "mfa_tokens": {mfa_ids["used"], mfa_ids["expired"]},
             "revoked_access_tokens": {denials["dead"]},
             "audit_events": {events["old"]["id"]},
         },
@@ -153,7 +169,8 @@ async def seed(services: Services) -> World:
 
 
 KEYS = {"login_sessions": LoginSession.id, "refresh_tokens": RefreshToken.id,
-        "email_codes": EmailCode.id, "revoked_access_tokens": RevokedAccessToken.jti,
+        "email_codes": EmailCode.id, "mfa_tokens": MfaToken.id,
+        "revoked_access_tokens": RevokedAccessToken.jti,
         "audit_events": AuditEvent.id}
 
 

@@ -64,6 +64,11 @@ class EventType(enum.StrEnum):
     KEY_IMPORTED = "key.imported"
     KEY_ACTIVATED = "key.activated"
     KEY_RETIRED = "key.retired"
+    MFA_REQUIRED = "mfa.required"
+    MFA_ENABLED = "mfa.enabled"
+    MFA_DISABLED = "mfa.disabled"
+    MFA_RECOVERY_CODES_REGENERATED = "mfa.recovery_codes_regenerated"
+    MFA_RESET = "mfa.reset"
 
 
 class Outcome(enum.StrEnum):

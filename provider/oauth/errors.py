@@ -79,6 +79,18 @@ class InvalidScope(OAuthError):
 
 
 
+class MfaRequired(OAuthError):
+    """The password was right and the user has a second factor: 403 with an mfa_token to
+    finish with (Auth0's convention; DESIGN.md, README "Two-step verification")."""
+
+    error = "mfa_required"
+    status = 403
+    description = "Multi-factor authentication is required: send a one-time code."
+
+    def __init__(self, mfa_token: str) -> None:
+        super().__init__(mfa_token=mfa_token)
+
+
 class SlowDown(OAuthError):
     """Login throttling: 429 with Retry-After (never a permanent lockout)."""
 

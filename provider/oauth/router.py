@@ -26,13 +26,14 @@ from provider.oauth.errors import (
     UnsupportedGrantType,
 )
 from provider.oauth.form import FORM_TYPE, read_form
-from provider.oauth.grants import GRANT_TYPES, GRANTS
+from provider.oauth.grants import CLIENT_GRANT_TYPE, GRANT_TYPES, GRANTS
 from provider.oauth.grants.base import TokenRequest, require
 from provider.oauth.introspection import introspect
 from provider.oauth.metadata import authorization_server_metadata
 from provider.oauth.revocation import revoke
 from provider.oauth.schemas import (
     IntrospectionResponse,
+    MfaRequiredBody,
     TokenResponse,
     UserInfo,
 )
@@ -67,6 +68,12 @@ TOKEN_FORM = _form_body(
         "username": {**_string, "description": "email or username (password grant)"},
         "password": {**_string, "format": "password"},
         "refresh_token": _string,
+        "otp": {**_string, "description": (
+            "password grant of a user with two-step verification, or mfa-otp grant: the "
+            "6-digit code of the authenticator app, or a recovery code")},
+        "mfa_token": {**_string, "description": (
+            "mfa-otp grant: the mfa_token of the password grant's 403 mfa_required "
+            "answer (5 minutes, single use, this client and scope only)")},
         "scope": {**_string, "description": "space-separated scopes"},
         "client_id": {**_string, "description": "client_secret_post or public clients"},
         "client_secret": {**_string, "format": "password"},
@@ -87,9 +94,21 @@ TOKEN_ARG_FORM = _form_body(
 @router.post(
     "/oauth/token",
     summary=f"Issue tokens ({', '.join(GRANT_TYPES)})",
+    description=(
+        "**Two-step verification.** For a user with TOTP, `grant_type=password` without "
+        "`otp` answers **403** `mfa_required` with an `mfa_token` (only after the right "
+        "password). Finish with the same password request plus `otp`, or with "
+        "`grant_type=urn:provider:params:oauth:grant-type:mfa-otp`, `mfa_token` and `otp`, "
+        "from the same client. `otp` is the app's current code or a recovery code (used "
+        "up). An mfa_token lives 5 minutes, is used once, takes 5 codes at most; wrong "
+        "codes also count per user (429 `slow_down` with `Retry-After`)."
+    ),
     response_model=TokenResponse,
     response_model_exclude_none=True,
-    responses=oauth_errors(400, 401, 429, 503),
+    responses={**oauth_errors(400, 401, 429, 503),
+               403: {"model": MfaRequiredBody,
+                     "description": "mfa_required: the password was right; finish with otp "
+                                    "(or the mfa-otp grant and this mfa_token)"}},
     openapi_extra=TOKEN_FORM,
 )
 async def token(request: Request) -> Response:
@@ -106,7 +125,7 @@ async def token(request: Request) -> Response:
     note_client(auth.client.client_id)
     if grant is None:
         raise UnsupportedGrantType()
-    if grant_type not in auth.client.grant_types:
+    if CLIENT_GRANT_TYPE[grant_type] not in auth.client.grant_types:
         raise UnauthorizedClient()
     token_request = TokenRequest(form, address, request.headers.get("user-agent"))
     body = await grant.exchange(services, token_request, auth.client)

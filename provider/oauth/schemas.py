@@ -19,6 +19,13 @@ class OAuthErrorBody(BaseModel):
     error_description: str | None = None
 
 
+class MfaRequiredBody(OAuthErrorBody):
+    """403 of the password grant for a user with TOTP: the password was right."""
+
+    error: str = "mfa_required"
+    mfa_token: str
+
+
 
 class IntrospectionResponse(BaseModel):
     model_config = ConfigDict(extra="allow")

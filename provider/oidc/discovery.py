@@ -8,7 +8,7 @@ from provider.oauth.metadata import authorization_server_metadata
 from provider.settings import Settings
 
 CLAIMS_SUPPORTED = [
-    "sub", "iss", "aud", "exp", "iat", "auth_time", "sid", "azp", "jti",
+    "sub", "iss", "aud", "exp", "iat", "auth_time", "amr", "sid", "azp", "jti",
     "email", "email_verified", "preferred_username", "name", "given_name", "family_name",
 ]
 

@@ -64,6 +64,7 @@ class JwtService:
         ttl: timedelta,
         sid: str | None = None,
         auth_time: datetime | None = None,
+        amr: tuple[str, ...] | None = None,
     ) -> tuple[str, str]:
         """Return (token, jti)."""
         iat = int(now.timestamp())
@@ -82,6 +83,8 @@ class JwtService:
             claims["sid"] = sid
         if auth_time is not None:
             claims["auth_time"] = int(auth_time.timestamp())
+        if amr:
+            claims["amr"] = list(amr)  # RFC 8176 (RFC 9068 §2.2.1)
         return self._sign(claims, ACCESS_TOKEN_TYP), jti
 
     def issue_id_token(
@@ -93,6 +96,7 @@ class JwtService:
         ttl: timedelta,
         auth_time: datetime,
         sid: str | None = None,
+        amr: tuple[str, ...] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> str:
         iat = int(now.timestamp())
@@ -108,6 +112,8 @@ class JwtService:
         }
         if sid is not None:
             claims["sid"] = sid
+        if amr:
+            claims["amr"] = list(amr)  # OIDC Core §2, RFC 8176
         claims.update(extra or {})
         return self._sign(claims, ID_TOKEN_TYP)
 

@@ -29,6 +29,7 @@ from provider.errors import ProviderError, TooManyRequests
 from provider.mail import MailError, MailSender, Message
 from provider.mail import templates as mail
 from provider.metrics import MAIL_FAILURES
+from provider.mfa.service import remove_mfa
 from provider.passwords import PasswordHasher, check_password_policy
 from provider.ratelimit import Throttled, Throttles, ThrottleUnavailable
 from provider.settings import Settings
@@ -281,6 +282,9 @@ class Accounts:
         await self.throttles.login_account.clear(user.email)
         if user.username:
             await self.throttles.login_account.clear(user.username)
+        # Whoever guessed second-factor codes had the old password; the owner starts
+        # afresh (the second factor stays: ASVS 6.4.3).
+        await self.throttles.mfa_account.clear(str(user.id))
         mailbox.send(mail.password_changed(user.email, product=PRODUCT))
         return user.id
 
@@ -301,6 +305,7 @@ class Accounts:
         # Every other session ends; the caller's own stays (ASVS 7.4.3).
         await end_user_sessions(await session.connection(), user.id, now=now,
                                 keep=keep_session)
+        await self.throttles.mfa_account.clear(str(user.id))
         mailbox.send(mail.password_changed(user.email, product=PRODUCT))
 
     async def update_profile(
@@ -388,10 +393,16 @@ class Accounts:
         user.profile = {}
         user.updated_at = now
         await session.flush()
+        # No credential survives the account: its second factor goes too.
+        await remove_mfa(await session.connection(), user.id)
         await end_user_sessions(await session.connection(), user.id, now=now)
         mailbox.send(mail.account_deleted(old_email, product=PRODUCT))
 
     # --- helpers ----------------------------------------------------------------------
+
+    async def check_password(self, user: User, password: str) -> None:
+        """Re-authentication for a sensitive change elsewhere (turning MFA off)."""
+        await self._check_password(user, password)
 
     async def _check_password(self, user: User, password: str) -> None:
         """Re-authentication for sensitive changes, throttled like a login: a stolen

@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Index, Integer, String, Uuid
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, Boolean, Index, Integer, String, Uuid, exists
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from provider.db import Base
+from provider.mfa.models import TotpAuthenticator
 
 
 class User(Base):
@@ -30,6 +31,14 @@ class User(Base):
     # deletion): a session signed in under an older epoch is dead, also one whose sign-in
     # was still in flight when the revocation answered.
     session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Whether an active (confirmed) TOTP authenticator exists: read with the user, never
+    # stored twice. Not expired by a flush of the user (an async session cannot lazy-load
+    # it back); a request that changes MFA answers from what it did, not from this.
+    mfa_enabled: Mapped[bool] = column_property(
+        exists().where(TotpAuthenticator.user_id == id,
+                       TotpAuthenticator.confirmed_at.is_not(None)),
+        expire_on_flush=False,
+    )
 
     # The admin list pages through users in (created_at, id) order.
     __table_args__ = (Index("ix_users_created_at_id", "created_at", "id"),)

@@ -10,17 +10,20 @@ from datetime import datetime
 from typing import Any, cast
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from provider.errors import Conflict, NotFound, ValidationFailed
+from provider.mfa.models import TotpAuthenticator
 from provider.pagination import InvalidCursor, decode_cursor, encode_cursor
 from provider.passwords import PasswordHasher, check_password_policy
 from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
 
 users = cast(Table, User.__table__)
+_totp = cast(Table, TotpAuthenticator.__table__)
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
 
 
@@ -103,6 +106,9 @@ async def create_user(
         await session.flush()
     except IntegrityError:  # lost a race with a concurrent registration
         raise EmailTaken() from None
+    # A new user has no second factor: known without asking (an async session cannot
+    # load the column property lazily when UserRead reads it).
+    set_committed_value(user, "mfa_enabled", False)
     return user
 
 
@@ -143,6 +149,8 @@ class LoginCandidate:
     # Read with the password hash: a session started from these credentials dies when
     # the user's sessions are ended after this read (provider.tokens.revocation).
     session_epoch: int
+    # An active TOTP authenticator: the password alone signs nobody in.
+    has_mfa: bool
 
 
 async def find_login_candidate(conn: AsyncConnection, identifier: str) -> LoginCandidate | None:
@@ -158,7 +166,9 @@ async def find_login_candidate(conn: AsyncConnection, identifier: str) -> LoginC
 # Built once (the password grant's hot path): see provider/tokens/refresh.py.
 _LOGIN_COLUMNS = (users.c.id, users.c.email, users.c.username, users.c.password_hash,
                   users.c.is_active, users.c.is_verified, users.c.is_admin,
-                  users.c.session_epoch)
+                  users.c.session_epoch,
+                  exists().where(_totp.c.user_id == users.c.id,
+                                 _totp.c.confirmed_at.is_not(None)).label("has_mfa"))
 _LOGIN_BY_EMAIL = select(*_LOGIN_COLUMNS).where(users.c.email == bindparam("identifier"))
 _LOGIN_BY_USERNAME = select(*_LOGIN_COLUMNS).where(users.c.username == bindparam("identifier"))
 

@@ -398,6 +398,8 @@ ALL_TEMPLATES: list[tuple[Callable[..., Message], dict[str, Any]]] = [
     (templates.account_deleted, {}),
     (templates.mfa_changed, {"enabled": True}),
     (templates.mfa_changed, {"enabled": False}),
+    (templates.recovery_codes_regenerated, {}),
+    (templates.mfa_reset, {}),
 ]
 
 

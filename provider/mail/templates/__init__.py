@@ -19,8 +19,10 @@ __all__ = [
     "email_change_code",
     "email_change_notice",
     "mfa_changed",
+    "mfa_reset",
     "password_changed",
     "password_reset_code",
+    "recovery_codes_regenerated",
     "registration_attempt",
     "verification_code",
 ]
@@ -121,6 +123,25 @@ def mfa_changed(to: str, *, enabled: bool, product: str = "provider") -> Message
         "mfa_enabled" if enabled else "mfa_disabled",
         to,
         subject=f"Two-step verification was turned {state} for your {product} account",
+        product=product,
+    )
+
+
+def recovery_codes_regenerated(to: str, *, product: str = "provider") -> Message:
+    return _render(
+        "recovery_codes_regenerated",
+        to,
+        subject=f"New recovery codes for your {product} account",
+        product=product,
+    )
+
+
+def mfa_reset(to: str, *, product: str = "provider") -> Message:
+    """Sent when an administrator (API or CLI) removed the account's two-step verification."""
+    return _render(
+        "mfa_reset",
+        to,
+        subject=f"Your {product} two-step verification was reset by an administrator",
         product=product,
     )
 

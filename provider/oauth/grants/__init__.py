@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 from provider.oauth.grants.base import Grant
 from provider.oauth.grants.client_credentials import ClientCredentialsGrant
+from provider.oauth.grants.mfa_otp import MfaOtpGrant
 from provider.oauth.grants.password import PasswordGrant
 from provider.oauth.grants.refresh_token import RefreshTokenGrant
 
@@ -16,13 +17,27 @@ _REGISTERED: tuple[Grant, ...] = (
     PasswordGrant(),
     RefreshTokenGrant(),
     ClientCredentialsGrant(),
+    MfaOtpGrant(),
 )
 
 GRANTS: Mapping[str, Grant] = MappingProxyType({g.grant_type: g for g in _REGISTERED})
 GRANT_TYPES: tuple[str, ...] = tuple(GRANTS)
-# Grant type -> whether a public client may be allowed it (provider.clients.service).
+
+
+def _client_grant_type(grant: Grant) -> str:
+    """The grant type a client must be allowed to use ``grant``: its own, unless the
+    grant only finishes what another one started (mfa-otp finishes a password sign-in)."""
+    return str(getattr(grant, "client_grant_type", grant.grant_type))
+
+
+# Grant type -> the grant type a client must have been given to use it (router.py).
+CLIENT_GRANT_TYPE: Mapping[str, str] = MappingProxyType(
+    {g.grant_type: _client_grant_type(g) for g in _REGISTERED})
+# Grant type -> whether a public client may be allowed it (provider.clients.service):
+# the grant types that can be given to a client.
 CLIENT_GRANT_RULES: Mapping[str, bool] = MappingProxyType(
-    {g.grant_type: g.allows_public_clients for g in _REGISTERED})
+    {g.grant_type: g.allows_public_clients for g in _REGISTERED
+     if _client_grant_type(g) == g.grant_type})
 
 
 def check_registry() -> None:
@@ -35,6 +50,9 @@ def check_registry() -> None:
             raise RuntimeError(f"{type(grant).__name__} is not a Grant")
         if not isinstance(getattr(grant, "allows_public_clients", None), bool):
             raise RuntimeError(f"{type(grant).__name__} lacks allows_public_clients")
+        if CLIENT_GRANT_TYPE[grant.grant_type] not in CLIENT_GRANT_RULES:
+            raise RuntimeError(f"{type(grant).__name__} depends on an unregistered grant")
 
 
-__all__ = ["CLIENT_GRANT_RULES", "GRANTS", "GRANT_TYPES", "Grant", "check_registry"]
+__all__ = ["CLIENT_GRANT_RULES", "CLIENT_GRANT_TYPE", "GRANTS", "GRANT_TYPES", "Grant",
+           "check_registry"]

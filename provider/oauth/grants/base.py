@@ -71,6 +71,7 @@ def token_response(
     access_token, _ = services.jwt.issue_access_token(
         sub=sub, client_id=client_id, scope=scope, now=now, ttl=settings.access_token_ttl,
         sid=sid, auth_time=session.auth_time if session else None,
+        amr=session.amr if session else None,
     )
     body: TokenResponse = {
         "access_token": access_token,
@@ -83,7 +84,7 @@ def token_response(
     if session is not None and OPENID in scope.split():
         body["id_token"] = services.jwt.issue_id_token(
             sub=sub, client_id=client_id, now=now, ttl=settings.id_token_ttl,
-            auth_time=session.auth_time, sid=sid,
+            auth_time=session.auth_time, sid=sid, amr=session.amr,
         )
     # Queued, not written here: no round trip on the token path (provider.audit.service).
     services.audit.record(

@@ -1,7 +1,11 @@
 """RFC 6749 §4.3: resource owner password credentials, for first-party clients only.
 
 Unknown user, wrong password and disabled account give one answer in about the same
-time: the password is verified against a dummy hash when there is no user.
+time: the password is verified against a dummy hash when there is no user. A user with
+TOTP gets tokens only with a second factor: ``otp`` in the same request, or 403
+``mfa_required`` with an ``mfa_token`` to finish with (provider.oauth.grants.mfa_otp).
+That answer comes only after the right password: a wrong one is ``invalid_grant`` as
+always, through the same throttles.
 """
 
 from __future__ import annotations
@@ -9,24 +13,26 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, ClassVar, NoReturn
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from provider.audit.service import EventType
 from provider.audit.service import Outcome as AuditOutcome
 from provider.clients.service import ClientInfo
 from provider.metrics import LOGIN_FAILURES
-from provider.oauth.errors import InvalidGrant, SlowDown
+from provider.mfa.service import AMR, PASSWORD_AMR, CheckThrottled, Factor, WrongCode
+from provider.oauth.errors import InvalidGrant, MfaRequired, SlowDown
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
 from provider.oauth.scopes import parse_scope, resolve_scope
 from provider.passwords import MAX_PASSWORD_LENGTH
 from provider.ratelimit import Throttled
-from provider.tokens.refresh import issue_refresh_token, start_session
+from provider.tokens.refresh import Session, issue_refresh_token, start_session
 from provider.users.service import find_login_candidate, update_password_hash
 
 if TYPE_CHECKING:
     from provider.services import Services
 
 BAD_CREDENTIALS = "Invalid username or password."
-# RFC 8176: a password.
-PASSWORD_AMR = ("pwd",)
+WRONG_CODE = "The one-time code is wrong or was already used."
 
 
 class PasswordGrant:
@@ -70,27 +76,60 @@ class PasswordGrant:
 
         scope = resolve_scope(requested, client.scopes, may_admin=user.is_admin)
         now = services.clock.now()
-        settings = services.settings
-        refresh_token = None
+        if user.has_mfa:
+            otp = form.get("otp")
+            if otp is None:
+                async with services.engine.begin() as conn:
+                    if new_hash is not None:
+                        await update_password_hash(conn, user.id, new_hash, now=now)
+                    mfa_token = await services.mfa.issue_token(
+                        conn, user_id=user.id, client_id=client.client_id, scope=scope,
+                        session_epoch=user.session_epoch, now=now)
+                services.audit.record(EventType.MFA_REQUIRED, actor=client.client_id,
+                                      client_id=client.client_id, subject_user_id=user.id,
+                                      context=request.context)
+                raise MfaRequired(mfa_token)
+            return await self._with_second_factor(
+                services, request, client, user_id=user.id, scope=scope,
+                session_epoch=user.session_epoch, otp=otp, new_hash=new_hash)
+
         async with services.engine.begin() as conn:
             if new_hash is not None:
                 await update_password_hash(conn, user.id, new_hash, now=now)
             # Every sign-in is a session, refresh token or not: it is the `sid` that lets
             # a revocation reach the access token. The epoch was read with the password.
-            session = await start_session(
-                conn, user_id=user.id, client_id=client.client_id, scope=scope,
-                session_epoch=user.session_epoch, amr=PASSWORD_AMR, now=now,
-                absolute_ttl=settings.refresh_token_absolute_ttl,
-            )
-            if "refresh_token" in client.grant_types:
-                refresh_token = await issue_refresh_token(
-                    conn, session=session, now=now, idle_ttl=settings.refresh_token_ttl
-                )
-        services.audit.record(EventType.LOGIN, actor=client.client_id,
-                              client_id=client.client_id, subject_user_id=user.id,
-                              context=request.context, details={"method": "password"})
-        return token_response(services, request, sub=str(user.id), client_id=client.client_id,
-                              scope=scope, session=session, refresh_token=refresh_token)
+            session, refresh_token = await start_sign_in(
+                services, conn, client, user_id=user.id, scope=scope,
+                session_epoch=user.session_epoch, amr=PASSWORD_AMR)
+        return signed_in(services, request, client, session, refresh_token, factor=None)
+
+    async def _with_second_factor(
+        self, services: Services, request: TokenRequest, client: ClientInfo, *,
+        user_id: uuid.UUID, scope: str, session_epoch: int, otp: str, new_hash: str | None,
+    ) -> TokenResponse:
+        """The password grant with ``otp``: the code is checked and the session started
+        in one transaction; the per-user slot is reserved before the check."""
+        mfa = services.mfa
+        try:
+            await mfa.reserve(user_id)
+        except CheckThrottled as exc:
+            raise SlowDown(exc.retry_after) from None
+        now = services.clock.now()
+        try:
+            async with services.engine.begin() as conn:
+                if new_hash is not None:
+                    await update_password_hash(conn, user_id, new_hash, now=now)
+                factor = await mfa.check(conn, user_id=user_id, code=otp, now=now)
+                if factor is None:
+                    raise WrongCode()
+                session, refresh_token = await start_sign_in(
+                    services, conn, client, user_id=user_id, scope=scope,
+                    session_epoch=session_epoch, amr=AMR[factor])
+        except WrongCode:
+            # The slot stays taken: a failure.
+            wrong_second_factor(services, request, client, user_id)
+        await mfa.refund(user_id)
+        return signed_in(services, request, client, session, refresh_token, factor=factor)
 
     async def _failed(self, services: Services, request: TokenRequest, client: ClientInfo,
                       username: str, user_id: uuid.UUID | None, reason: str) -> NoReturn:
@@ -99,6 +138,46 @@ class PasswordGrant:
         _record_failure(services, request, client, user_id, reason)
         LOGIN_FAILURES.inc()
         raise InvalidGrant(BAD_CREDENTIALS)
+
+
+async def start_sign_in(
+    services: Services, conn: AsyncConnection, client: ClientInfo, *, user_id: uuid.UUID,
+    scope: str, session_epoch: int, amr: tuple[str, ...],
+) -> tuple[Session, str | None]:
+    """Record the sign-in's session (``amr`` and ``auth_time``, RFC 8176 / OIDC) and its
+    first refresh token when the client may refresh."""
+    settings = services.settings
+    now = services.clock.now()
+    session = await start_session(
+        conn, user_id=user_id, client_id=client.client_id, scope=scope,
+        session_epoch=session_epoch, amr=amr, now=now,
+        absolute_ttl=settings.refresh_token_absolute_ttl,
+    )
+    refresh_token = None
+    if "refresh_token" in client.grant_types:
+        refresh_token = await issue_refresh_token(
+            conn, session=session, now=now, idle_ttl=settings.refresh_token_ttl)
+    return session, refresh_token
+
+
+def signed_in(services: Services, request: TokenRequest, client: ClientInfo,
+              session: Session, refresh_token: str | None, *,
+              factor: Factor | None) -> TokenResponse:
+    details = {"method": "password"}
+    if factor is not None:
+        details["mfa"] = factor.value
+    services.audit.record(EventType.LOGIN, actor=client.client_id,
+                          client_id=client.client_id, subject_user_id=session.user_id,
+                          context=request.context, details=details)
+    return token_response(services, request, sub=str(session.user_id),
+                          client_id=client.client_id, scope=session.scope, session=session,
+                          refresh_token=refresh_token)
+
+
+def wrong_second_factor(services: Services, request: TokenRequest, client: ClientInfo,
+                        user_id: uuid.UUID) -> NoReturn:
+    _record_failure(services, request, client, user_id, "wrong_otp")
+    raise InvalidGrant(WRONG_CODE)
 
 
 def _record_failure(services: Services, request: TokenRequest, client: ClientInfo,
