@@ -7,7 +7,7 @@ every live session on each refresh. A partial index over revoked sessions serves
 purge and cannot serve that test.
 
 Revision ID: c3f1a7e2b9d4
-Revises: ab0d1b37df9a
+Revises: 55588a072e1c
 Create Date: 2026-11-29 23:30:00
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = 'c3f1a7e2b9d4'
-down_revision: str | None = 'ab0d1b37df9a'
+down_revision: str | None = '55588a072e1c'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
