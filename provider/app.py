@@ -31,6 +31,7 @@ from provider.errors import (
     from_http_exception,
 )
 from provider.keys.service import NoSigningKey
+from provider.keys.store import KeyStoreError
 from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS
 from provider.mfa.router import admin_router as admin_mfa_router
 from provider.mfa.router import router as mfa_router
@@ -58,12 +59,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings, clock)
         try:
+            await services.keys.refresh()
             services.keys.signing_key()
-        except NoSigningKey as exc:
+        except (NoSigningKey, KeyStoreError) as exc:
             await services.engine.dispose()
-            raise RuntimeError(f"{exc} (keys directory: {settings.keys_dir})") from None
+            raise RuntimeError(f"{exc} (key store: {services.keys.store.description})"
+                               ) from None
         app.state.services = services
         services.audit.start()
+        # Keeps the keys current (once a second) and, when configured, rotates them.
+        services.keys.start()
         purging = None
         if settings.purge_interval is not None:
             purger = Purger(services.engine, services.single, settings, services.clock)
@@ -74,6 +79,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             purging.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purging
+        await services.keys.close()
         await services.audit.close()
         await services.throttles.close()
         await services.engine.dispose()

@@ -4,9 +4,11 @@ from provider.audit.models import AuditEvent
 from provider.clients.models import Client
 from provider.codes.models import EmailCode
 from provider.db import Base
+from provider.keys.models import SigningKey, SigningKeyState
 from provider.mfa.models import MfaToken, RecoveryCode, TotpAuthenticator
 from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
 from provider.users.models import User
 
 __all__ = ["AuditEvent", "Base", "Client", "EmailCode", "LoginSession", "MfaToken",
-           "RecoveryCode", "RefreshToken", "RevokedAccessToken", "TotpAuthenticator", "User"]
+           "RecoveryCode", "RefreshToken", "RevokedAccessToken", "SigningKey",
+           "SigningKeyState", "TotpAuthenticator", "User"]

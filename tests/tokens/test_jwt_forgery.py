@@ -85,7 +85,8 @@ class Forge:
 async def forge(factory: Factory, services: Services, settings: Settings) -> Forge:
     user = await factory.user()
     oauth = await factory.client()
-    kid, key = services.keys.signing_key()
+    signer = services.keys.signing_key()
+    kid, key = signer.kid, signer.key
     assert isinstance(key, RSAKey) and key.private_key is not None
     iat = int(services.clock.now().timestamp())
     # Every user token belongs to a live session (its `sid`): the forger gets a real one.
