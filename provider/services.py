@@ -53,6 +53,14 @@ class Services:
     readiness: ReadinessProbe
     audit: AuditLog
     mfa: Mfa
+    # The JWKS answer's headers, made once: resource servers may cache it this long.
+    jwks_headers: dict[str, str]
+
+    def signing_algorithms(self) -> list[str]:
+        """What discovery advertises: the configured algorithm, then those of the other
+        published keys (during a change of algorithm both sign or verify)."""
+        published = [alg for alg in self.keys.algorithms() if alg != self.settings.signing_alg]
+        return [self.settings.signing_alg, *published]
 
 
 # /readyz answers within this, whatever the database does (DESIGN.md: 503 within 2 s).
@@ -91,7 +99,9 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
                     audit=audit,
                     mfa=Mfa(server_secret=secret, issuer_name=PRODUCT,
                             mfa_token_ttl=settings.mfa_token_ttl,
-                            throttle=throttles.mfa_account))
+                            throttle=throttles.mfa_account),
+                    jwks_headers={"Cache-Control": "public, max-age="
+                                  f"{int(settings.jwks_max_age.total_seconds())}"})
 
 
 def key_store(settings: Settings, engine: AsyncEngine, reader: AsyncEngine,

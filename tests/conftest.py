@@ -11,6 +11,7 @@ own database and every test makes its own users and clients with unique names.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -143,14 +144,25 @@ def make_settings(database_url: str, keys_dir: Path, **overrides: Any) -> Settin
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-def migrate(database_url: str) -> None:
+def migrate(database_url: str, **options: Any) -> None:
+    """Alembic upgrade head (it runs its own event loop: in a thread of its own when this
+    thread's loop is running, as in a fixture an async one asked for)."""
     from alembic import command
 
     from provider.cli import alembic_config
 
-    config = alembic_config(database_url)
+    config = alembic_config(database_url, **options)
     config.attributes["configure_logging"] = False
-    command.upgrade(config, "head")
+
+    async def upgrade() -> None:
+        await asyncio.to_thread(command.upgrade, config, "head")
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        command.upgrade(config, "head")
+        return
+    run_sync(upgrade)
 
 
 @pytest.fixture(scope="session")

@@ -186,9 +186,9 @@ class KeyRing:
                 # once, not once a second.
                 if not self._failing:
                     self._failing = True
+                    reason = (str(exc).splitlines() or [""])[0]
                     log.error("signing keys not checked (the current ones stay in use): "
-                              "%s: %s", type(exc).__name__, str(exc).splitlines()[0]
-                              if str(exc) else "")
+                              "%s: %s", type(exc).__name__, reason)
                 continue
             if self._failing:
                 self._failing = False

@@ -158,7 +158,8 @@ def _check_change(before: list[KeyRecord], change: KeyChange) -> None:
         raise AssertionError("a key change may not leave two active keys")
     known = {r.kid for r in before}
     for record in change.records:
-        if record.kid not in known and record.kid not in change.new_keys:
+        if (record.kid not in known and record.kid not in change.new_keys
+                and record.status != "retired"):
             raise AssertionError(f"new key {record.kid} comes without its key material")
 
 
@@ -419,7 +420,7 @@ class DatabaseKeyStore:
                         kid=record.kid, alg=record.alg, status=record.status,
                         created_at=record.created_at, activated_at=record.activated_at,
                         deactivated_at=record.deactivated_at,
-                        private_key_encrypted=sealed[record.kid]))
+                        private_key_encrypted=sealed.get(record.kid)))  # None: retired
                 elif previous != record:
                     values: dict[str, Any] = {
                         "status": record.status, "activated_at": record.activated_at,

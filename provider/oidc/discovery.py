@@ -13,13 +13,15 @@ CLAIMS_SUPPORTED = [
 ]
 
 
-def openid_configuration(settings: Settings) -> dict[str, Any]:
+def openid_configuration(settings: Settings, signing_algs: list[str]) -> dict[str, Any]:
+    """``signing_algs``: the algorithms ID tokens (and access tokens) are signed with,
+    the configured one first (provider.services.Services.signing_algorithms)."""
     return {
         **authorization_server_metadata(settings),
         # No authorization endpoint yet: this provider issues tokens through its token
         # endpoint only (password, refresh_token, client_credentials).
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "id_token_signing_alg_values_supported": signing_algs,
         "userinfo_signing_alg_values_supported": ["none"],
         "claims_supported": CLAIMS_SUPPORTED,
         "claims_parameter_supported": False,
