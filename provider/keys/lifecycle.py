@@ -54,17 +54,18 @@ def _activate(records: list[KeyRecord], kid: str, now: datetime) -> list[KeyReco
 
 def _events_between(before: list[KeyRecord], after: list[KeyRecord],
                     added: EventType) -> list[tuple[EventType, KeyRecord]]:
-    """An event per key that came or changed state (a deactivation is not an event of its
-    own: it is the other side of an activation)."""
+    """An event per key that came (its status says whether it signs at once) or changed
+    state (a deactivation is not an event of its own: it is the other side of an
+    activation)."""
     old = {r.kid: r for r in before}
     events: list[tuple[EventType, KeyRecord]] = []
     for record in after:
         previous = old.get(record.kid)
         if previous is None:
             events.append((added, record))
-        if record.status == "active" and (previous is None or previous.status != "active"):
+        elif record.status != previous.status and record.status == "active":
             events.append((EventType.KEY_ACTIVATED, record))
-        if record.status == "retired" and (previous is None or previous.status != "retired"):
+        elif record.status != previous.status and record.status == "retired":
             events.append((EventType.KEY_RETIRED, record))
     return events
 

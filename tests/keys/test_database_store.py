@@ -118,7 +118,6 @@ async def test_audit_events_are_written_with_the_change(
     assert sorted((r.type, r.actor, r.details["kid"], r.details["status"]) for r in rows) \
         == sorted([
             ("key.generated", "cli", first.kid, "active"),  # the first key signs at once
-            ("key.activated", "cli", first.kid, "active"),
             ("key.generated", "cli", second.kid, "published"),
             ("key.activated", "cli", second.kid, "active"),
             ("key.retired", "cli", first.kid, "retired"),
