@@ -14,8 +14,8 @@ Set CLIENT_ID and CLIENT_SECRET (a confidential client of provider's, e.g.
 with introspection, so a revoked token stops working there at once.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the dependencies from the
+# annotations, and these name objects local to create_app().
 import os
 from typing import Annotated
 

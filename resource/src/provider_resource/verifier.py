@@ -326,9 +326,9 @@ class _Core:
         sub, client_id, jti = claims.get("sub"), claims.get("client_id"), claims.get("jti")
         if not all(isinstance(v, str) and v for v in (sub, client_id, jti)):
             raise InvalidToken("sub, client_id and jti are required")
-        scope = claims.get("scope", "")
-        if not isinstance(scope, str):
-            raise InvalidToken("scope must be a string")
+        scope, sid = claims.get("scope", ""), claims.get("sid")
+        if not isinstance(scope, str) or (sid is not None and not isinstance(sid, str)):
+            raise InvalidToken("scope and sid must be strings")
         return AccessToken(sub=str(sub), client_id=str(client_id),
                            scopes=frozenset(scope.split()), jti=str(jti), exp=int(exp),
                            iat=int(iat), claims=dict(claims))
