@@ -728,6 +728,39 @@ def purge(
         typer.echo(f"{verb} {count} {table}")
 
 
+# --- check ------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    processes: Annotated[int, typer.Option(
+        min=1, help="Server processes that will serve, on all hosts together (more than "
+        "one needs a shared Redis).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check this deployment's configuration, keys, database and Redis: each finding has
+    an id, a level (error or warning) and a fix. Exit 1 when there is an error."""
+    from provider.check import run_checks, settings_findings
+    from provider.settings import Settings
+
+    current, findings = settings_findings(Settings)
+    if current is not None:
+        findings = asyncio.run(run_checks(current, processes=processes))
+    errors = sum(f.level == "error" for f in findings)
+    warnings = len(findings) - errors
+    if as_json:
+        typer.echo(json.dumps({"ok": errors == 0, "errors": errors, "warnings": warnings,
+                               "findings": [f.to_json() for f in findings]}))
+    else:
+        for finding in findings:
+            typer.echo(f"{finding.level.upper():<7} {finding.id}: {finding.message}")
+            typer.echo(f"        fix: {finding.fix}")
+        typer.echo(f"{errors} error(s), {warnings} warning(s)" if findings
+                   else "no issues found")
+    if errors:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     # standalone_mode=False: usage errors reach us as exceptions, so we print them as one
     # `error: ...` line instead of Click's usage block. Typer >= 0.20 vendors its own Click

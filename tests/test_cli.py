@@ -159,8 +159,8 @@ def test_every_command_has_help() -> None:
     paths = all_command_paths()
     assert ["keys", "import"] in paths and ["clients", "ensure-dev"] in paths
     assert ["users", "mfa-reset"] in paths
-    assert ["keys", "export"] in paths
-    assert len(paths) == 20
+    assert ["keys", "export"] in paths and ["check"] in paths
+    assert len(paths) == 21
     runner = CliRunner()
     for path in paths:
         result = runner.invoke(app, [*path, "--help"])
