@@ -31,7 +31,8 @@ from provider.errors import (
     from_http_exception,
 )
 from provider.keys.service import NoSigningKey
-from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS
+from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS, sync_periodically
+from provider.metrics import sync as sync_metrics
 from provider.mfa.router import admin_router as admin_mfa_router
 from provider.mfa.router import router as mfa_router
 from provider.middleware import HardeningMiddleware, RequestLogMiddleware
@@ -64,16 +65,20 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             raise RuntimeError(f"{exc} (keys directory: {settings.keys_dir})") from None
         app.state.services = services
         services.audit.start()
+        loop = asyncio.get_running_loop()
+        metrics_sync = loop.create_task(sync_periodically(), name="metrics-sync")
         purging = None
         if settings.purge_interval is not None:
             purger = Purger(services.engine, services.single, settings, services.clock)
-            purging = asyncio.get_running_loop().create_task(
+            purging = loop.create_task(
                 purge_periodically(purger, settings.purge_interval), name="purge")
         yield
-        if purging is not None:
-            purging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purging
+        for task in (purging, metrics_sync):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        sync_metrics()
         await services.audit.close()
         await services.throttles.close()
         await services.engine.dispose()
