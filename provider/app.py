@@ -31,11 +31,12 @@ from provider.errors import (
     from_http_exception,
 )
 from provider.keys.service import NoSigningKey
+from provider.logs import flush_access_lines
 from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS, sync_periodically
 from provider.metrics import sync as sync_metrics
 from provider.mfa.router import admin_router as admin_mfa_router
 from provider.mfa.router import router as mfa_router
-from provider.middleware import HardeningMiddleware, RequestLogMiddleware
+from provider.middleware import EdgeMiddleware
 from provider.oauth.errors import OAuthError, TemporarilyUnavailable
 from provider.oauth.grants import check_registry
 from provider.oauth.router import JWKS_PATH, jwks
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         sync_metrics()
+        flush_access_lines()
         await services.audit.close()
         await services.throttles.close()
         await services.engine.dispose()
@@ -117,10 +119,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_body_bytes,
-                       hsts=settings.issuer.startswith("https://"))
     # Added last, so outermost: it times and logs every answer, a 413 included.
-    app.add_middleware(RequestLogMiddleware, settings=settings)
+    app.add_middleware(EdgeMiddleware, settings=settings)
     return app
 
 
