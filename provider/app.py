@@ -39,7 +39,7 @@ from provider.mfa.router import router as mfa_router
 from provider.middleware import EdgeMiddleware
 from provider.oauth.errors import OAuthError, TemporarilyUnavailable
 from provider.oauth.grants import check_registry
-from provider.oauth.router import JWKS_PATH, jwks
+from provider.oauth.router import JWKS_PATH, TOKEN_PATH, jwks, token
 from provider.oauth.router import router as oauth_router
 from provider.ops import router as ops_router
 from provider.purge import Purger, purge_periodically
@@ -106,10 +106,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(admin_clients_router)
     app.include_router(admin_audit_router)
     app.include_router(ops_router)
-    # The JWKS is the most requested document: serve it from a plain Starlette route
-    # tried first (no FastAPI dependency solving, no route scan; measured in bench/).
-    # The FastAPI route of the same path stays for the OpenAPI document.
-    app.router.routes.insert(0, Route(JWKS_PATH, jwks, methods=["GET"]))
+    # The JWKS and the token endpoint are the most requested: serve them from plain
+    # Starlette routes tried first (no FastAPI dependency solving or parameter parsing,
+    # no route scan; measured in bench/). The FastAPI routes of the same paths stay for
+    # the OpenAPI document; both hand their errors to the same exception handlers.
+    app.router.routes[:0] = [Route(JWKS_PATH, jwks, methods=["GET"]),
+                             Route(TOKEN_PATH, token, methods=["POST"])]
     install_docs(app)
     _install_error_handlers(app)
     if settings.cors_origins:

@@ -91,8 +91,11 @@ TOKEN_ARG_FORM = _form_body(
 )
 
 
+TOKEN_PATH = "/oauth/token"
+
+
 @router.post(
-    "/oauth/token",
+    TOKEN_PATH,
     summary=f"Issue tokens ({', '.join(GRANT_TYPES)})",
     description=(
         "**Two-step verification.** For a user with TOTP, `grant_type=password` without "
