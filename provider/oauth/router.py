@@ -91,7 +91,7 @@ TOKEN_ARG_FORM = _form_body(
 )
 
 
-TOKEN_PATH = "/oauth/token"
+TOKEN_PATH = "/oauth/token"  # noqa: S105 (a path, not a secret)
 
 
 @router.post(
