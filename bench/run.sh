@@ -5,7 +5,8 @@
 #
 # Per round: yardstick (2 workers) GET /hello, POST /sign, POST /rotate; stop it. Then
 # provider (`provider serve --workers 2`) GET JWKS, client_credentials, refresh_token,
-# password, then the raw argon2id verify rate with 2 threads; stop it. Raw output goes to
+# password, then the raw argon2id verify rate with 2 threads; stop it. Then the peer,
+# node-oidc-provider (2 workers; PEER=0 skips it): JWKS, client_credentials, refresh. Raw output goes to
 # bench/results/<UTC timestamp>/, the table to summary.md there.
 set -euo pipefail
 
@@ -30,6 +31,13 @@ RT_COUNT="${RT_COUNT:-5000}"          # provider refresh tokens per round
 YARD_RT_COUNT="${YARD_RT_COUNT:-20000}"
 ARGON2_SECONDS="${ARGON2_SECONDS:-10}"
 SERVER_TIMEOUT="${SERVER_TIMEOUT:-900}"  # hard bound on each server's life (seconds)
+# The peer: node-oidc-provider from ../shared/bench/nop (auto: when node >= 20 is found;
+# PEER=0 skips it). Installed with npm into a cache outside the repository.
+PEER="${PEER:-auto}"
+PEER_PORT="${PEER_PORT:-8096}"
+PEER_DB_URL="$PG_URL/${PEER_DB:-nop_bench}"
+PEER_DIR="${PEER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/provider-bench/nop}"
+PEER_RT_COUNT="${PEER_RT_COUNT:-5000}"
 
 if ! command -v wrk >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "bench: installing wrk (Debian package)"
@@ -137,6 +145,30 @@ EOF
 } >"$OUT/meta.json"
 "$PY" -m pip freeze 2>/dev/null | grep -iE '^(fastapi|starlette|uvicorn|uvloop|httptools|sqlalchemy|asyncpg|joserfc|pyjwt|cryptography|pwdlib|argon2)' >"$OUT/versions.txt" || true
 
+# --- the peer: node-oidc-provider, installed once into $PEER_DIR ----------------------------
+if [ "$PEER" = auto ]; then
+  if command -v node >/dev/null && command -v npm >/dev/null \
+      && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] \
+      && [ -f "$SHARED/nop/server.js" ]; then PEER=1; else PEER=0; fi
+fi
+if [ "$PEER" = 1 ]; then
+  mkdir -p "$PEER_DIR"
+  cp "$SHARED"/nop/*.js "$SHARED"/nop/package.json "$PEER_DIR"/
+  if [ ! -d "$PEER_DIR/node_modules/oidc-provider" ]; then
+    echo "bench: npm install of node-oidc-provider into $PEER_DIR"
+    (cd "$PEER_DIR" && timeout 600 npm install --no-audit --no-fund --silent >/dev/null) \
+      || { echo "bench: npm install failed: the peer is skipped" >&2; PEER=0; }
+  fi
+fi
+if [ "$PEER" = 1 ]; then
+  "$PY" "$HERE/seed.py" peer-db --db-url "$PEER_DB_URL"
+  PEER_BASIC="$(printf '%s' 'bench:bench-secret-0123456789abcdef' | base64 -w0)"
+  PEER_ENV=(env NODE_ENV=production WORKERS="$WORKERS" NOP_PG_URL="$PEER_DB_URL"
+            NOP_PORT="$PEER_PORT" JWKS_FILE="$OUT/nop-jwks.json")
+else
+  echo "bench: node-oidc-provider is skipped (PEER=0, or no node >= 20 / npm)"
+fi
+
 # --- seed -------------------------------------------------------------------------------
 echo "bench: seeding $BENCH_DB_URL (production argon2id parameters)"
 (cd "$OUT" && "$PY" "$HERE/seed.py" setup --db-url "$BENCH_DB_URL" --keys-dir "$OUT/keys" --out "$OUT/bench.json")
@@ -204,6 +236,29 @@ for round in $(seq 1 "$ROUNDS"); do
   (cd "$OUT" && "${PROVIDER_ENV[@]}" "$PY" "$HERE/argon2_rate.py" --threads 2 \
      --seconds "$ARGON2_SECONDS" --json "$OUT/r$round-argon2.json" | sed 's/^/  /')
   stop_server
+
+  # ---- the peer: node-oidc-provider doing the same work ----
+  if [ "$PEER" = 1 ]; then
+    (cd "$PEER_DIR" && "${PEER_ENV[@]}" timeout 300 node seed_refresh_tokens.js "$PEER_RT_COUNT" \
+       "$OUT/nop-rt-$round.txt" >/dev/null)
+    (cd "$PEER_DIR" && "${PEER_ENV[@]}" timeout 300 node seed_refresh_tokens.js 1000 \
+       "$OUT/nop-rt-warm-$round.txt" >/dev/null)
+    NOP="http://127.0.0.1:$PEER_PORT"
+    SERVER_DB="$PEER_DB_URL"
+    start_server "$OUT/r$round-nop.log" bash -c 'cd "$1" && shift && exec "$@"' _ "$PEER_DIR" \
+      "${PEER_ENV[@]}" node server.js
+    wait_ready "$NOP/jwks" "$OUT/r$round-nop.log"
+    probe nop-client-credentials -X POST -H "Authorization: Basic $PEER_BASIC" \
+      -d "grant_type=client_credentials&scope=api:read" "$NOP/token"
+    warm "$NOP/jwks"
+    measure "$round" nop-jwks "$NOP/jwks"
+    export FORM_BODY="grant_type=client_credentials&scope=api:read" BASIC_AUTH="$PEER_BASIC"
+    warm "$NOP/token" post_form.lua
+    measure "$round" nop-client-credentials "$NOP/token" post_form.lua
+    RT_FILE="$OUT/nop-rt-warm-$round.txt" warm "$NOP/token" refresh_rotate.lua
+    RT_FILE="$OUT/nop-rt-$round.txt" measure "$round" nop-refresh "$NOP/token" refresh_rotate.lua
+    stop_server
+  fi
 done
 
 echo "loadavg_after $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/versions.txt"

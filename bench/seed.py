@@ -15,6 +15,10 @@
   python bench/seed.py yardstick-db --db-url URL
       Create the yardstick's database if it is missing and empty its token table.
 
+  python bench/seed.py peer-db --db-url URL
+      Drop and re-create the database of node-oidc-provider, the benchmark's peer (its
+      name must contain "bench"); the peer creates its table itself.
+
 The provider CLI runs with the environment given here (DATABASE_URL, PROVIDER_KEYS_DIR)
 and with every PROVIDER_ARGON2_* / PROVIDER_REFRESH_REUSE_GRACE variable removed, so the
 figures are for the production defaults.
@@ -206,11 +210,16 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p = sub.add_parser("yardstick-db")
     p.add_argument("--db-url", required=True)
+    p = sub.add_parser("peer-db")
+    p.add_argument("--db-url", required=True)
     args = parser.parse_args()
     if args.command == "setup":
         setup(args)
     elif args.command == "tokens":
         tokens(args)
+    elif args.command == "peer-db":
+        asyncio.run(recreate_database(args.db_url))
+        print(f"peer database {pg_dsn(args.db_url)[1]} re-created")
     else:
         asyncio.run(yardstick_db(args.db_url))
 

@@ -32,13 +32,15 @@ from provider.errors import (
 )
 from provider.keys.service import NoSigningKey
 from provider.keys.store import KeyStoreError
-from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS
+from provider.logs import flush_access_lines
+from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS, sync_periodically
+from provider.metrics import sync as sync_metrics
 from provider.mfa.router import admin_router as admin_mfa_router
 from provider.mfa.router import router as mfa_router
-from provider.middleware import HardeningMiddleware, RequestLogMiddleware
+from provider.middleware import EdgeMiddleware
 from provider.oauth.errors import OAuthError, TemporarilyUnavailable
 from provider.oauth.grants import check_registry
-from provider.oauth.router import JWKS_PATH, jwks
+from provider.oauth.router import JWKS_PATH, TOKEN_PATH, jwks, token
 from provider.oauth.router import router as oauth_router
 from provider.ops import router as ops_router
 from provider.purge import Purger, purge_periodically
@@ -69,17 +71,22 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         services.audit.start()
         # Keeps the keys current (once a second) and, when configured, rotates them.
         services.keys.start()
+        loop = asyncio.get_running_loop()
+        metrics_sync = loop.create_task(sync_periodically(), name="metrics-sync")
         purging = None
         if settings.purge_interval is not None:
             purger = Purger(services.engine, services.single, settings, services.clock)
-            purging = asyncio.get_running_loop().create_task(
+            purging = loop.create_task(
                 purge_periodically(purger, settings.purge_interval), name="purge")
         yield
-        if purging is not None:
-            purging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purging
+        for task in (purging, metrics_sync):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await services.keys.close()
+        sync_metrics()
+        flush_access_lines()
         await services.audit.close()
         await services.throttles.close()
         await services.engine.dispose()
@@ -105,10 +112,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(admin_clients_router)
     app.include_router(admin_audit_router)
     app.include_router(ops_router)
-    # The JWKS is the most requested document: serve it from a plain Starlette route
-    # tried first (no FastAPI dependency solving, no route scan; measured in bench/).
-    # The FastAPI route of the same path stays for the OpenAPI document.
-    app.router.routes.insert(0, Route(JWKS_PATH, jwks, methods=["GET"]))
+    # The JWKS and the token endpoint are the most requested: serve them from plain
+    # Starlette routes tried first (no FastAPI dependency solving or parameter parsing,
+    # no route scan; measured in bench/). The FastAPI routes of the same paths stay for
+    # the OpenAPI document; both hand their errors to the same exception handlers.
+    app.router.routes[:0] = [Route(JWKS_PATH, jwks, methods=["GET"]),
+                             Route(TOKEN_PATH, token, methods=["POST"])]
     install_docs(app)
     _install_error_handlers(app)
     if settings.cors_origins:
@@ -118,10 +127,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_body_bytes,
-                       hsts=settings.issuer.startswith("https://"))
     # Added last, so outermost: it times and logs every answer, a 413 included.
-    app.add_middleware(RequestLogMiddleware, settings=settings)
+    app.add_middleware(EdgeMiddleware, settings=settings)
     return app
 
 

@@ -1,14 +1,17 @@
-"""Pure ASGI middleware (cheap on the token path).
+"""The one pure ASGI middleware around the app (outermost; cheap on the token path).
 
-HardeningMiddleware: security headers on every response and a cap on request bodies.
-RequestLogMiddleware: the request id, one access log line and the request metrics.
+Per request: the request id (``X-Request-ID`` from a trusted proxy, else a new one;
+echoed in the response), the security headers, the cap on request bodies, and once the
+answer is complete its metrics and one access line. One layer rather than one per
+concern: each layer wraps ``send`` again and copies the response's headers again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-import secrets
+from itertools import count
 from time import perf_counter
 
 from starlette.requests import Request
@@ -21,6 +24,7 @@ from provider.logs import (
     ACCESS_LOGGER,
     AccessRecord,
     RequestContext,
+    access_writer,
     close_request,
     open_request,
 )
@@ -43,45 +47,124 @@ NO_STORE = (b"cache-control", b"no-store")
 # §7.2: a user agent ignores it over plain HTTP anyway).
 HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 
+access_log = logging.getLogger(ACCESS_LOGGER)
+# What a proxy's X-Request-ID may look like: anything else is replaced by our own id, so
+# a header cannot forge log lines or carry arbitrary text into them.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+UNMATCHED_ROUTE = "<unmatched>"
 
-class HardeningMiddleware:
-    """Security headers on every response and a cap on request bodies (pure ASGI: cheap)."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, hsts: bool = False) -> None:
+class _RequestIds:
+    """Our own request ids: 64 random bits per process and a counter, 32 hex digits like
+    a UUID's. Unique, not secret (an id names a request, it grants nothing), and no
+    system call per request. A forked child draws a prefix of its own."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_request_ids = _RequestIds()
+
+
+class EdgeMiddleware:
+    """Request id, security headers, body cap, timing, metrics and the access line.
+
+    The access line names the route template, never the path or query string, and the
+    client and user by id: nothing secret can reach it. Outermost, so it times every
+    answer (a 413 included).
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        common = (*API_SECURITY_HEADERS, HSTS) if hsts else API_SECURITY_HEADERS
+        self.settings = settings
+        self.max_body_bytes = settings.max_body_bytes
+        common = (*API_SECURITY_HEADERS, HSTS) if settings.issuer.startswith("https://") \
+            else tuple(API_SECURITY_HEADERS)
         self.api_headers = (*common, API_CSP)
         self.api_headers_no_store = (*common, API_CSP, NO_STORE)
         self.docs_headers = (*common, DOCS_CSP)
+
+    def _request_id(self, scope: Scope) -> str:
+        proxies = self.settings.trusted_proxies
+        if proxies:
+            client = scope.get("client")
+            if client and is_trusted_proxy(client[0], proxies):
+                headers: list[tuple[bytes, bytes]] = scope["headers"]
+                for name, value in headers:
+                    if name == b"x-request-id":
+                        if _REQUEST_ID.fullmatch(value):
+                            return value.decode()
+                        break
+        return _request_ids.next()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = perf_counter()
+        context = RequestContext(self._request_id(scope))
         path: str = scope["path"]
         is_docs = path in DOCS_PAGES or path.startswith(DOCS_PREFIX)
         extra = self.docs_headers if is_docs else self.api_headers
         no_store = self.api_headers_no_store
+        request_id_header = (b"x-request-id", context.request_id.encode())
+        status = 500
+        logged = False
 
-        async def send_with_headers(message: Message) -> None:
+        async def send_wrapped(message: Message) -> None:
+            nonlocal status, logged
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", ()))
-                if is_docs or any(name == b"cache-control" for name, _ in headers):
-                    headers.extend(extra)
+                own = no_store  # no-store unless the app set its own caching
+                if is_docs:
+                    own = extra
                 else:
-                    headers.extend(no_store)
-                message = {**message, "headers": headers}
+                    for name, _ in headers:
+                        if name == b"cache-control":
+                            own = extra
+                            break
+                headers.extend(own)
+                headers.append(request_id_header)
+                await send({**message, "headers": headers})
+                return
             await send(message)
+            if not logged and not message.get("more_body", False):
+                # The answer is complete: log now, not after background work (mail).
+                logged = True
+                self._finish(scope, context, status, started)
 
-        if scope["method"] in ("GET", "HEAD"):  # no body to limit: the cheap path
-            await self.app(scope, receive, send_with_headers)
-            return
+        token = open_request(context)
+        try:
+            if scope["method"] in ("GET", "HEAD"):  # no body to limit: the cheap path
+                await self.app(scope, receive, send_wrapped)
+            else:
+                await self._limited(scope, receive, send_wrapped)
+        except BaseException:
+            if not logged:
+                self._finish(scope, context, status, started)
+            # The context stays set: the outer 500 handler's line carries the request id
+            # (each request runs in a task of its own, so it goes no further).
+            raise
+        if not logged:
+            self._finish(scope, context, status, started)
+        close_request(token)
 
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app, with the request body capped at max_body_bytes (413 otherwise)."""
+        limit = self.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
-                    too_big = int(value) > self.max_body_bytes
+                    too_big = int(value) > limit
                 except ValueError:
                     too_big = True
                 if too_big:
@@ -89,7 +172,6 @@ class HardeningMiddleware:
                     return
 
         received = 0
-        limit = self.max_body_bytes
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -101,82 +183,9 @@ class HardeningMiddleware:
             return message
 
         try:
-            await self.app(scope, limited_receive, send_with_headers)
+            await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
-            await PayloadTooLarge().response()(scope, receive, send_with_headers)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-access_log = logging.getLogger(ACCESS_LOGGER)
-# What a proxy's X-Request-ID may look like: anything else is replaced by our own id, so
-# a header cannot forge log lines or carry arbitrary text into them.
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
-UNMATCHED_ROUTE = "<unmatched>"
-
-
-class RequestLogMiddleware:
-    """The request id (``X-Request-ID`` from a trusted proxy, else a new one; echoed in
-    the response), one access line per request and the request metrics.
-
-    The line names the route template, never the path or query string, and the client
-    and user by id: nothing secret can reach it. Outermost, so it times every answer.
-    """
-
-    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
-        self.app = app
-        self.settings = settings
-
-    def _request_id(self, scope: Scope) -> str:
-        client = scope.get("client")
-        proxies = self.settings.trusted_proxies
-        if proxies and client and is_trusted_proxy(client[0], proxies):
-            headers: list[tuple[bytes, bytes]] = scope["headers"]
-            for name, value in headers:
-                if name == b"x-request-id":
-                    if _REQUEST_ID.fullmatch(value):
-                        return value.decode()
-                    break
-        return secrets.token_hex(16)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = perf_counter()
-        context = RequestContext(self._request_id(scope))
-        request_id_header = (b"x-request-id", context.request_id.encode())
-        status = 500
-        logged = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, logged
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message,
-                           "headers": [*message.get("headers", ()), request_id_header]}
-                await send(message)
-                return
-            await send(message)
-            if not logged and not message.get("more_body", False):
-                # The answer is complete: log now, not after background work (mail).
-                logged = True
-                self._finish(scope, context, status, started)
-
-        token = open_request(context)
-        try:
-            await self.app(scope, receive, send_with_id)
-        except BaseException:
-            if not logged:
-                self._finish(scope, context, status, started)
-            # The context stays set: the outer 500 handler's line carries the request id
-            # (each request runs in a task of its own, so it goes no further).
-            raise
-        if not logged:
-            self._finish(scope, context, status, started)
-        close_request(token)
+            await PayloadTooLarge().response()(scope, receive, send)
 
     def _finish(self, scope: Scope, context: RequestContext, status: int,
                 started: float) -> None:
@@ -185,17 +194,32 @@ class RequestLogMiddleware:
         method: str = scope["method"]
         observe_request(route, method, status, duration)
         if access_log.isEnabledFor(logging.INFO):
-            fields = {
+            record = AccessRecord(f"{method} {route} {status}", {
                 "method": method,
                 "route": route,
                 "status": status,
                 "duration_ms": round(duration * 1000, 3),
-                "client_address": client_address(Request(scope), self.settings),
+                "client_address": (client_address(Request(scope), self.settings)
+                                   if self.settings.trusted_proxies
+                                   else _peer(scope)),
                 "client_id": context.client_id,
                 "user_id": context.user_id,
                 "request_id": context.request_id,
-            }
-            access_log.handle(AccessRecord(f"{method} {route} {status}", fields))
+            })
+            write = access_writer(access_log)
+            if write is not None:
+                write(record)
+            else:
+                access_log.handle(record)
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"  # as client_address says it
+
+
+class _BodyTooLarge(Exception):
+    pass
 
 
 def _route_template(scope: Scope) -> str:
@@ -215,7 +239,7 @@ def _route_template(scope: Scope) -> str:
         for route in app.router.routes:
             target = getattr(route, "endpoint", None) or getattr(route, "app", None)
             path_format = getattr(route, "path_format", None)
-            if target is not None and isinstance(path_format, str):
+            if isinstance(path_format, str) and target is not None:
                 templates.setdefault(target, path_format)
         app.state.route_templates = templates
     return templates.get(endpoint, UNMATCHED_ROUTE)

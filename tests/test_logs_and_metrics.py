@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from pydantic import ValidationError
 
 from provider.app import create_app
 from provider.logs import JsonFormatter, RequestContext, TextFormatter, close_request, open_request
-from provider.metrics import observe_request
+from provider.metrics import REQUEST_DURATION, observe_request, sync
 from provider.settings import Settings
 from tests.conftest import make_settings
 
@@ -66,10 +66,39 @@ def test_application_lines_carry_the_request_id_in_both_formats() -> None:
 def test_a_client_cannot_mint_method_labels() -> None:
     observe_request("/healthz", "BREW", 405, 0.001)
     observe_request("/healthz", "PROPFIND", 405, 0.001)
+    sync()
     labels = {"route": "/healthz", "method": "OTHER", "status": "4xx"}
     assert REGISTRY.get_sample_value("provider_http_requests_total", labels) >= 2
     assert REGISTRY.get_sample_value(
         "provider_http_requests_total", {**labels, "method": "BREW"}) is None
+
+
+def test_batched_requests_publish_what_observe_would() -> None:
+    """observe_request adds up in a dictionary and sync() hands the sums over: the
+    exposition must be what a Histogram.observe() per request gives."""
+    durations = [0.0, 0.004, 0.005, 0.0051, 0.07, 0.3, 0.3, 2.0, 9.9, 11.0, 1e9]
+    reference_registry = CollectorRegistry()
+    reference = Histogram("reference_seconds", "same buckets", registry=reference_registry,
+                          buckets=REQUEST_DURATION._upper_bounds)
+    for seconds in durations:
+        observe_request("/test/sync", "GET", 200, seconds)
+        reference.observe(seconds)
+    labels = {"route": "/test/sync", "method": "GET", "status": "2xx"}
+    assert REGISTRY.get_sample_value("provider_http_requests_total", labels) is None
+    sync()
+    assert REGISTRY.get_sample_value("provider_http_requests_total", labels) == len(durations)
+
+    def samples(registry: CollectorRegistry, prefix: str, extra: dict[str, str]) -> dict:
+        return {(sample.name.removeprefix(prefix), sample.labels.get("le")): sample.value
+                for metric in registry.collect() for sample in metric.samples
+                if sample.name.startswith(prefix) and not sample.name.endswith("_created")
+                and extra.items() <= sample.labels.items()}
+
+    ours = samples(REGISTRY, "provider_http_request_duration_seconds", labels)
+    theirs = samples(reference_registry, "reference_seconds", {})
+    assert ours == theirs and len(ours) == len(REQUEST_DURATION._upper_bounds) + 2
+    sync()  # nothing pending: nothing counted twice
+    assert REGISTRY.get_sample_value("provider_http_requests_total", labels) == len(durations)
 
 
 async def test_database_unavailable_answers_are_counted(settings_keys: tuple[str, Path]) -> None:

@@ -13,7 +13,7 @@ MAX_FORM_BYTES = 16 * 1024
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    if request.url.query:
+    if request.scope.get("query_string"):
         # Credentials and tokens never travel in a URL (RFC 6749 §2.3.1, RFC 6750 §5.3).
         raise InvalidRequest("Parameters must be sent in the request body, not the query.")
     content_type = request.headers.get("content-type", "")

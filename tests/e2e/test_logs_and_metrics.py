@@ -9,6 +9,7 @@ scrape is whole, no retrying until the sums look right).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from provider.metrics import SYNC_INTERVAL_S
 from tests.e2e.conftest import LiveServer, free_port
 from tests.factories import unique_email
 from tests.smtp_sink import CODE_PATTERN, SmtpSink, plain_text
@@ -248,6 +250,23 @@ async def scrape(http: httpx.AsyncClient) -> Samples:
     return samples
 
 
+async def settled_scrape(http: httpx.AsyncClient) -> Samples:
+    """A scrape once the requests before it are all published: each worker hands its
+    counts over every second, so two scrapes a sync interval apart that agree (but for
+    the scrapes themselves) have seen everything."""
+    def without_scrapes(samples: Samples) -> Samples:
+        return {key: v for key, v in samples.items() if ("route", "/metrics") not in key[1]}
+
+    previous = await scrape(http)
+    for _ in range(20):
+        await asyncio.sleep(SYNC_INTERVAL_S + 0.5)
+        current = await scrape(http)
+        if without_scrapes(current) == without_scrapes(previous):
+            return current
+        previous = current
+    pytest.fail("the metrics kept changing with no requests")
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
@@ -266,7 +285,7 @@ async def test_one_scrape_counts_every_worker(two_workers: LiveServer,
     auth = (client_id, client_secret)
 
     async with fresh_connection(server) as http:
-        before = await scrape(http)
+        before = await settled_scrape(http)
         for _ in range(40):
             assert (await http.get("/healthz")).status_code == 200
         logins = []
@@ -294,25 +313,43 @@ async def test_one_scrape_counts_every_worker(two_workers: LiveServer,
             "email": unique_email("metrics"), "password": PASSWORD})
         assert registered.status_code == 202
         await _wait_for(server, "mail not sent")
-        after = await scrape(http)
 
-    def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+        def expected(after: Samples) -> dict[str, tuple[float, float]]:
+            def delta(name: str, **labels: str) -> float:
+                return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("provider_http_requests_total", **requests_of) == 40
-    assert delta("provider_http_request_duration_seconds_count", **requests_of) == 40
-    assert delta("provider_http_requests_total", route="/metrics", method="GET",
-                 status="2xx") == 1  # the first scrape; the second is counted after it
-    assert delta("provider_tokens_issued_total", grant_type="password") == 3
-    assert delta("provider_tokens_issued_total", grant_type="refresh_token") == 1
-    assert delta("provider_refresh_reuse_detected_total") == 1
-    assert delta("provider_login_failures_total") == statuses.count(400)
-    assert delta("provider_throttled_requests_total", route="/oauth/token") \
-        == statuses.count(429)
-    assert delta("provider_http_requests_total", route="/oauth/token", method="POST",
-                 status="4xx") == 1 + len(statuses)
-    assert delta("provider_mail_failures_total") == 1
-    assert value(after, "provider_database_unavailable_total") == 0
+            return {
+                "healthz requests": (delta("provider_http_requests_total", **requests_of), 40),
+                "healthz durations": (delta("provider_http_request_duration_seconds_count",
+                                            **requests_of), 40),
+                # at least the first scrape (each one is counted after it answers)
+                "scrapes": (min(delta("provider_http_requests_total", route="/metrics",
+                                      method="GET", status="2xx"), 1), 1),
+                "password tokens": (delta("provider_tokens_issued_total",
+                                          grant_type="password"), 3),
+                "refresh tokens": (delta("provider_tokens_issued_total",
+                                         grant_type="refresh_token"), 1),
+                "reuse": (delta("provider_refresh_reuse_detected_total"), 1),
+                "login failures": (delta("provider_login_failures_total"),
+                                   statuses.count(400)),
+                "throttled": (delta("provider_throttled_requests_total", route="/oauth/token"),
+                              statuses.count(429)),
+                "token 4xx": (delta("provider_http_requests_total", route="/oauth/token",
+                                    method="POST", status="4xx"), 1 + len(statuses)),
+                "mail failures": (delta("provider_mail_failures_total"), 1),
+                "database unavailable": (value(after, "provider_database_unavailable_total"), 0),
+            }
+
+        # Each worker hands its requests' counts over every second (provider.metrics): a
+        # scrape answered by one worker sees the other's last second a second later.
+        deadline = asyncio.get_running_loop().time() + 15.0
+        while True:
+            found = expected(await scrape(http))
+            if all(got == want for got, want in found.values()):
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"metrics never added up: {found}")
+            await asyncio.sleep(0.25)
 
     # The mail failure's line is JSON and carries the request id of the registration.
     [failure] = [e for e in json_lines(server.log()) if e["message"].startswith("mail not")]
