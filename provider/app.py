@@ -63,10 +63,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         try:
             await services.keys.refresh()
             services.keys.signing_key()
-        except (NoSigningKey, KeyStoreError) as exc:
+        except Exception as exc:
             await services.engine.dispose()
-            raise RuntimeError(f"{exc} (key store: {services.keys.store.description})"
-                               ) from None
+            reason = unavailable_reason(exc)
+            if reason is not None:  # the database key store, with the database down
+                raise RuntimeError(f"signing keys cannot be loaded: the database is "
+                                   f"unavailable ({reason})") from None
+            if isinstance(exc, NoSigningKey | KeyStoreError):
+                raise RuntimeError(f"{exc} (key store: {services.keys.store.description})"
+                                   ) from None
+            raise
         app.state.services = services
         services.audit.start()
         # Keeps the keys current (once a second) and, when configured, rotates them.

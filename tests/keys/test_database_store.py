@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from joserfc.jwk import RSAKey
@@ -176,3 +177,17 @@ async def test_a_database_without_the_tables_says_to_migrate(tmp_path: object) -
             "the database has no signing_keys table; run `provider migrate`")
     finally:
         await engine.dispose()
+
+
+async def test_a_server_whose_key_database_is_down_says_so_at_start(tmp_path: object) -> None:
+    from provider.app import create_app
+    from tests.conftest import make_settings
+
+    settings = make_settings("postgresql://nobody@127.0.0.1:1/none", Path(str(tmp_path)),
+                             key_store="database", secret_key="s" * 16 + "t" * 16)
+    app = create_app(settings)
+    with pytest.raises(RuntimeError) as caught:
+        async with app.router.lifespan_context(app):
+            pass  # pragma: no cover - never reached
+    assert str(caught.value).startswith(
+        "signing keys cannot be loaded: the database is unavailable (")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from joserfc.jwk import RSAKey
+from sqlalchemy import select
 
 from provider.db import create_engine
 from provider.keys.lifecycle import Schedule, add_key, generate_key, maintenance_due
@@ -24,7 +25,10 @@ from provider.keys.store import (
     KeyRecord,
     KeyStore,
 )
-from tests.conftest import TestClock
+from provider.models import AuditEvent
+from provider.services import Services, key_ring
+from provider.settings import Settings
+from tests.conftest import TestClock, make_keys_dir, make_settings
 from tests.keys.conftest import SECRET, empty_key_tables, key_db_url
 
 PERIOD = timedelta(days=1)
@@ -195,3 +199,26 @@ def test_maintenance_due_names_the_next_step() -> None:
     assert maintenance_due([active, pending], t0 + PERIOD, SCHEDULE) == "activate"
     assert maintenance_due([old, active], t0 + LIFETIME - SECOND, SCHEDULE) is None
     assert maintenance_due([old, active], t0 + LIFETIME, SCHEDULE) == "retire"
+
+
+async def test_a_servers_rotation_steps_reach_the_audit_trail(
+    services: Services, settings: Settings, tmp_path: Path,
+) -> None:
+    """As a server wires it (provider.services.key_ring): the directory store's steps are
+    queued on the audit log, with the actor `system`."""
+    keys = make_keys_dir(tmp_path / "keys")
+    configured = make_settings(settings.database_url, keys, key_rotation_days=1)
+    clock = TestClock()
+    clock.freeze()
+    ring = key_ring(configured, clock, DirectoryKeyStore(keys), services.audit)
+    await ring.refresh()
+    clock.advance(timedelta(days=1) - configured.key_publish_lead)
+    await ring.check()
+    published = (await ring.store.records())[1]
+    assert ring.signing_key().kid != published.kid
+    await services.audit.flush()
+    async with services.engine.connect() as conn:
+        rows = (await conn.execute(select(AuditEvent.type, AuditEvent.actor, AuditEvent.details)
+                                   .where(AuditEvent.type == "key.generated"))).all()
+    assert ("key.generated", "system", {"kid": published.kid, "status": "published"}) in [
+        tuple(row) for row in rows]
