@@ -132,13 +132,40 @@ def test_while_the_provider_is_unreachable_the_cached_keys_stay_in_use(
 
 
 def test_a_provider_never_reached_makes_the_verifier_unavailable(provider: Provider) -> None:
-    transport = Counting()
+    transport, clock = Counting(), Clock()
     transport.down = True
-    with verifier_for(provider, transport) as verifier, \
-            pytest.raises(VerifierUnavailable) as caught:
-        verifier.verify(provider.login()["access_token"])
-    assert caught.value.status_code == 503
-    assert caught.value.headers() == {"Retry-After": "5"}
+    access = provider.login()["access_token"]
+    with verifier_for(provider, transport, clock=clock) as verifier:
+        with pytest.raises(VerifierUnavailable) as caught:
+            verifier.verify(access)
+        assert caught.value.status_code == 503
+        assert caught.value.headers() == {"Retry-After": "5"}
+        # Asked again at once: answered at once, without asking the provider again.
+        for _ in range(20):
+            with pytest.raises(VerifierUnavailable):
+                verifier.verify(access)
+        assert len(transport.paths) == 1
+        clock.offset = 1
+        transport.down = False
+        assert verifier.verify(access).sub == provider.user.id
+
+
+def test_a_jwks_that_cannot_be_fetched_at_first_is_unavailable_not_invalid(
+    provider: Provider,
+) -> None:
+    access = provider.login()["access_token"]
+
+    class KeysDown(Counting):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            self.down = request.url.path.endswith("/jwks.json")
+            return super().handle_request(request)
+
+    transport = KeysDown()
+    with verifier_for(provider, transport) as verifier:
+        for _ in range(3):
+            with pytest.raises(VerifierUnavailable):
+                verifier.verify(access)
+        assert transport.count("/jwks.json") == 1
 
 
 def test_metadata_of_another_issuer_is_refused(provider: Provider) -> None:

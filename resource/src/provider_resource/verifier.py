@@ -161,6 +161,7 @@ class _Core:
         self.keys_until = 0.0
         self.last_unknown_fetch = float("-inf")
         self.retry_at = float("-inf")
+        self.unreachable_until = float("-inf")
         self.fetches = 0
         # Introspection answers: digest -> (until, AccessToken or None for inactive).
         self.answers: OrderedDict[bytes, tuple[float, AccessToken | None]] = OrderedDict()
@@ -176,7 +177,14 @@ class _Core:
                 f"{parts.scheme}://{parts.netloc}{WELL_KNOWN_OAUTH}{path}"]
 
     def needs_metadata(self, now: float) -> bool:
+        if self.metadata is None and now < self.unreachable_until:
+            # Discovery failed a moment ago: answer at once instead of asking again (a
+            # provider that is down is not asked once per request).
+            raise VerifierUnavailable("the provider could not be reached a moment ago")
         return self.metadata is None or now >= self.metadata_until
+
+    def discovery_failed(self, now: float) -> None:
+        self.unreachable_until = now + MIN_CACHE_AGE
 
     def take_metadata(self, response: httpx.Response, now: float) -> None:
         document = self._json(response, "metadata")
@@ -264,7 +272,9 @@ class _Core:
         return _Published(key, alg)
 
     def key_for(self, header: _Header) -> _Published:
-        published = (self.keys or {}).get(header.kid)
+        if self.keys is None:
+            raise VerifierUnavailable("no keys fetched yet")
+        published = self.keys.get(header.kid)
         if published is None:
             raise InvalidToken("unknown key")
         if published.alg is not None and published.alg != header.alg:
@@ -466,7 +476,11 @@ class TokenVerifier:
             except VerifierUnavailable:
                 self._core.metadata_until = now + DEFAULT_MAX_AGE
             return
-        self._discover_now(now)
+        try:
+            self._discover_now(now)
+        except VerifierUnavailable:
+            self._core.discovery_failed(now)
+            raise
 
     def _discover_now(self, now: float) -> None:
         first, second = self._core.metadata_urls()
@@ -487,7 +501,8 @@ class TokenVerifier:
 
     def _introspect(self, token: str, local: AccessToken) -> AccessToken:
         core = self._core
-        found, answer = core.cached_answer(token, core.clock())
+        with self._lock:
+            found, answer = core.cached_answer(token, core.clock())
         if found:
             if answer is None:
                 raise InvalidToken("not active (introspection, cached)")
@@ -575,7 +590,11 @@ class AsyncTokenVerifier:
             except VerifierUnavailable:
                 self._core.metadata_until = now + DEFAULT_MAX_AGE
             return
-        await self._discover_now(now)
+        try:
+            await self._discover_now(now)
+        except VerifierUnavailable:
+            self._core.discovery_failed(now)
+            raise
 
     async def _discover_now(self, now: float) -> None:
         first, second = self._core.metadata_urls()
