@@ -106,6 +106,7 @@ class KeyRing:
         self._snapshot = EMPTY
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self.checks = 0  # beats of the background task so far
 
     @property
     def store(self) -> KeyStore:
@@ -179,6 +180,7 @@ class KeyRing:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            self.checks += 1
             try:
                 await self.check()
             except Exception as exc:

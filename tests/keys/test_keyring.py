@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -287,17 +287,26 @@ async def test_a_failing_store_keeps_the_keys_in_use_and_says_so_once(
         await ring.refresh()
         (tmp_path / "keys.db").rename(tmp_path / "elsewhere.db")  # the database is gone
         caplog.set_level(logging.INFO, logger="provider.keys")
+
+        def lines(level: int) -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+        async def until(condition: Callable[[], bool]) -> None:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not condition():
+                assert asyncio.get_running_loop().time() < deadline, caplog.records
+                await asyncio.sleep(0.02)
+
         ring.start()
-        await asyncio.sleep(0.5)  # about ten failed checks
+        await until(lambda: ring.checks >= 10)  # ten failed checks
         assert ring.signing_key().kid == record.kid
-        failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+        failures = lines(logging.ERROR)
         assert len(failures) == 1, failures
-        assert failures[0].getMessage().startswith(
+        assert failures[0].startswith(
             "signing keys not checked (the current ones stay in use): KeyStoreError")
         (tmp_path / "elsewhere.db").rename(tmp_path / "keys.db")
-        await asyncio.sleep(0.5)
-        assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] \
-            == ["signing keys checked again"]
+        await until(lambda: bool(lines(logging.WARNING)))
+        assert lines(logging.WARNING) == ["signing keys checked again"]
     finally:
         await ring.close()
         await engine.dispose()

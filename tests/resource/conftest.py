@@ -122,10 +122,12 @@ class AsyncCounting(httpx.AsyncBaseTransport):
 
 
 class Clock:
-    """time.time() plus an offset a test moves."""
+    """The verifier's clock, stopped at its creation and moved only by the test (so that
+    cache windows do not depend on how fast a loaded machine runs the test)."""
 
     def __init__(self) -> None:
+        self.base = time.time()
         self.offset = 0.0
 
     def __call__(self) -> float:
-        return time.time() + self.offset
+        return self.base + self.offset

@@ -35,18 +35,18 @@ def test_a_revoked_token_is_refused_once_the_short_cache_has_passed(
     transport, clock = Counting(), Clock()
     tokens = provider.login()
     with introspecting(provider, transport, clock=clock,
-                       introspection_cache_ttl=1.0) as verifier:
+                       introspection_cache_ttl=30) as verifier:
         for _ in range(5):
             assert verifier.verify(tokens["access_token"]).sub == provider.user.id
-        assert transport.count(INTROSPECT) == 1  # cached for a second
+        assert transport.count(INTROSPECT) == 1  # cached
 
         provider.revoke(tokens["refresh_token"])  # the whole session ends
         assert verifier.verify(tokens["access_token"])  # still the cached answer
-        clock.offset = 1.0
+        clock.offset = 30
         with pytest.raises(InvalidToken) as caught:
             verifier.verify(tokens["access_token"])
         assert caught.value.reason == "not active (introspection)"
-        # The "inactive" answer is cached too (and bounded by the same second).
+        # The "inactive" answer is cached too.
         with pytest.raises(InvalidToken):
             verifier.verify(tokens["access_token"])
         assert transport.count(INTROSPECT) == 2
