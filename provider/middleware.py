@@ -26,6 +26,7 @@ from provider.logs import (
 )
 from provider.metrics import observe_request
 from provider.settings import Settings
+from provider.web.pages import WEB_PAGES
 
 API_SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -54,6 +55,8 @@ class HardeningMiddleware:
         self.api_headers = (*common, API_CSP)
         self.api_headers_no_store = (*common, API_CSP, NO_STORE)
         self.docs_headers = (*common, DOCS_CSP)
+        # The login, consent and logout pages send their own CSP and Cache-Control.
+        self.page_headers = common
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +64,8 @@ class HardeningMiddleware:
             return
         path: str = scope["path"]
         is_docs = path in DOCS_PAGES or path.startswith(DOCS_PREFIX)
-        extra = self.docs_headers if is_docs else self.api_headers
+        extra = (self.docs_headers if is_docs else
+                 self.page_headers if path in WEB_PAGES else self.api_headers)
         no_store = self.api_headers_no_store
 
         async def send_with_headers(message: Message) -> None:

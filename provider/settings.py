@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     refresh_reuse_grace: timedelta = timedelta(0)
     email_code_ttl: timedelta = timedelta(minutes=10)
     mfa_token_ttl: timedelta = timedelta(minutes=5)
+    # The login page's browser session (single sign-on): its absolute lifetime, counted
+    # from the login; nothing extends it.
+    browser_session_ttl: timedelta = Field(default=timedelta(hours=12), gt=timedelta(0))
+    # Where the login page's "Forgot your password?" link points (an app's own reset
+    # page); unset: the API's reset flow in our Swagger UI (README, "Login page").
+    password_reset_url: str | None = None
 
     # argon2id: OWASP's recommended floor (m=19 MiB, t=2, p=1).
     argon2_memory_cost: int = 19 * 1024
