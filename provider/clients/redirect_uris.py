@@ -52,10 +52,10 @@ def check_redirect_uri(uri: str, *, field: str = "redirect_uris") -> str:
 
     if not uri or len(uri) > MAX_REDIRECT_URI_LENGTH:
         raise refuse(f"a URI must be 1 to {MAX_REDIRECT_URI_LENGTH} characters")
-    if not _URI_CHARS.fullmatch(uri):
-        raise refuse("the URI holds characters a URI may not (percent-encode them)")
     if "#" in uri:
         raise refuse("a redirect URI may not have a fragment (RFC 6749 §3.1.2)")
+    if not _URI_CHARS.fullmatch(uri):
+        raise refuse("the URI holds characters a URI may not (percent-encode them)")
     parts = urlsplit(uri)
     scheme = parts.scheme
     if scheme == "https":

@@ -34,6 +34,7 @@ from tests.helpers import (
 )
 
 CLIENT_FIELDS = {"client_id", "name", "is_public", "grant_types", "scopes", "is_active",
+                 "redirect_uris", "post_logout_redirect_uris", "is_first_party",
                  "created_at", "updated_at"}
 ENDPOINTS = [
     ("GET", "/admin/clients"),
@@ -146,7 +147,8 @@ async def test_create_public_client_has_no_secret(
     ({"is_public": True, "grant_types": ["password", "client_credentials"]},
      "a public client cannot use client_credentials"),
     ({"grant_types": ["implicit"]},
-     "unknown grant type 'implicit'; choose from password, refresh_token, client_credentials"),
+     "unknown grant type 'implicit'; choose from password, refresh_token, client_credentials, "
+     "authorization_code"),
     ({"name": "   "}, "name must be 1 to 200 characters"),
     ({"scopes": ['bad"scope']}, "invalid scope token 'bad\"scope'"),
 ])
