@@ -148,6 +148,8 @@ async def parse_request(pairs: list[tuple[str, str]], clients: ClientCache
     if client is None or not client.is_active:
         raise PageError("The application that sent you here is not known to this server.")
     sent = params.get("redirect_uri")
+    if not client.redirect_uris:
+        raise PageError("This application has no redirect URI registered.")
     if sent is not None:
         registered = find_match(client.redirect_uris, sent)
         if registered is None:
@@ -155,8 +157,6 @@ async def parse_request(pairs: list[tuple[str, str]], clients: ClientCache
         redirect_uri = sent
     elif len(client.redirect_uris) == 1:
         redirect_uri = client.redirect_uris[0]
-    elif not client.redirect_uris:
-        raise PageError("This application has no redirect URI registered.")
     else:
         raise PageError("The request must name its redirect_uri (the application has "
                         "several).")
