@@ -170,7 +170,8 @@ S256_ONLY = "code_challenge_method must be S256 (plain is not allowed)."
     ({"prompt": "select_account"}, "invalid_request",
      "Unsupported prompt value: select_account."),
     ({"max_age": "-1"}, "invalid_request", "max_age must be a number of seconds."),
-    ({"max_age": "１０"}, "invalid_request", "max_age must be a number of seconds."),
+    ({"max_age": "\uff11\uff10"}, "invalid_request",  # full-width digits
+     "max_age must be a number of seconds."),
     ({"request": "eyJ.x.y"}, "request_not_supported", "Request objects are not supported."),
     ({"request_uri": "https://x"}, "request_uri_not_supported",
      "request_uri is not supported."),
