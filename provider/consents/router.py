@@ -10,7 +10,7 @@ from provider.audit.service import EventType
 from provider.consents import service
 from provider.consents.schemas import ConsentList, ConsentRead
 from provider.deps import CurrentUser, RequestContextDep, ServicesDep, SessionDep
-from provider.errors import NotFound
+from provider.errors import NotFound, Problem
 from provider.responses import BEARER_ERRORS
 
 router = APIRouter(tags=["accounts"])
@@ -32,7 +32,8 @@ async def list_my_consents(user: CurrentUser, session: SessionDep) -> ConsentLis
 
 @router.delete("/users/me/consents/{client_id}", status_code=204, response_class=Response,
                responses={**BEARER_ERRORS,
-                          404: {"description": "No consent or session with this client"}})
+                          404: {"model": Problem, "description":
+                                "consent_not_found: no consent or session with this client"}})
 async def withdraw_my_consent(
     client_id: Annotated[str, Path(max_length=128, description="The application's client_id")],
     user: CurrentUser, session: SessionDep, services: ServicesDep,
