@@ -22,6 +22,15 @@ from urllib.parse import urlencode, urlsplit
 
 from provider.clients.redirect_uris import find_match, is_loopback
 from provider.clients.service import ClientCache, ClientInfo
+from provider.oauth.errors import (
+    InvalidRequest,
+    InvalidScope,
+    OAuthError,
+    RequestNotSupported,
+    RequestUriNotSupported,
+    UnauthorizedClient,
+    UnsupportedResponseType,
+)
 from provider.oauth.scopes import parse_scope
 
 RESPONSE_TYPES = ("code",)
@@ -53,13 +62,12 @@ class PageError(Exception):
 
 
 class RedirectError(Exception):
-    """An error to send back to the client's redirect URI (RFC 6749 §4.1.2.1)."""
+    """An OAuth error to send back to the client's redirect URI (RFC 6749 §4.1.2.1)."""
 
-    def __init__(self, request: AuthorizationTarget, error: str, description: str) -> None:
-        super().__init__(f"{error}: {description}")
-        self.target = request
+    def __init__(self, target: AuthorizationTarget, error: OAuthError) -> None:
+        super().__init__(f"{error.error}: {error.error_description}")
+        self.target = target
         self.error = error
-        self.description = description
 
 
 @dataclass(frozen=True)
@@ -166,60 +174,60 @@ async def parse_request(pairs: list[tuple[str, str]], clients: ClientCache
                                  state if state is not None and len(state) <= MAX_STATE
                                  else None)
 
-    def refuse(error: str, description: str) -> RedirectError:
-        return RedirectError(target, error, description)
+    def refuse(error: OAuthError) -> RedirectError:
+        return RedirectError(target, error)
 
     if state is not None and len(state) > MAX_STATE:
-        raise refuse("invalid_request", f"The state parameter exceeds {MAX_STATE} "
-                                        "characters.")
+        raise refuse(InvalidRequest(f"The state parameter exceeds {MAX_STATE} "
+                                    "characters."))
     if repeated:
-        raise refuse("invalid_request", f"The {sorted(repeated)[0]} parameter is repeated.")
+        raise refuse(InvalidRequest(f"The {sorted(repeated)[0]} parameter is repeated."))
     if "request" in params:
-        raise refuse("request_not_supported", "Request objects are not supported.")
+        raise refuse(RequestNotSupported())
     if "request_uri" in params:
-        raise refuse("request_uri_not_supported", "request_uri is not supported.")
+        raise refuse(RequestUriNotSupported())
     response_type = params.get("response_type")
     if response_type is None:
-        raise refuse("invalid_request", "The response_type parameter is required.")
+        raise refuse(InvalidRequest("The response_type parameter is required."))
     if response_type not in RESPONSE_TYPES:
-        raise refuse("unsupported_response_type", "Only response_type=code is supported.")
+        raise refuse(UnsupportedResponseType())
     if "authorization_code" not in client.grant_types:
-        raise refuse("unauthorized_client",
-                     "The client is not allowed to use the authorization code flow.")
+        raise refuse(UnauthorizedClient(
+            "The client is not allowed to use the authorization code flow."))
     response_mode = params.get("response_mode")
     if response_mode is not None and response_mode not in RESPONSE_MODES:
-        raise refuse("invalid_request", "Only response_mode=query is supported.")
+        raise refuse(InvalidRequest("Only response_mode=query is supported."))
     challenge = params.get("code_challenge")
     method = params.get("code_challenge_method")
     if challenge is None:
-        raise refuse("invalid_request", "PKCE is required: send code_challenge and "
-                                        "code_challenge_method=S256.")
+        raise refuse(InvalidRequest("PKCE is required: send code_challenge and "
+                                    "code_challenge_method=S256."))
     if method not in CODE_CHALLENGE_METHODS:
-        raise refuse("invalid_request", "code_challenge_method must be S256 (plain is "
-                                        "not allowed).")
+        raise refuse(InvalidRequest("code_challenge_method must be S256 (plain is "
+                                    "not allowed)."))
     if not _CHALLENGE.fullmatch(challenge):
-        raise refuse("invalid_request", "The code_challenge is not an S256 challenge "
-                                        "(43 base64url characters).")
+        raise refuse(InvalidRequest("The code_challenge is not an S256 challenge "
+                                    "(43 base64url characters)."))
     scope = parse_scope(params.get("scope"))
     if scope is not None:
         refused = [s for s in scope if s not in client.scopes]
         if refused:
-            raise refuse("invalid_scope", f"Scope not allowed: {refused[0]}.")
+            raise refuse(InvalidScope(f"Scope not allowed: {refused[0]}."))
     prompt = frozenset(params.get("prompt", "").split())
     unknown = sorted(prompt - set(PROMPTS))
     if unknown:
-        raise refuse("invalid_request", f"Unsupported prompt value: {unknown[0]}.")
+        raise refuse(InvalidRequest(f"Unsupported prompt value: {unknown[0]}."))
     if "none" in prompt and len(prompt) > 1:
-        raise refuse("invalid_request", "prompt=none cannot be combined with other values.")
+        raise refuse(InvalidRequest("prompt=none cannot be combined with other values."))
     max_age = None
     if "max_age" in params:
         raw = params["max_age"]
         if not raw.isdigit() or not raw.isascii() or int(raw) > MAX_AGE_LIMIT:
-            raise refuse("invalid_request", "max_age must be a number of seconds.")
+            raise refuse(InvalidRequest("max_age must be a number of seconds."))
         max_age = int(raw)
     nonce = params.get("nonce")
     if nonce is not None and len(nonce) > MAX_NONCE:
-        raise refuse("invalid_request", f"The nonce exceeds {MAX_NONCE} characters.")
+        raise refuse(InvalidRequest(f"The nonce exceeds {MAX_NONCE} characters."))
     login_hint = params.get("login_hint")
     if login_hint is not None and len(login_hint) > MAX_LOGIN_HINT:
         login_hint = None  # a hint only: ignored rather than refused
@@ -243,8 +251,8 @@ def redirect_to(target: AuthorizationTarget, issuer: str, **values: str | None) 
 
 
 def error_redirect(error: RedirectError, issuer: str) -> str:
-    return redirect_to(error.target, issuer, error=error.error,
-                       error_description=error.description)
+    return redirect_to(error.target, issuer, error=error.error.error,
+                       error_description=error.error.error_description)
 
 
 def form_action_source(uri: str) -> str:

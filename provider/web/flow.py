@@ -37,7 +37,14 @@ from provider.oauth.authorize import (
     parse_request,
     redirect_to,
 )
-from provider.oauth.errors import InvalidGrant, InvalidScope, SlowDown
+from provider.oauth.errors import (
+    AccessDenied,
+    ConsentRequired,
+    InvalidGrant,
+    InvalidScope,
+    LoginRequired,
+    SlowDown,
+)
 from provider.oauth.grants.password import check_credentials
 from provider.oauth.scopes import ADMIN, EMAIL, OPENID, PROFILE, resolve_scope
 from provider.oidc.logout import LogoutError, parse_logout
@@ -233,24 +240,20 @@ class Flow:
                 request.max_age is not None
                 and (now - login.auth_time).total_seconds() > request.max_age):
             if "none" in request.prompt:
-                return self.to_client(RedirectError(request.target, "login_required",
-                                                    "The user is not signed in."))
+                return self.to_client(RedirectError(request.target, LoginRequired()))
             return self.login_page(request)
         try:
             scope = resolve_scope(request.scope, request.client.scopes,
                                   may_admin=login.is_admin)
         except InvalidScope as exc:
-            return self.to_client(RedirectError(request.target, "invalid_scope",
-                                                exc.error_description))
+            return self.to_client(RedirectError(request.target, exc))
         if not request.client.is_first_party:
             async with self.services.single.connect() as conn:
                 granted = await granted_scopes(conn, login.user_id,
                                                request.client.client_id)
             if "consent" in request.prompt or not set(scope.split()) <= granted:
                 if "none" in request.prompt:
-                    return self.to_client(RedirectError(
-                        request.target, "consent_required",
-                        "The user has not consented to this request."))
+                    return self.to_client(RedirectError(request.target, ConsentRequired()))
                 return self.consent_page(request, login, scope)
         return await self.issue(request, login, scope, now=now)
 
@@ -409,14 +412,12 @@ class Flow:
         if login is None:  # signed out meanwhile (or the session ended): sign in again
             return self.redirect(f"{pages.AUTHORIZE_PATH}?{request.query()}", status=303)
         if form.get("decision") != "allow":
-            return self.to_client(RedirectError(request.target, "access_denied",
-                                                "The user denied the request."), status=303)
+            return self.to_client(RedirectError(request.target, AccessDenied()), status=303)
         try:
             scope = resolve_scope(request.scope, request.client.scopes,
                                   may_admin=login.is_admin)
         except InvalidScope as exc:
-            return self.to_client(RedirectError(request.target, "invalid_scope",
-                                                exc.error_description), status=303)
+            return self.to_client(RedirectError(request.target, exc), status=303)
         return await self.issue(request, login, scope, now=self.services.clock.now(),
                                 status=303, consented=not request.client.is_first_party)
 
