@@ -54,6 +54,14 @@ AUTHORIZE_DOC: dict[str, Any] = {
 }
 
 
+def query_pairs(request: Request) -> list[tuple[str, str]] | None:
+    """The query's parameters; None when there are too many to be a real request."""
+    try:
+        return parse_qsl(request.url.query, keep_blank_values=True, max_num_fields=64)
+    except ValueError:
+        return None
+
+
 def _services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
@@ -77,8 +85,11 @@ def _services(request: Request) -> Services:
     openapi_extra=AUTHORIZE_DOC,
 )
 async def authorize(request: Request) -> Response:
-    pairs = parse_qsl(request.url.query, keep_blank_values=True, max_num_fields=128)
-    return await Flow(_services(request), request).authorize(pairs)
+    flow = Flow(_services(request), request)
+    pairs = query_pairs(request)
+    if pairs is None:
+        return flow.error_page("The authorization request has too many parameters.")
+    return await flow.authorize(pairs)
 
 
 @router.post(AUTHORIZE_PATH, include_in_schema=False)
@@ -143,7 +154,8 @@ def _single(pairs: list[tuple[str, str]]) -> dict[str, str] | None:
     openapi_extra=LOGOUT_DOC,
 )
 async def logout(request: Request) -> Response:
-    params = _single(parse_qsl(request.url.query, keep_blank_values=True, max_num_fields=64))
+    pairs = query_pairs(request)
+    params = _single(pairs) if pairs is not None else None
     return await Flow(_services(request), request).logout(params, confirmed=False,
                                                           is_post=False)
 

@@ -254,3 +254,15 @@ async def test_login_hint_fills_the_form_escaped(
                                            login_hint='ada@example.com"><b>x')
     assert 'value="ada@example.com&#34;&gt;&lt;b&gt;x"' in page.text
     assert "<b>x" not in page.text
+
+
+async def test_oversized_requests_get_an_error_page(client: httpx.AsyncClient,
+                                                    app_client: str) -> None:
+    query = "&".join(f"p{i}=x" for i in range(200))
+    response = await client.get(f"/oauth/authorize?client_id={app_client}&{query}")
+    assert_error_page(response, "too many parameters")
+    logout = await client.get(f"/oauth/logout?{query}")
+    assert logout.status_code == 400 and "location" not in logout.headers
+    page = await client.post("/oauth/authorize/login", content=b"x=" + b"y" * 20_000,
+                             headers={"content-type": "application/x-www-form-urlencoded"})
+    assert page.status_code == 400
