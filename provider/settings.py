@@ -159,6 +159,13 @@ class Settings(BaseSettings):
             raise ValueError("PROVIDER_ISSUER must be an http(s) URL")
         return value
 
+    @field_validator("password_reset_url")
+    @classmethod
+    def _reset_url_is_a_web_address(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("https://", "http://", "/")):
+            raise ValueError("PROVIDER_PASSWORD_RESET_URL must be an http(s) URL or a path")
+        return value or None
+
     @field_validator("purge_interval")
     @classmethod
     def _purge_interval_sane(cls, value: timedelta | None) -> timedelta | None:

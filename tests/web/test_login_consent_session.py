@@ -148,6 +148,25 @@ async def test_wrong_password_unknown_user_and_disabled_account_read_the_same(
     assert DEFAULT_PASSWORD not in answers[1].text
 
 
+async def test_login_page_links_to_the_password_reset(
+    browser: Browser, factory: Factory, settings: Settings
+) -> None:
+    oauth = await factory.code_client()
+    page = await browser.authorize(Authorization(oauth.client_id))
+    assert ('<a href="/docs#/accounts/forgot_password_auth_forgot_password_post">'
+            "Forgot your password?</a>") in page.text
+    application = create_app(settings.model_copy(
+        update={"password_reset_url": "https://app.example.com/reset?from=login"}))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport,
+                                     base_url="http://127.0.0.1:8000") as http:
+            page = await Browser(http).authorize(Authorization(oauth.client_id))
+    assert '<a href="https://app.example.com/reset?from=login">' in page.text
+    with pytest.raises(ValueError, match="PROVIDER_PASSWORD_RESET_URL"):
+        Settings(_env_file=None, password_reset_url="javascript:alert(1)")  # type: ignore[call-arg]
+
+
 async def test_unverified_user_hears_it_only_after_the_right_password(
     browser: Browser, factory: Factory
 ) -> None:
