@@ -22,6 +22,7 @@ from provider.services import Services
 from provider.settings import Settings
 from provider.tokens.models import LoginSession
 from provider.web.models import BrowserSession
+from tests.audit.helpers import assert_holds_none_of, events
 from tests.conftest import TestClock
 from tests.factories import DEFAULT_PASSWORD, Factory, TestUser
 from tests.helpers import bearer, login, refresh
@@ -561,3 +562,41 @@ async def test_stored_session_token_is_a_digest(browser: Browser, factory: Facto
         stored = (await session.scalars(select(BrowserSession.token_hash))).all()
     assert hashlib.sha256(token.encode()).digest() in stored
     assert CALLBACK  # (the helpers' default redirect URI is the registered one)
+
+
+async def test_audit_trail_of_the_code_flow_holds_no_secret(
+    browser: Browser, factory: Factory, client: httpx.AsyncClient, services: Services
+) -> None:
+    user, app = await factory.user(), await factory.code_client()
+    request = Authorization(app.client_id, scope="openid email")
+    page = await browser.authorize(request)
+    await browser.login(page, user.email, "a wrong password")
+    answer = await browser.sign_in(request, user.email, user.password)
+    first = await exchange(browser.http, request, answer["code"], auth=app.auth)
+    tokens = first.json()
+    await exchange(browser.http, request, answer["code"], auth=app.auth)  # reused
+    again = await browser.sign_in(Authorization(app.client_id), user.email, user.password)
+    withdrawn = await client.delete(
+        f"/users/me/consents/{app.client_id}",
+        headers=bearer((await login(client, await factory.client(), user))["access_token"]))
+    assert withdrawn.status_code == 204
+    await browser.http.get("/oauth/logout", params={"id_token_hint": tokens["id_token"]})
+    found = await events(services, user_id=user.id)
+    kinds = [(e["type"], e["outcome"], e["details"].get("method")) for e in found
+             if e["client_id"] == app.client_id]
+    assert ("login", "failure", "login_page") in kinds
+    assert ("login", "success", "login_page") in kinds
+    assert ("login", "success", "authorization_code") in kinds
+    assert ("authorization_code.reused", "failure", None) in kinds
+    assert ("consent.withdrawn", "success", None) in kinds
+    assert ("logout", "success", None) in kinds
+    granted = [e for e in found if e["type"] == "consent.granted"]
+    # (The second sign-in asked for more: a second consent.)
+    assert [e["details"] for e in granted] == [{"scopes": ["openid", "email"]},
+                                               {"scopes": ["openid", "profile", "email"]}]
+    failure = next(e for e in found if e["type"] == "login" and e["outcome"] == "failure")
+    assert failure["details"] == {"method": "login_page", "reason": "wrong_password"}
+    assert_holds_none_of(found, user.password, "a wrong password", answer["code"],
+                         again["code"], tokens["access_token"], tokens["refresh_token"],
+                         tokens["id_token"], app.client_secret, browser.cookie(SESSION),
+                         browser.cookie(CSRF), request.verifier)
