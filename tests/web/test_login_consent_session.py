@@ -210,6 +210,7 @@ async def test_login_page_is_throttled_like_the_password_grant(
                                         "login_throttle_address": "100000 per minute"})
     application = create_app(tight, clock=clock)
     user, oauth = await factory.user(), await factory.code_client(first_party=True)
+    password_client = await factory.client()
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport,
@@ -225,10 +226,11 @@ async def test_login_page_is_throttled_like_the_password_grant(
             assert "Too many attempts. Try again in" in throttled.text
             assert browser.cookie(SESSION) is None  # even the right password waits
             # The password grant shares the throttle: the account is throttled there too.
-            token = await http.post("/oauth/token", data={
-                "grant_type": "password", "username": user.email, "password": "x",
-                "client_id": "cl_none"})
-            assert token.status_code == 401  # (client authentication comes first)
+            grant = await http.post("/oauth/token", auth=password_client.auth, data={
+                "grant_type": "password", "username": user.email,
+                "password": user.password})
+            assert grant.status_code == 429
+            assert grant.json()["error"] == "slow_down"
 
 
 # --- SSO, prompt, max_age ------------------------------------------------------------------
