@@ -27,6 +27,8 @@ from tests.conftest import TestClock
 from tests.factories import DEFAULT_PASSWORD, Factory, TestUser
 from tests.helpers import bearer, login, refresh
 from tests.mfa.helpers import code_at, enrol, freeze_in_a_step
+from tests.smtp_sink import SmtpSink
+from tests.users.flows import request_reset_code
 from tests.web.helpers import (
     CALLBACK,
     Authorization,
@@ -288,7 +290,7 @@ async def test_prompt_login_and_max_age_ask_for_the_password_again(
                                     "logout"])
 async def test_browser_session_ends(
     browser: Browser, factory: Factory, services: Services, clock: TestClock,
-    client: httpx.AsyncClient, ending: str,
+    client: httpx.AsyncClient, mail_sink: SmtpSink, ending: str,
 ) -> None:
     user, oauth = await factory.user(), await factory.code_client(first_party=True)
     request = Authorization(oauth.client_id)
@@ -302,10 +304,10 @@ async def test_browser_session_ends(
                                           "new_password": "a brand new passphrase"})
         assert changed.status_code == 204
     elif ending == "password_reset":
-        from provider.tokens.revocation import end_user_sessions  # what a reset does
-
-        async with services.engine.begin() as conn:
-            await end_user_sessions(conn, uuid.UUID(user.id), now=clock.now())
+        code = await request_reset_code(client, mail_sink, user.email)
+        reset = await client.post("/auth/reset-password", json={
+            "email": user.email, "code": code, "new_password": "a brand new passphrase"})
+        assert reset.status_code == 200, reset.text
     elif ending == "disable":
         admin = await factory.user(is_admin=True)
         admin_tokens = await login(client, await factory.client(), admin, scope="admin")
