@@ -37,6 +37,7 @@ from provider.logs import (
 from provider.metrics import observe_request
 from provider.oauth.router import JWKS_PATH, jwks
 from provider.settings import Settings
+from provider.web.pages import WEB_PAGES
 
 API_SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -101,6 +102,8 @@ class EdgeMiddleware:
         self.api_headers = (*common, API_CSP)
         self.api_headers_no_store = (*common, API_CSP, NO_STORE)
         self.docs_headers = (*common, DOCS_CSP)
+        # The login, consent and logout pages send their own CSP and Cache-Control.
+        self.page_headers = common
 
     def _request_id(self, scope: Scope) -> str:
         proxies = self.settings.trusted_proxies
@@ -123,7 +126,8 @@ class EdgeMiddleware:
         context = RequestContext(self._request_id(scope))
         path: str = scope["path"]
         is_docs = path in DOCS_PAGES or path.startswith(DOCS_PREFIX)
-        extra = self.docs_headers if is_docs else self.api_headers
+        extra = (self.docs_headers if is_docs else
+                 self.page_headers if path in WEB_PAGES else self.api_headers)
         no_store = self.api_headers_no_store
         request_id_header = (b"x-request-id", context.request_id.encode())
         status = 500

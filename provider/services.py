@@ -26,6 +26,7 @@ from provider.ratelimit import ThrottleConfig, Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import JwtService
 from provider.users.accounts import PRODUCT, Accounts
+from provider.web.csrf import Csrf
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Services:
     readiness: ReadinessProbe
     audit: AuditLog
     mfa: Mfa
+    csrf: Csrf
 
 
 # /readyz answers within this, whatever the database does (DESIGN.md: 503 within 2 s).
@@ -83,7 +85,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
                     audit=AuditLog(single, clock),
                     mfa=Mfa(server_secret=secret, issuer_name=PRODUCT,
                             mfa_token_ttl=settings.mfa_token_ttl,
-                            throttle=throttles.mfa_account))
+                            throttle=throttles.mfa_account),
+                    csrf=Csrf(secret))
 
 
 def throttle_config(settings: Settings) -> ThrottleConfig:
