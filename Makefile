@@ -19,7 +19,7 @@ ALLOW_NO_TESTS ?=
 help:
 	@echo "Targets:"
 	@echo "  make run        create .venv, migrate, create keys and the dev client, serve on http://$(HOST):$(PORT)"
-	@echo "  make test       create .venv, make sure Chromium is there, run the test suite (PYTEST_ARGS='...')"
+	@echo "  make test       create .venv, make sure Chromium, PgBouncer and Node.js are there, run the test suite (PYTEST_ARGS='...')"
 	@echo "  make lint       ruff check + mypy --strict provider and resource/"
 	@echo "  make openapi    regenerate the committed OpenAPI document"
 	@echo "  make bench      run the benchmarks (bench/run.sh)"
@@ -49,6 +49,7 @@ run: .venv
 test: .venv
 	@bash scripts/ensure-chromium.sh
 	@bash scripts/ensure-pgbouncer.sh
+	@bash scripts/ensure-node.sh
 	@rc=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ] && [ "$(ALLOW_NO_TESTS)" = 1 ]; then \
 		echo "!!! pytest collected no tests (exit 5); ALLOW_NO_TESTS=1, so this counts as success"; \

@@ -21,6 +21,7 @@ from provider import __version__
 from provider.audit.router import router as admin_audit_router
 from provider.clients.router import router as admin_clients_router
 from provider.clock import Clock
+from provider.consents.router import router as consents_router
 from provider.db import Unavailable, unavailable_reason
 from provider.docs import install_docs
 from provider.errors import (
@@ -49,6 +50,7 @@ from provider.services import build_services
 from provider.settings import Settings
 from provider.users.admin_router import router as admin_users_router
 from provider.users.router import router as users_router
+from provider.web.router import router as web_router
 
 log = logging.getLogger("provider")
 
@@ -111,8 +113,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         swagger_ui_oauth2_redirect_url=None,
     )
     app.include_router(oauth_router)
+    app.include_router(web_router)
     app.include_router(users_router)
     app.include_router(mfa_router)
+    app.include_router(consents_router)
     app.include_router(admin_users_router)
     app.include_router(admin_mfa_router)
     app.include_router(admin_clients_router)

@@ -497,6 +497,16 @@ def clients_create(
         help=f"Allowed grant type (repeat): {', '.join(GRANT_TYPES)}.")],
     scope: Annotated[str, typer.Option(help="Allowed scopes, space-separated.")] = "",
     public: Annotated[bool, typer.Option("--public", help="No secret (native/SPA).")] = False,
+    redirect_uri: Annotated[list[str] | None, typer.Option(
+        "--redirect-uri", help="Authorization code flow: a redirect URI (repeat), matched "
+        "exactly; https, http on 127.0.0.1 or [::1] (any port), or a private-use scheme "
+        "(com.example.app:/callback).")] = None,
+    post_logout_redirect_uri: Annotated[list[str] | None, typer.Option(
+        "--post-logout-redirect-uri",
+        help="Where /oauth/logout may return to (repeat), matched exactly.")] = None,
+    first_party: Annotated[bool, typer.Option(
+        "--first-party", help="A client of ours: the login page asks no consent for it."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create a client. Its secret is printed once and stored only as a digest."""
@@ -506,6 +516,9 @@ def clients_create(
         client, secret = await create_client(
             session, name=name, grant_types=grant, scopes=[scope], is_public=public,
             now=SystemClock().now(), grant_rules=CLIENT_GRANT_RULES,
+            redirect_uris=redirect_uri or [],
+            post_logout_redirect_uris=post_logout_redirect_uri or [],
+            is_first_party=first_party,
         )
         audit_in(session, EventType.CLIENT_CREATED, client_id=client.client_id)
         return client.client_id, secret
@@ -526,7 +539,10 @@ def clients_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         clients = await list_clients(session, limit=10_000)
         return [{"client_id": c.client_id, "name": c.name, "is_public": c.is_public,
-                 "grant_types": c.grant_types, "scopes": c.scopes, "is_active": c.is_active}
+                 "grant_types": c.grant_types, "scopes": c.scopes, "is_active": c.is_active,
+                 "redirect_uris": c.redirect_uris,
+                 "post_logout_redirect_uris": c.post_logout_redirect_uris,
+                 "is_first_party": c.is_first_party}
                 for c in clients]
 
     items = in_session(work)
@@ -535,9 +551,13 @@ def clients_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
         return
     for c in items:
         kind = "public" if c["is_public"] else "confidential"
+        if c["is_first_party"]:
+            kind += " first-party"
         state = "" if c["is_active"] else "  (disabled)"
+        redirects = (f"  redirect_uris={','.join(c['redirect_uris'])}"
+                     if c["redirect_uris"] else "")
         typer.echo(f"{c['client_id']}  {c['name']}  {kind}  grants={','.join(c['grant_types'])}"
-                   f"  scope={' '.join(c['scopes'])}{state}")
+                   f"  scope={' '.join(c['scopes'])}{redirects}{state}")
 
 
 @clients_app.command("delete")
@@ -559,9 +579,13 @@ def clients_ensure_dev() -> None:
     """Create the development client for Swagger UI if it is missing, and print it.
 
     Its credentials are kept in PROVIDER_KEYS_DIR/dev-client.json (git-ignored) so that
-    `make run` can show them again. Not for production.
+    `make run` can show them again. It may use the password grant and the authorization
+    code flow with PKCE, whose redirect URI is Swagger UI's
+    PROVIDER_ISSUER/docs/oauth2-redirect.html (registered on an existing dev client
+    too). First-party: no consent screen. Not for production.
     """
     from provider.clients.service import create_client, get_client
+    from provider.docs import SWAGGER_REDIRECT_PATH
 
     current = settings()
     if current.env == "production":
@@ -573,19 +597,30 @@ def clients_ensure_dev() -> None:
             saved = json.loads(path.read_text())
         except ValueError:
             saved = None
+    redirect_uri = current.issuer + SWAGGER_REDIRECT_PATH
+    grants = ["password", "refresh_token", "authorization_code"]
 
     async def work(session: AsyncSession) -> dict[str, str]:
         if saved:
             try:
-                await get_client(session, saved["client_id"])
-                return dict(saved)
+                client = await get_client(session, saved["client_id"])
             except ProviderError:
-                pass
+                client = None
+            if client is not None:
+                # A dev client of an earlier version: give it the code flow too.
+                if redirect_uri not in client.redirect_uris:
+                    client.redirect_uris = [*client.redirect_uris, redirect_uri]
+                missing = [g for g in grants if g not in client.grant_types]
+                if missing:
+                    client.grant_types = [*client.grant_types, *missing]
+                client.is_first_party = True
+                await session.flush()
+                return dict(saved)
         client, secret = await create_client(
-            session, name="Swagger UI (development)",
-            grant_types=["password", "refresh_token"],
+            session, name="Swagger UI (development)", grant_types=grants,
             scopes=["openid profile email admin"], is_public=False, now=SystemClock().now(),
-            grant_rules=CLIENT_GRANT_RULES,
+            grant_rules=CLIENT_GRANT_RULES, redirect_uris=[redirect_uri],
+            is_first_party=True,
         )
         return {"client_id": client.client_id, "client_secret": secret or ""}
 
@@ -596,7 +631,8 @@ def clients_ensure_dev() -> None:
         path.chmod(0o600)
     typer.echo(
         "Development client for Swagger UI (Authorize -> client_id / client_secret):\n"
-        f"  client_id:     {creds['client_id']}\n  client_secret: {creds['client_secret']}"
+        f"  client_id:     {creds['client_id']}\n  client_secret: {creds['client_secret']}\n"
+        f"  redirect_uri:  {redirect_uri} (authorization code + PKCE)"
     )
 
 

@@ -8,7 +8,12 @@ from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import OAuth2PasswordBearer
+from fastapi.openapi.models import (
+    OAuthFlowAuthorizationCode,
+    OAuthFlowPassword,
+    OAuthFlows,
+)
+from fastapi.security import OAuth2
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -116,11 +121,18 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-# Declares the scheme to OpenAPI, which gives Swagger UI its Authorize button (password
-# flow against our token endpoint); the token itself is read by bearer_token().
-oauth2_scheme = OAuth2PasswordBearer(
-    tokenUrl="/oauth/token",
-    scopes=DESCRIPTIONS,
+# Declares the scheme to OpenAPI, which gives Swagger UI its Authorize button: the
+# password flow and the authorization code flow with PKCE (the login page), both against
+# our own endpoints; the token itself is read by bearer_token().
+oauth2_scheme = OAuth2(
+    flows=OAuthFlows(
+        password=OAuthFlowPassword(tokenUrl="/oauth/token", scopes=DESCRIPTIONS),
+        authorizationCode=OAuthFlowAuthorizationCode(
+            authorizationUrl="/oauth/authorize", tokenUrl="/oauth/token",
+            scopes=DESCRIPTIONS),
+    ),
+    scheme_name="OAuth2",
+    description="Password flow (first-party) or authorization code flow with PKCE.",
     auto_error=False,
 )
 

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import fastapi_offline
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -15,7 +19,11 @@ DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 DOCS_PREFIX = "/docs-assets"
 SWAGGER_UI_PATH = "/docs"
 REDOC_PATH = "/redoc"
-DOCS_PAGES = (SWAGGER_UI_PATH, REDOC_PATH)
+# Where the authorization code flow of Swagger UI's Authorize dialog returns to: the
+# page hands the code to the docs window (Swagger UI's own page, served by us). `make
+# run` registers it for the dev client (provider clients ensure-dev).
+SWAGGER_REDIRECT_PATH = "/docs/oauth2-redirect.html"
+DOCS_PAGES = (SWAGGER_UI_PATH, REDOC_PATH, SWAGGER_REDIRECT_PATH)
 
 
 def install_docs(app: FastAPI) -> None:
@@ -29,9 +37,15 @@ def install_docs(app: FastAPI) -> None:
             swagger_js_url=f"{DOCS_PREFIX}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_PREFIX}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_PREFIX}/favicon.png",
-            init_oauth={"usePkceWithAuthorizationCodeGrant": False},
+            oauth2_redirect_url=SWAGGER_REDIRECT_PATH,
+            # PKCE (S256) for the authorization code flow: we require it of every client.
+            init_oauth={"usePkceWithAuthorizationCodeGrant": True},
             swagger_ui_parameters={"persistAuthorization": False, "tryItOutEnabled": True},
         )
+
+    @app.get(SWAGGER_REDIRECT_PATH, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
     @app.get(REDOC_PATH, include_in_schema=False)
     async def redoc() -> HTMLResponse:

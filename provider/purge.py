@@ -3,7 +3,9 @@
 Dead rows: login sessions past their absolute expiry, or revoked longer ago than an
 access token lives (so none of their tokens can still be live), with their refresh
 tokens; used or expired email codes and mfa_tokens; expired denylist entries; audit events past
-PROVIDER_AUDIT_RETENTION. Each statement deletes at most ``batch_size`` rows in a short
+PROVIDER_AUDIT_RETENTION; authorization codes a day past their expiry (until then a
+used one is kept, so that its reuse is recognised and revokes what it issued); browser
+sessions that ended or expired. Each statement deletes at most ``batch_size`` rows in a short
 transaction of its own, so the token path never waits long on a purge. On PostgreSQL
 one process at a time purges (a transaction-level advisory lock); on SQLite, writers are
 serialised by the database anyway and the deletes are idempotent.
@@ -28,7 +30,13 @@ from provider.codes.models import EmailCode
 from provider.db import is_sqlite
 from provider.mfa.models import MfaToken
 from provider.settings import Settings
-from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
+from provider.tokens.models import (
+    AuthorizationCode,
+    LoginSession,
+    RefreshToken,
+    RevokedAccessToken,
+)
+from provider.web.models import BrowserSession
 
 log = logging.getLogger("provider.purge")
 
@@ -38,9 +46,15 @@ codes = cast(Table, EmailCode.__table__)
 denylist = cast(Table, RevokedAccessToken.__table__)
 mfa_tokens = cast(Table, MfaToken.__table__)
 audit = cast(Table, AuditEvent.__table__)
+auth_codes = cast(Table, AuthorizationCode.__table__)
+browser_sessions = cast(Table, BrowserSession.__table__)
 
 TABLES = ("login_sessions", "refresh_tokens", "email_codes", "mfa_tokens",
-          "revoked_access_tokens", "audit_events")
+          "revoked_access_tokens", "audit_events", "authorization_codes",
+          "browser_sessions")
+# A used authorization code is kept this long past its expiry: presented again within
+# it, it still revokes what its one use issued (RFC 6749 §4.1.2).
+CODE_KEPT_AFTER_EXPIRY = timedelta(days=1)
 # pg_try_advisory_lock key: "prvpurge" as a big-endian int8.
 LOCK_KEY = int.from_bytes(b"prvpurge", "big")
 
@@ -95,6 +109,15 @@ def old_events(c: Cutoffs) -> ColumnElement[bool]:
     return audit.c.occurred_at < c.audit_before
 
 
+def dead_authorization_codes(c: Cutoffs) -> ColumnElement[bool]:
+    return auth_codes.c.expires_at <= c.now - CODE_KEPT_AFTER_EXPIRY
+
+
+def dead_browser_sessions(c: Cutoffs) -> ColumnElement[bool]:
+    return or_(browser_sessions.c.ended_at.is_not(None),
+               browser_sessions.c.expires_at <= c.now)
+
+
 class Purger:
     def __init__(self, engine: AsyncEngine, single: AsyncEngine, settings: Settings,
                  clock: Clock, *, pause_s: float = 0.0) -> None:
@@ -121,6 +144,8 @@ class Purger:
                 ("mfa_tokens", mfa_tokens.c.id, dead_mfa_tokens(cutoffs)),
                 ("revoked_access_tokens", denylist.c.jti, dead_denials(cutoffs)),
                 ("audit_events", audit.c.id, old_events(cutoffs)),
+                ("authorization_codes", auth_codes.c.id, dead_authorization_codes(cutoffs)),
+                ("browser_sessions", browser_sessions.c.id, dead_browser_sessions(cutoffs)),
             ):
                 report.counts[table] = await self._delete_batches(key, condition)
         return report
@@ -196,6 +221,10 @@ class Purger:
             "revoked_access_tokens": select(func.count()).select_from(denylist)
             .where(dead_denials(cutoffs)),
             "audit_events": select(func.count()).select_from(audit).where(old_events(cutoffs)),
+            "authorization_codes": select(func.count()).select_from(auth_codes)
+            .where(dead_authorization_codes(cutoffs)),
+            "browser_sessions": select(func.count()).select_from(browser_sessions)
+            .where(dead_browser_sessions(cutoffs)),
         }
         async with self.single.connect() as conn:
             for table, query in queries.items():

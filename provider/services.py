@@ -33,6 +33,7 @@ from provider.ratelimit import ThrottleConfig, Throttles
 from provider.settings import Settings
 from provider.tokens.jwt import JwtService
 from provider.users.accounts import PRODUCT, Accounts
+from provider.web.csrf import Csrf
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Services:
     readiness: ReadinessProbe
     audit: AuditLog
     mfa: Mfa
+    csrf: Csrf
     # The JWKS answer's headers, made once: resource servers may cache it this long.
     jwks_headers: dict[str, str]
 
@@ -100,6 +102,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
                     mfa=Mfa(server_secret=secret, issuer_name=PRODUCT,
                             mfa_token_ttl=settings.mfa_token_ttl,
                             throttle=throttles.mfa_account),
+                    csrf=Csrf(secret),
                     jwks_headers={"Cache-Control": "public, max-age="
                                   f"{int(settings.jwks_max_age.total_seconds())}"})
 

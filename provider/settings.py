@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     refresh_reuse_grace: timedelta = timedelta(0)
     email_code_ttl: timedelta = timedelta(minutes=10)
     mfa_token_ttl: timedelta = timedelta(minutes=5)
+    # The login page's browser session (single sign-on): its absolute lifetime, counted
+    # from the login; nothing extends it.
+    browser_session_ttl: timedelta = Field(default=timedelta(hours=12), gt=timedelta(0))
+    # Where the login page's "Forgot your password?" link points (an app's own reset
+    # page); unset: the API's reset flow in our Swagger UI (README, "Login page").
+    password_reset_url: str | None = None
 
     # argon2id: OWASP's recommended floor (m=19 MiB, t=2, p=1).
     argon2_memory_cost: int = 19 * 1024
@@ -174,6 +180,13 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError("PROVIDER_ISSUER must be an http(s) URL")
         return value
+
+    @field_validator("password_reset_url")
+    @classmethod
+    def _reset_url_is_a_web_address(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("https://", "http://", "/")):
+            raise ValueError("PROVIDER_PASSWORD_RESET_URL must be an http(s) URL or a path")
+        return value or None
 
     @field_validator("purge_interval")
     @classmethod

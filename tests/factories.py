@@ -83,15 +83,32 @@ class Factory:
         scopes: str = "openid profile email admin",
         public: bool = False,
         name: str = "test client",
+        redirect_uris: tuple[str, ...] = (),
+        post_logout_redirect_uris: tuple[str, ...] = (),
+        first_party: bool = False,
     ) -> TestClient:
         services = self.services
         async with services.sessions() as session:
             client, secret = await create_client(
                 session, name=name, grant_types=grants, scopes=[scopes], is_public=public,
                 now=services.clock.now(), grant_rules=CLIENT_GRANT_RULES,
+                redirect_uris=redirect_uris, post_logout_redirect_uris=post_logout_redirect_uris,
+                is_first_party=first_party,
             )
             await session.commit()
             return TestClient(client.client_id, secret)
+
+    async def code_client(
+        self, *, redirect_uris: tuple[str, ...] = ("https://client.example.com/callback",),
+        first_party: bool = False, public: bool = False,
+        scopes: str = "openid profile email admin", name: str = "Example App",
+        post_logout_redirect_uris: tuple[str, ...] = ("https://client.example.com/bye",),
+    ) -> TestClient:
+        """A client of the authorization code flow (with refresh tokens)."""
+        return await self.client(
+            grants=("authorization_code", "refresh_token"), scopes=scopes, public=public,
+            name=name, redirect_uris=redirect_uris, first_party=first_party,
+            post_logout_redirect_uris=post_logout_redirect_uris)
 
     async def session(self, user: TestUser, client: TestClient, *, scope: str) -> str:
         """A live session (what a sign-in records) of ``user`` with ``client``: its id."""

@@ -364,7 +364,7 @@ def test_clients_create_list_delete(cli: Cli) -> None:
     assert spa == {"client_id": spa["client_id"], "client_secret": None}
     assert unknown_grant.usage_error() == (
         "error: unknown grant type 'magic'; choose from password, refresh_token, "
-        "client_credentials")
+        "client_credentials, authorization_code")
 
     # The secret is stored only as its SHA-256 digest.
     [(digest,)] = sqlite_rows(cli, "SELECT secret_hash FROM clients WHERE client_id = ?",
@@ -375,7 +375,8 @@ def test_clients_create_list_delete(cli: Cli) -> None:
     assert items[created["client_id"]] == {
         "client_id": created["client_id"], "name": name, "is_public": False,
         "grant_types": ["password", "refresh_token"], "scopes": ["openid", "profile"],
-        "is_active": True,
+        "is_active": True, "redirect_uris": [], "post_logout_redirect_uris": [],
+        "is_first_party": False,
     }
     assert items[spa["client_id"]]["is_public"] is True
     assert not [c for c in items.values() if c["name"].startswith("bad-")]
@@ -386,6 +387,44 @@ def test_clients_create_list_delete(cli: Cli) -> None:
     assert again.usage_error() == "error: No such client."
 
 
+def test_clients_create_for_the_authorization_code_flow(cli: Cli) -> None:
+    name = unique("web")
+    web, native, bad_http, fragment = cli.many(
+        ["clients", "create", "--name", name, "--grant", "authorization_code", "--grant",
+         "refresh_token", "--scope", "openid profile", "--redirect-uri",
+         "https://app.example.com/cb", "--redirect-uri", "https://app.example.com/cb2",
+         "--post-logout-redirect-uri", "https://app.example.com/bye", "--first-party",
+         "--json"],
+        ["clients", "create", "--name", unique("native"), "--grant", "authorization_code",
+         "--public", "--redirect-uri", "http://127.0.0.1/callback", "--redirect-uri",
+         "com.example.app:/oauth", "--json"],
+        ["clients", "create", "--name", unique("bad"), "--grant", "authorization_code",
+         "--redirect-uri", "http://app.example.com/cb", "--json"],
+        ["clients", "create", "--name", unique("bad"), "--grant", "authorization_code",
+         "--redirect-uri", "https://app.example.com/cb#frag", "--json"],
+    )
+    made, app = web.json(), native.json()
+    assert bad_http.usage_error() == (
+        "error: redirect_uris: http is allowed only for the loopback addresses 127.0.0.1 "
+        "and [::1] (RFC 8252 §7.3; use https elsewhere)")
+    assert fragment.usage_error() == (
+        "error: redirect_uris: a redirect URI may not have a fragment (RFC 6749 §3.1.2)")
+    items = {c["client_id"]: c for c in cli("clients", "list", "--json").json()["items"]}
+    assert items[made["client_id"]]["redirect_uris"] == [
+        "https://app.example.com/cb", "https://app.example.com/cb2"]
+    assert items[made["client_id"]]["post_logout_redirect_uris"] == [
+        "https://app.example.com/bye"]
+    assert items[made["client_id"]]["is_first_party"] is True
+    assert items[app["client_id"]]["redirect_uris"] == [
+        "http://127.0.0.1/callback", "com.example.app:/oauth"]
+    assert items[app["client_id"]]["is_first_party"] is False
+    assert not [c for c in items.values() if c["name"].startswith("bad-")]
+    text = cli("clients", "list").ok().stdout
+    assert (f"{made['client_id']}  {name}  confidential first-party  "
+            "grants=authorization_code,refresh_token  scope=openid profile  "
+            "redirect_uris=https://app.example.com/cb,https://app.example.com/cb2") in text
+
+
 def test_clients_ensure_dev_twice_prints_the_same_credentials(cli: Cli, tmp_path: Path) -> None:
     dev = cli.with_keys_dir(tmp_path / "keys")
     pattern = re.compile(r"client_id:\s+(\S+)\n\s+client_secret:\s+(\S+)")
@@ -393,6 +432,14 @@ def test_clients_ensure_dev_twice_prints_the_same_credentials(cli: Cli, tmp_path
     second = pattern.search(dev("clients", "ensure-dev").ok().stdout)
     assert first is not None and second is not None
     assert first.groups() == second.groups()
+    # Swagger UI's Authorize dialog: the password flow and the code flow with PKCE,
+    # whose redirect URI is registered (first-party: no consent screen).
+    [(grants, redirect_uris, first_party)] = sqlite_rows(
+        dev, "SELECT grant_types, redirect_uris, is_first_party FROM clients "
+        "WHERE client_id = ?", first.group(1))
+    assert json.loads(grants) == ["password", "refresh_token", "authorization_code"]
+    assert json.loads(redirect_uris) == ["http://127.0.0.1:8000/docs/oauth2-redirect.html"]
+    assert first_party == 1
     saved = tmp_path / "keys" / "dev-client.json"
     assert json.loads(saved.read_text()) == dict(zip(("client_id", "client_secret"),
                                                      first.groups(), strict=True))

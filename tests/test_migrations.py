@@ -277,6 +277,43 @@ def test_mfa_revision_adds_its_tables_and_keeps_users(fresh_url: str) -> None:
         select(_old_users.c.email)).scalars().all()) == ["old@example.com"]
 
 
+CODE_FLOW_REVISION = "fa58341a5b9d"
+CODE_FLOW_TABLES = {"authorization_codes", "browser_sessions", "consents"}
+CODE_FLOW_CLIENT_COLUMNS = {"redirect_uris", "post_logout_redirect_uris", "is_first_party"}
+
+
+def _client_columns(connection: Connection) -> set[str]:
+    return {col["name"] for col in inspect(connection).get_columns("clients")}
+
+
+def test_code_flow_revision_gives_existing_clients_empty_uris_and_back(fresh_url: str) -> None:
+    """Issue 10's revision: existing clients get no redirect URI (so no code flow until an
+    admin registers one) and are not first-party; the downgrade drops the new tables
+    and columns and keeps the clients."""
+    config = config_for(fresh_url)
+    command.upgrade(config, "c3f1a7e2b9d4")  # the revision before the code flow
+    inspect_db(fresh_url, lambda c: (c.execute(insert(_old_clients).values(
+        client_id="cl_old", name="old", is_public=False, grant_types=["password"],
+        scopes=["openid"], is_active=True, created_at=AT, updated_at=AT)), c.commit()))
+    assert not CODE_FLOW_CLIENT_COLUMNS & inspect_db(fresh_url, _client_columns)
+
+    command.upgrade(config, CODE_FLOW_REVISION)
+    assert CODE_FLOW_TABLES <= inspect_db(fresh_url, table_names)
+    clients = table("clients", column("client_id", String()), column("redirect_uris", JSON()),
+                    column("post_logout_redirect_uris", JSON()),
+                    column("is_first_party", Boolean()))
+    rows = inspect_db(fresh_url, lambda c: c.execute(select(
+        clients.c.client_id, clients.c.redirect_uris, clients.c.post_logout_redirect_uris,
+        clients.c.is_first_party)).all())
+    assert [tuple(r) for r in rows] == [("cl_old", [], [], False)]
+
+    command.downgrade(config, "c3f1a7e2b9d4")
+    assert not CODE_FLOW_TABLES & inspect_db(fresh_url, table_names)
+    assert not CODE_FLOW_CLIENT_COLUMNS & inspect_db(fresh_url, _client_columns)
+    assert inspect_db(fresh_url, lambda c: c.execute(
+        select(_old_clients.c.client_id)).scalars().all()) == ["cl_old"]
+
+
 KEYS_REVISION = "d7e4b1a9c2f0"
 KEY_TABLES = {"signing_keys", "signing_key_state"}
 
@@ -285,7 +322,7 @@ def test_keys_revision_adds_its_tables_with_the_version_row(fresh_url: str) -> N
     """Issue 9's revision only adds the database key store's tables, the version counter
     starting at 0 in its one row; its downgrade drops exactly them."""
     config = config_for(fresh_url)
-    command.upgrade(config, "c3f1a7e2b9d4")  # the revision before it
+    command.upgrade(config, "fa58341a5b9d")  # the revision before it (issue 10's)
     before = inspect_db(fresh_url, table_names)
     assert not KEY_TABLES & before
 
@@ -302,5 +339,5 @@ def test_keys_revision_adds_its_tables_with_the_version_row(fresh_url: str) -> N
         text("SELECT id, version FROM signing_key_state")).all())
     assert [tuple(row) for row in rows] == [(1, 0)]
 
-    command.downgrade(config, "c3f1a7e2b9d4")
+    command.downgrade(config, "fa58341a5b9d")
     assert inspect_db(fresh_url, table_names) == before

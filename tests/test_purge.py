@@ -28,7 +28,13 @@ from provider.codes.models import EmailCode
 from provider.mfa.models import MfaToken
 from provider.purge import TABLES
 from provider.services import Services, build_services
-from provider.tokens.models import LoginSession, RefreshToken, RevokedAccessToken
+from provider.tokens.models import (
+    AuthorizationCode,
+    LoginSession,
+    RefreshToken,
+    RevokedAccessToken,
+)
+from provider.web.models import BrowserSession
 from tests.conftest import make_settings, migrate
 from tests.factories import Factory
 from tests.helpers import bearer, login, refresh
@@ -37,9 +43,10 @@ from tests.test_cli import COMMAND, Cli
 
 NOTHING = dict.fromkeys(TABLES, 0)
 # What seed() makes dead: 2 sessions with 3 refresh tokens, 2 codes, 2 mfa_tokens,
-# 1 denial, 1 event.
+# 1 denial, 1 event, 1 authorization code, 2 browser sessions.
 DEAD = {"login_sessions": 2, "refresh_tokens": 3, "email_codes": 2, "mfa_tokens": 2,
-        "revoked_access_tokens": 1, "audit_events": 1}
+        "revoked_access_tokens": 1, "audit_events": 1, "authorization_codes": 1,
+        "browser_sessions": 2}
 WAIT_S = 30.0
 BASE_URL = "http://127.0.0.1:8000"
 
@@ -148,6 +155,35 @@ async def seed(services: Services) -> World:
             "two_days": event_row(event=EventType.LOGIN, actor="seed", now=now - 2 * day),
         }
         await conn.execute(insert(AuditEvent), list(events.values()))
+        # Authorization codes: a used one expired an hour ago is still kept (its reuse
+        # must still revoke), one expired two days ago goes.
+        auth_code_ids = {state: uuid.uuid4() for state in ("old", "recent", "live")}
+        for state, (expires_at, used_at) in {
+            "old": (now - 2 * day, now - 2 * day),
+            "recent": (now - 60 * minute, now - 61 * minute),
+            "live": (now + minute, None),
+        }.items():
+            await conn.execute(insert(AuthorizationCode), {
+                "id": auth_code_ids[state], "code_hash": secrets.token_bytes(32),
+                "client_id": oauth.client_id, "user_id": user_id,
+                "redirect_uri": "https://client.example.com/cb", "redirect_uri_sent": True,
+                "code_challenge": "x" * 43, "scope": "openid", "nonce": None,
+                "auth_time": now - day, "amr": ["pwd"], "session_epoch": 0,
+                "created_at": expires_at - minute, "expires_at": expires_at,
+                "used_at": used_at, "session_id": None,
+            })
+        browser_ids = {state: uuid.uuid4() for state in ("ended", "expired", "live")}
+        for state, (expires_at, ended_at) in {
+            "ended": (now + day, now - minute),
+            "expired": (now - minute, None),
+            "live": (now + day, None),
+        }.items():
+            await conn.execute(insert(BrowserSession), {
+                "id": browser_ids[state], "token_hash": secrets.token_bytes(32),
+                "user_id": user_id, "session_epoch": 0, "auth_time": now - day,
+                "amr": ["pwd"], "created_at": now - day, "expires_at": expires_at,
+                "ended_at": ended_at,
+            })
     return World(
         live_ids={
             "login_sessions": {session_ids["live"], session_ids["recently_revoked"]},
@@ -156,6 +192,8 @@ async def seed(services: Services) -> World:
             "mfa_tokens": {mfa_ids["live"]},
             "revoked_access_tokens": {denials["live"]},
             "audit_events": {events["two_days"]["id"]},
+            "authorization_codes": {auth_code_ids["recent"], auth_code_ids["live"]},
+            "browser_sessions": {browser_ids["live"]},
         },
         dead_ids={
             "login_sessions": {session_ids["expired"], session_ids["revoked"]},
@@ -164,6 +202,8 @@ async def seed(services: Services) -> World:
             "mfa_tokens": {mfa_ids["used"], mfa_ids["expired"]},
             "revoked_access_tokens": {denials["dead"]},
             "audit_events": {events["old"]["id"]},
+            "authorization_codes": {auth_code_ids["old"]},
+            "browser_sessions": {browser_ids["ended"], browser_ids["expired"]},
         },
     )
 
@@ -171,7 +211,8 @@ async def seed(services: Services) -> World:
 KEYS = {"login_sessions": LoginSession.id, "refresh_tokens": RefreshToken.id,
         "email_codes": EmailCode.id, "mfa_tokens": MfaToken.id,
         "revoked_access_tokens": RevokedAccessToken.jti,
-        "audit_events": AuditEvent.id}
+        "audit_events": AuditEvent.id, "authorization_codes": AuthorizationCode.id,
+        "browser_sessions": BrowserSession.id}
 
 
 async def present(services: Services) -> dict[str, set[Any]]:

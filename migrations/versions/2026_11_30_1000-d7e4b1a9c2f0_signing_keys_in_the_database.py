@@ -7,7 +7,7 @@ tables only; the downgrade drops them (keys kept in the database go with them: e
 them first with `provider keys export DIR`).
 
 Revision ID: d7e4b1a9c2f0
-Revises: c3f1a7e2b9d4
+Revises: fa58341a5b9d
 Create Date: 2026-11-30 10:00:00
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 import provider.db
 
 revision: str = 'd7e4b1a9c2f0'
-down_revision: str | None = 'c3f1a7e2b9d4'
+down_revision: str | None = 'fa58341a5b9d'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -69,6 +69,10 @@ class EventType(enum.StrEnum):
     MFA_DISABLED = "mfa.disabled"
     MFA_RECOVERY_CODES_REGENERATED = "mfa.recovery_codes_regenerated"
     MFA_RESET = "mfa.reset"
+    LOGOUT = "logout"
+    CONSENT_GRANTED = "consent.granted"
+    CONSENT_WITHDRAWN = "consent.withdrawn"
+    AUTHORIZATION_CODE_REUSED = "authorization_code.reused"
 
 
 class Outcome(enum.StrEnum):

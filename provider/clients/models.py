@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, LargeBinary, String
+from sqlalchemy import JSON, Boolean, LargeBinary, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from provider.db import Base
@@ -21,6 +21,14 @@ class Client(Base):
     grant_types: Mapped[list[str]] = mapped_column(JSON)
     scopes: Mapped[list[str]] = mapped_column(JSON)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The authorization code flow (OAuth 2.1): where codes may be sent (exact match; a
+    # loopback http URI matches any port, RFC 8252 §7.3), where a logout may return to
+    # (OIDC RP-Initiated Logout), and whether the client is ours (no consent screen).
+    redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(
+        JSON, default=list, server_default="[]")
+    is_first_party: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                 server_default=false())
     # When the client was last made active again after a deactivation: its own access
     # tokens (client_credentials) issued before then stay dead (provider.tokens.revocation).
     reactivated_at: Mapped[datetime | None]

@@ -70,6 +70,9 @@ async def admin_create_client(
     client, secret = await create_client(
         session, name=body.name, grant_types=body.grant_types, scopes=body.scopes,
         is_public=body.is_public, now=clock.now(), grant_rules=CLIENT_GRANT_RULES,
+        redirect_uris=body.redirect_uris,
+        post_logout_redirect_uris=body.post_logout_redirect_uris,
+        is_first_party=body.is_first_party,
     )
     audit.info("admin=%s action=client.create target=%s", admin.id, client.client_id)
     services.audit.add(session, EventType.CLIENT_CREATED, actor=str(admin.id),

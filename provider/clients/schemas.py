@@ -14,6 +14,16 @@ REQUEST = ConfigDict(extra="forbid", strict=True)
 UNSET: Any = None
 GRANTS_HELP = "Allowed grant types, any of the server's grant_types_supported (discovery)"
 SCOPES_HELP = "Allowed scopes; each item may hold several space-separated scope tokens"
+REDIRECT_HELP = (
+    "Authorization code flow: where codes may be sent, matched exactly; https, http on "
+    "127.0.0.1 or [::1] only (any port matches, RFC 8252 §7.3), or a private-use scheme "
+    "(com.example.app:/callback); no fragment"
+)
+LOGOUT_REDIRECT_HELP = (
+    "OIDC RP-Initiated Logout: where /oauth/logout may return to, matched exactly (same "
+    "rules as redirect_uris)"
+)
+FIRST_PARTY_HELP = "A client of ours: the login page asks no consent for it"
 
 
 class ClientRead(BaseModel):
@@ -25,6 +35,9 @@ class ClientRead(BaseModel):
     grant_types: list[str]
     scopes: list[str]
     is_active: bool
+    redirect_uris: list[str]
+    post_logout_redirect_uris: list[str]
+    is_first_party: bool
     created_at: datetime
     updated_at: datetime
 
@@ -42,6 +55,10 @@ class ClientCreate(BaseModel):
     grant_types: list[str] = Field(min_length=1, description=GRANTS_HELP)
     scopes: list[str] = Field(default_factory=list, description=SCOPES_HELP)
     is_public: bool = Field(default=False, description="No secret (native apps, SPAs)")
+    redirect_uris: list[str] = Field(default_factory=list, description=REDIRECT_HELP)
+    post_logout_redirect_uris: list[str] = Field(default_factory=list,
+                                                 description=LOGOUT_REDIRECT_HELP)
+    is_first_party: bool = Field(default=False, description=FIRST_PARTY_HELP)
 
 
 class ClientUpdate(BaseModel):
@@ -59,6 +76,10 @@ class ClientUpdate(BaseModel):
     is_active: bool = Field(
         default=UNSET, description="false makes client authentication fail (tokens stop working)"
     )
+    redirect_uris: list[str] = Field(default=UNSET, description=REDIRECT_HELP)
+    post_logout_redirect_uris: list[str] = Field(default=UNSET,
+                                                 description=LOGOUT_REDIRECT_HELP)
+    is_first_party: bool = Field(default=UNSET, description=FIRST_PARTY_HELP)
 
 
 class ClientSecret(BaseModel):

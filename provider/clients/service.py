@@ -21,6 +21,7 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from provider.clients.models import Client
+from provider.clients.redirect_uris import check_redirect_uris
 from provider.errors import NotFound, ValidationFailed
 from provider.pagination import decode_cursor, encode_cursor
 from provider.tokens.revocation import end_client_sessions
@@ -48,6 +49,10 @@ class ClientInfo:
     grant_types: frozenset[str]
     scopes: tuple[str, ...]
     is_active: bool
+    name: str = ""
+    redirect_uris: tuple[str, ...] = ()
+    post_logout_redirect_uris: tuple[str, ...] = ()
+    is_first_party: bool = False
 
     def check_secret(self, secret: str) -> bool:
         if self.secret_hash is None:
@@ -63,6 +68,10 @@ class ClientInfo:
             grant_types=frozenset(client.grant_types),
             scopes=tuple(client.scopes),
             is_active=client.is_active,
+            name=client.name,
+            redirect_uris=tuple(client.redirect_uris or ()),
+            post_logout_redirect_uris=tuple(client.post_logout_redirect_uris or ()),
+            is_first_party=client.is_first_party,
         )
 
 
@@ -115,6 +124,9 @@ async def create_client(
     is_public: bool,
     now: datetime,
     grant_rules: GrantRules,
+    redirect_uris: Sequence[str] = (),
+    post_logout_redirect_uris: Sequence[str] = (),
+    is_first_party: bool = False,
 ) -> tuple[Client, str | None]:
     """Create a client; return it with its secret (None for public clients), shown once."""
     name = name.strip()
@@ -129,6 +141,10 @@ async def create_client(
         grant_types=validate_grant_types(grant_types, is_public=is_public, rules=grant_rules),
         scopes=validate_scopes(scopes),
         is_active=True,
+        redirect_uris=check_redirect_uris(redirect_uris),
+        post_logout_redirect_uris=check_redirect_uris(
+            post_logout_redirect_uris, field="post_logout_redirect_uris"),
+        is_first_party=is_first_party,
         created_at=now,
         updated_at=now,
     )
@@ -165,7 +181,9 @@ async def list_clients_page(
     return page, encode_cursor(page[-1].client_id)
 
 
-CLIENT_EDITABLE_FIELDS = frozenset({"name", "grant_types", "scopes", "is_active"})
+CLIENT_EDITABLE_FIELDS = frozenset({"name", "grant_types", "scopes", "is_active",
+                                    "redirect_uris", "post_logout_redirect_uris",
+                                    "is_first_party"})
 
 
 async def update_client(
@@ -194,6 +212,11 @@ async def update_client(
         )
     if "scopes" in values:
         values["scopes"] = validate_scopes(values["scopes"])
+    if "redirect_uris" in values:
+        values["redirect_uris"] = check_redirect_uris(values["redirect_uris"])
+    if "post_logout_redirect_uris" in values:
+        values["post_logout_redirect_uris"] = check_redirect_uris(
+            values["post_logout_redirect_uris"], field="post_logout_redirect_uris")
     changed = {name: value for name, value in values.items() if getattr(client, name) != value}
     if changed:
         for name, value in changed.items():
@@ -270,6 +293,10 @@ class ClientCache:
                 grant_types=frozenset(row.grant_types),
                 scopes=tuple(row.scopes),
                 is_active=row.is_active,
+                name=row.name,
+                redirect_uris=tuple(row.redirect_uris or ()),
+                post_logout_redirect_uris=tuple(row.post_logout_redirect_uris or ()),
+                is_first_party=row.is_first_party,
             )
             if row is not None
             else None

@@ -79,6 +79,38 @@ class InvalidScope(OAuthError):
 
 
 
+# Errors of the authorization endpoint, sent back to the client's redirect URI (RFC 6749
+# §4.1.2.1, OIDC Core §3.1.2.6) rather than rendered as JSON.
+class UnsupportedResponseType(OAuthError):
+    error = "unsupported_response_type"
+    description = "Only response_type=code is supported."
+
+
+class AccessDenied(OAuthError):
+    error = "access_denied"
+    description = "The user denied the request."
+
+
+class LoginRequired(OAuthError):
+    error = "login_required"
+    description = "The user is not signed in."
+
+
+class ConsentRequired(OAuthError):
+    error = "consent_required"
+    description = "The user has not consented to this request."
+
+
+class RequestNotSupported(OAuthError):
+    error = "request_not_supported"
+    description = "Request objects are not supported."
+
+
+class RequestUriNotSupported(OAuthError):
+    error = "request_uri_not_supported"
+    description = "request_uri is not supported."
+
+
 class MfaRequired(OAuthError):
     """The password was right and the user has a second factor: 403 with an mfa_token to
     finish with (Auth0's convention; DESIGN.md, README "Two-step verification")."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from provider.oauth.authorize import CODE_CHALLENGE_METHODS, RESPONSE_MODES, RESPONSE_TYPES
 from provider.oauth.grants import GRANT_TYPES
 from provider.oauth.scopes import STANDARD_SCOPES
 from provider.settings import Settings
@@ -15,15 +16,19 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
     issuer = settings.issuer
     return {
         "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/oauth/authorize",
         "token_endpoint": f"{issuer}/oauth/token",
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "revocation_endpoint": f"{issuer}/oauth/revoke",
         "introspection_endpoint": f"{issuer}/oauth/introspect",
         "userinfo_endpoint": f"{issuer}/oauth/userinfo",
         "scopes_supported": list(STANDARD_SCOPES),
-        # No authorization endpoint, so no response types: "none" (OAuth 2.0 Multiple
-        # Response Type Encoding Practices §4) rather than advertise a flow we lack.
-        "response_types_supported": ["none"],
+        # The authorization code flow only (OAuth 2.1: no implicit, no hybrid), answered
+        # in the query, PKCE S256 required of every client, `iss` in every answer.
+        "response_types_supported": list(RESPONSE_TYPES),
+        "response_modes_supported": list(RESPONSE_MODES),
+        "code_challenge_methods_supported": list(CODE_CHALLENGE_METHODS),
+        "authorization_response_iss_parameter_supported": True,
         "grant_types_supported": list(GRANT_TYPES),
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "revocation_endpoint_auth_methods_supported": AUTH_METHODS,

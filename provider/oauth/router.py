@@ -73,6 +73,14 @@ TOKEN_FORM = _form_body(
         "mfa_token": {**_string, "description": (
             "mfa-otp grant: the mfa_token of the password grant's 403 mfa_required "
             "answer (5 minutes, single use, this client and scope only)")},
+        "code": {**_string, "description": (
+            "authorization_code grant: the code of /oauth/authorize's answer (60 s, once)")},
+        "code_verifier": {**_string, "description": (
+            "authorization_code grant: the PKCE verifier (43-128 characters) whose S256 is "
+            "the authorization request's code_challenge")},
+        "redirect_uri": {**_string, "description": (
+            "authorization_code grant: the authorization request's redirect_uri, exactly "
+            "(required when that request named one)")},
         "scope": {**_string, "description": "space-separated scopes"},
         "client_id": {**_string, "description": "client_secret_post or public clients"},
         "client_secret": {**_string, "format": "password"},
@@ -97,6 +105,9 @@ TOKEN_PATH = "/oauth/token"  # noqa: S105 (a path, not a secret)
     TOKEN_PATH,
     summary=f"Issue tokens ({', '.join(GRANT_TYPES)})",
     description=(
+        "**Authorization code flow.** `grant_type=authorization_code` with `code`, "
+        "`code_verifier` (PKCE) and `redirect_uri`, from the client the code was issued to; "
+        "a code works once, and presented again it revokes what its first use issued.\n\n"
         "**Two-step verification.** For a user with TOTP, `grant_type=password` without "
         "`otp` answers **403** `mfa_required` with an `mfa_token` (only after the right "
         "password). Finish with the same password request plus `otp`, or with "

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from provider.oauth.authorize import PROMPTS
 from provider.oauth.metadata import authorization_server_metadata
 from provider.settings import Settings
 
 CLAIMS_SUPPORTED = [
-    "sub", "iss", "aud", "exp", "iat", "auth_time", "amr", "sid", "azp", "jti",
+    "sub", "iss", "aud", "exp", "iat", "auth_time", "amr", "sid", "azp", "jti", "nonce",
+    "at_hash",
     "email", "email_verified", "preferred_username", "name", "given_name", "family_name",
 ]
 
@@ -18,8 +20,10 @@ def openid_configuration(settings: Settings, signing_algs: list[str]) -> dict[st
     the configured one first (provider.services.Services.signing_algorithms)."""
     return {
         **authorization_server_metadata(settings),
-        # No authorization endpoint yet: this provider issues tokens through its token
-        # endpoint only (password, refresh_token, client_credentials).
+        # OIDC RP-Initiated Logout 1.0 §2.1.
+        "end_session_endpoint": f"{settings.issuer}/oauth/logout",
+        # OIDC Prompt Create (the values /oauth/authorize understands).
+        "prompt_values_supported": list(PROMPTS),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": signing_algs,
         "userinfo_signing_alg_values_supported": ["none"],

@@ -144,6 +144,38 @@ class JwtService:
             raise TokenRejected("bad signature") from None
         return self._check_claims(claims, now)
 
+    def verify_id_token_hint(self, token: str) -> dict[str, Any]:
+        """An ID token of ours presented back to us (OIDC RP-Initiated Logout's
+        ``id_token_hint``): signature, algorithm, ``typ`` and issuer are checked as for
+        any token; its expiry is not (an expired ID token is still a valid hint, §2)."""
+        if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+            raise TokenRejected("malformed")
+        try:
+            header = jws.extract_compact(token.encode("ascii")).protected
+        except (JoseError, ValueError, UnicodeError):
+            raise TokenRejected("malformed") from None
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise TokenRejected("algorithm not allowed")
+        if header.get("typ") != ID_TOKEN_TYP or "crit" in header:
+            raise TokenRejected("not an ID token")
+        key = self._keys.verification_key(header.get("kid"))
+        if key is None:
+            raise TokenRejected("unknown key")
+        if alg != key.alg:  # one key, one algorithm
+            raise TokenRejected("algorithm not allowed for this key")
+        try:
+            claims: dict[str, Any] = jwt.decode(token, key.key,
+                                                registry=REGISTRIES[key.alg]).claims
+        except (JoseError, ValueError):
+            raise TokenRejected("bad signature") from None
+        if claims.get("iss") != self.issuer:
+            raise TokenRejected("wrong issuer")
+        if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("aud"),
+                                                                    str | list):
+            raise TokenRejected("missing sub/aud")
+        return claims
+
     def _check_claims(self, claims: dict[str, Any], now: datetime) -> AccessClaims:
         if claims.get("iss") != self.issuer:
             raise TokenRejected("wrong issuer")

@@ -10,7 +10,18 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, Uuid, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    Uuid,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from provider.db import Base
@@ -73,3 +84,38 @@ class RevokedAccessToken(Base):
 
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AuthorizationCode(Base):
+    """An authorization code (RFC 6749 §4.1.2): single use, short-lived, stored only as a
+    digest, bound to everything the token request must match and the login it proves."""
+
+    __tablename__ = "authorization_codes"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    # SHA-256 of 256 random bits.
+    code_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    client_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("clients.client_id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    # Whether the authorization request named redirect_uri (then the token request must
+    # repeat it, RFC 6749 §4.1.3).
+    redirect_uri_sent: Mapped[bool] = mapped_column(Boolean)
+    # The PKCE S256 challenge (RFC 7636 §4.2): 43 base64url characters.
+    code_challenge: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(Text)
+    nonce: Mapped[str | None] = mapped_column(Text)
+    # The login the code proves (OIDC auth_time, RFC 8176 amr) and the user's epoch then:
+    # a password change or reset in between kills the code.
+    auth_time: Mapped[datetime]
+    amr: Mapped[list[str]] = mapped_column(JSON)
+    session_epoch: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+    # The session the code's one use started: revoked when the code comes back (§4.1.2).
+    session_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)

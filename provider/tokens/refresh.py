@@ -86,13 +86,17 @@ async def start_session(
     amr: tuple[str, ...],
     now: datetime,
     absolute_ttl: timedelta,
+    auth_time: datetime | None = None,
+    session_id: uuid.UUID | None = None,
 ) -> Session:
-    """Record a sign-in. ``session_epoch`` is the user's, read with the credentials."""
-    session = Session(id=uuid.uuid4(), user_id=user_id, client_id=client_id, scope=scope,
-                      expires_at=now + absolute_ttl, auth_time=now, amr=amr)
+    """Record a sign-in. ``session_epoch`` is the user's, read with the credentials;
+    ``auth_time`` is now unless the login happened earlier (an authorization code's)."""
+    session = Session(id=session_id or uuid.uuid4(), user_id=user_id, client_id=client_id,
+                      scope=scope, expires_at=now + absolute_ttl,
+                      auth_time=auth_time or now, amr=amr)
     await conn.execute(_INSERT_SESSION, {
         "id": session.id, "user_id": user_id, "client_id": client_id, "scope": scope,
-        "amr": list(amr), "auth_time": now, "created_at": now,
+        "amr": list(amr), "auth_time": session.auth_time, "created_at": now,
         "expires_at": session.expires_at, "session_epoch": session_epoch,
         "revoked_at": None,
     })

@@ -49,6 +49,16 @@ async def revoke_session(conn: AsyncConnection, session_id: uuid.UUID, *, now: d
     )
 
 
+async def revoke_session_of(conn: AsyncConnection, session_id: uuid.UUID, *,
+                            user_id: uuid.UUID, client_id: str, now: datetime) -> None:
+    """End one session, if it is this user's with this client (OIDC logout's ``sid``)."""
+    await conn.execute(
+        update(ls).where(ls.c.id == session_id, ls.c.user_id == user_id,
+                         ls.c.client_id == client_id, ls.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
 async def end_user_sessions(
     conn: AsyncConnection, user_id: uuid.UUID, *, now: datetime,
     keep: uuid.UUID | None = None,

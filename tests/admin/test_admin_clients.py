@@ -34,6 +34,7 @@ from tests.helpers import (
 )
 
 CLIENT_FIELDS = {"client_id", "name", "is_public", "grant_types", "scopes", "is_active",
+                 "redirect_uris", "post_logout_redirect_uris", "is_first_party",
                  "created_at", "updated_at"}
 ENDPOINTS = [
     ("GET", "/admin/clients"),
@@ -146,9 +147,28 @@ async def test_create_public_client_has_no_secret(
     ({"is_public": True, "grant_types": ["password", "client_credentials"]},
      "a public client cannot use client_credentials"),
     ({"grant_types": ["implicit"]},
-     "unknown grant type 'implicit'; choose from password, refresh_token, client_credentials"),
+     "unknown grant type 'implicit'; choose from password, refresh_token, client_credentials, "
+     "authorization_code"),
     ({"name": "   "}, "name must be 1 to 200 characters"),
     ({"scopes": ['bad"scope']}, "invalid scope token 'bad\"scope'"),
+    ({"redirect_uris": ["https://app.example.com/cb#x"]},
+     "redirect_uris: a redirect URI may not have a fragment (RFC 6749 §3.1.2)"),
+    ({"redirect_uris": ["http://app.example.com/cb"]},
+     "redirect_uris: http is allowed only for the loopback addresses 127.0.0.1 and [::1] "
+     "(RFC 8252 §7.3; use https elsewhere)"),
+    ({"redirect_uris": ["http://localhost:8080/cb"]},
+     "redirect_uris: http is allowed only for the loopback addresses 127.0.0.1 and [::1] "
+     "(RFC 8252 §7.3; use https elsewhere)"),
+    ({"redirect_uris": ["https://user@app.example.com/cb"]},
+     "redirect_uris: an https URI needs a host and no user information"),
+    ({"redirect_uris": ["javascript:alert(1)"]},
+     "redirect_uris: use https, http on 127.0.0.1 or [::1], or a private-use scheme in "
+     "reverse domain form (com.example.app:/callback)"),
+    ({"redirect_uris": ["https://app.example.com/a b"]},
+     "redirect_uris: the URI holds characters a URI may not (percent-encode them)"),
+    ({"post_logout_redirect_uris": ["ftp://app.example.com/"]},
+     "post_logout_redirect_uris: use https, http on 127.0.0.1 or [::1], or a private-use "
+     "scheme in reverse domain form (com.example.app:/callback)"),
 ])
 async def test_create_client_with_invalid_settings_answers_422(
     client: httpx.AsyncClient, admin: Session, body: dict[str, Any], detail: str
@@ -156,6 +176,45 @@ async def test_create_client_with_invalid_settings_answers_422(
     payload = {"name": "x", "grant_types": ["password"], **body}
     response = await client.post("/admin/clients", headers=admin.headers, json=payload)
     assert_problem(response, 422, *INVALID_BODY, detail=detail)
+
+
+async def test_code_flow_fields_on_create_patch_and_list(
+    client: httpx.AsyncClient, admin: Session
+) -> None:
+    body = await create(client, admin, grant_types=["authorization_code", "refresh_token"],
+                        redirect_uris=["https://app.example.com/cb", "http://127.0.0.1/cb",
+                                       "com.example.app:/oauth"],
+                        post_logout_redirect_uris=["https://app.example.com/bye"],
+                        is_first_party=True)
+    assert (body["redirect_uris"], body["post_logout_redirect_uris"],
+            body["is_first_party"]) == (["https://app.example.com/cb", "http://127.0.0.1/cb",
+                                         "com.example.app:/oauth"],
+                                        ["https://app.example.com/bye"], True)
+    defaults = await create(client, admin)
+    assert (defaults["redirect_uris"], defaults["post_logout_redirect_uris"],
+            defaults["is_first_party"]) == ([], [], False)
+    patched = await client.patch(f"/admin/clients/{body['client_id']}", headers=admin.headers,
+                                 json={"redirect_uris": ["https://app.example.com/new"],
+                                       "is_first_party": False})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["redirect_uris"] == ["https://app.example.com/new"]
+    assert patched.json()["is_first_party"] is False
+    refused = await client.patch(f"/admin/clients/{body['client_id']}", headers=admin.headers,
+                                 json={"redirect_uris": ["https://app.example.com/#x"]})
+    assert refused.status_code == 422
+    assert (await read(client, admin, body["client_id"]))["redirect_uris"] == [
+        "https://app.example.com/new"]  # nothing changed
+    items: dict[str, Any] = {}
+    cursor: str | None = None
+    while body["client_id"] not in items:  # GET /admin/clients lists them too
+        params: dict[str, Any] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/admin/clients", params=params,
+                                 headers=admin.headers)).json()
+        items.update({item["client_id"]: item for item in page["items"]})
+        cursor = page["next_cursor"]
+        assert cursor is not None or body["client_id"] in items
+    assert items[body["client_id"]]["redirect_uris"] == ["https://app.example.com/new"]
+    assert items[body["client_id"]]["is_first_party"] is False
 
 
 @pytest.mark.parametrize("field", ["client_id", "secret_hash", "client_secret", "created_at"])

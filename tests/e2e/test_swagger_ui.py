@@ -3,39 +3,30 @@
 Every request the page makes goes through a route that lets only the server's own
 origin through and records anything else: none may be attempted, which proves the
 docs load no asset from a CDN (DESIGN.md: "served with their assets from the app
-itself"). Then a developer's first steps: Authorize with the password flow, try
+itself"). Then a developer's first steps: Authorize with the password flow, or with
+the authorization code flow and PKCE (the login page in Swagger UI's popup, back
+through our oauth2-redirect.html, for the dev client `make run` makes), try
 GET /users/me, see their own account.
 """
 
 from __future__ import annotations
 
-import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
 from tests.e2e.conftest import LiveServer, OAuthClient, User, free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 SCREENSHOT = Path("/tmp/swagger-e2e.png")  # noqa: S108 (a fixed, documented place to look)
-TIMEOUT_MS = 30_000
 
-if not CHROMIUM.exists():
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{CHROMIUM} is missing; CI must run the browser tests "
-                    "(scripts/ensure-chromium.sh installs it)", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium, or "
-                "scripts/ensure-chromium.sh); the Swagger UI test needs it",
-                allow_module_level=True)
+require_chromium()
 
 from playwright.sync_api import Error as PlaywrightError  # noqa: E402
-from playwright.sync_api import Page, Route, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Locator, Page, Route, expect, sync_playwright  # noqa: E402
 
 expect.set_options(timeout=TIMEOUT_MS)
 
@@ -100,19 +91,31 @@ def drive_swagger_ui(page: Page, live: LiveServer, user: User, client: OAuthClie
     authorize.click()
     dialog = page.locator(".swagger-ui .modal-ux")
     expect(dialog).to_be_visible()
-    dialog.locator("#oauth_username").fill(user.email)
-    dialog.locator("#oauth_password").fill(user.password)
-    expect(dialog.locator("#password_type")).to_have_value("basic")  # Authorization header
-    dialog.locator("[id^='client_id']").fill(client.client_id)
+    password_flow = flow_section(page, "password")
+    password_flow.locator("#oauth_username").fill(user.email)
+    password_flow.locator("#oauth_password").fill(user.password)
+    # Authorization header
+    expect(password_flow.locator("#password_type")).to_have_value("basic")
+    password_flow.locator("#client_id_password").fill(client.client_id)
     assert client.client_secret
-    dialog.locator("[id^='client_secret']").fill(client.client_secret)
-    dialog.locator(".auth-btn-wrapper button.authorize").click()
+    password_flow.locator("#client_secret_password").fill(client.client_secret)
+    password_flow.locator(".auth-btn-wrapper button.authorize").click()
     # Swagger UI shows the Logout button once the token request succeeded.
-    expect(dialog.locator(".auth-btn-wrapper button.authorize", has_text="Logout")).to_be_visible()
+    expect(password_flow.locator(".auth-btn-wrapper button.authorize",
+                                 has_text="Logout")).to_be_visible()
     expect(dialog.locator(".errors")).to_have_count(0)
-    dialog.locator(".auth-btn-wrapper button.btn-done").click()
+    dialog.locator(".auth-btn-wrapper button.btn-done").first.click()
     expect(dialog).to_have_count(0)
+    try_users_me(page, user)
 
+
+def flow_section(page: Page, flow: str) -> Locator:
+    """The Authorize dialog's form of one OAuth 2 flow (password, authorizationCode)."""
+    return page.locator(".swagger-ui .modal-ux .auth-container").filter(
+        has=page.locator("h4", has_text=f"(OAuth2, {flow}"))
+
+
+def try_users_me(page: Page, user: User) -> None:
     # GET /users/me: expand, try it out, execute.
     operation = page.locator(".opblock.opblock-get").filter(
         has=page.locator(".opblock-summary-path[data-path='/users/me']"))
@@ -126,3 +129,57 @@ def drive_swagger_ui(page: Page, live: LiveServer, user: User, client: OAuthClie
     expect(live_response.locator(".response-col_status")).to_have_text("200")
     body = live_response.locator(".response-col_description .highlight-code .microlight")
     expect(body).to_contain_text(f'"email": "{user.email}"')
+
+
+def test_swagger_ui_authorize_with_the_code_flow_and_pkce_offline(
+    live_sqlite: LiveServer, page: tuple[Page, list[str]]
+) -> None:
+    """The dev client of `make run` (`provider clients ensure-dev`, which registers
+    ISSUER/docs/oauth2-redirect.html): Authorize opens our login page in a popup, the
+    code comes back through our oauth2-redirect.html, Swagger UI redeems it with PKCE."""
+    browser_page, blocked = page
+    user, _ = live_sqlite.create_account(client_name="unused")
+    out = live_sqlite.cli("clients", "ensure-dev").stdout
+    found = re.search(r"client_id:\s+(\S+)\n\s+client_secret:\s+(\S+)", out)
+    assert found is not None, out
+    assert f"redirect_uri:  {live_sqlite.issuer}/docs/oauth2-redirect.html" in out
+    dev = OAuthClient(found.group(1), found.group(2))
+    try:
+        drive_code_flow(browser_page, live_sqlite, user, dev)
+    except BaseException:
+        browser_page.screenshot(path=str(SCREENSHOT), full_page=True)
+        raise
+    assert blocked == [], f"the docs tried to reach other origins: {blocked}"
+
+
+def drive_code_flow(page: Page, live: LiveServer, user: User, client: OAuthClient) -> None:
+    page.goto(f"{live.base_url}/docs")
+    page.locator(".swagger-ui .auth-wrapper button.authorize").click()
+    code_flow = flow_section(page, "authorizationCode with PKCE")
+    expect(code_flow).to_be_visible()
+    code_flow.locator("#client_id_authorizationCode").fill(client.client_id)
+    assert client.client_secret
+    code_flow.locator("#client_secret_authorizationCode").fill(client.client_secret)
+    for scope in ("openid", "profile", "email"):
+        # (The checkbox itself is hidden behind its styled label.)
+        code_flow.locator(f"label[for='{scope}-authorizationCode-checkbox-OAuth2']").click()
+        expect(code_flow.locator(f"input[data-value='{scope}']")).to_be_checked()
+    with page.expect_popup() as popup_info:
+        code_flow.locator(".auth-btn-wrapper button.authorize").click()
+    popup = popup_info.value
+    popup.set_default_timeout(TIMEOUT_MS)
+    # Our login page, in Swagger UI's popup; the request carries PKCE (S256).
+    expect(popup.locator("h1")).to_have_text("Sign in")
+    assert "code_challenge_method=S256" in popup.url
+    popup.fill("#username", user.email)
+    popup.fill("#password", user.password)
+    popup.click("button[type=submit]")
+    # oauth2-redirect.html hands the code to the docs window and closes the popup; Swagger
+    # UI redeems it (with the verifier) and shows Logout.
+    # (No wait for the popup's "close" event: it may close before a wait could begin.)
+    expect(code_flow.locator(".auth-btn-wrapper button.authorize",
+                             has_text="Logout")).to_be_visible()
+    assert popup.is_closed()
+    expect(page.locator(".swagger-ui .modal-ux .errors")).to_have_count(0)
+    page.locator(".swagger-ui .modal-ux .auth-btn-wrapper button.btn-done").first.click()
+    try_users_me(page, user)

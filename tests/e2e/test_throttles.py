@@ -8,7 +8,8 @@
 - two servers sharing one real Redis share their limits;
 - a throwaway Redis stopped under a running server gives 503s, and service resumes when
   it is back;
-- `serve --workers 2` without Redis warns that every limit is per process.
+- `serve --workers 2` without Redis warns that every limit is per process;
+- 50 parallel wrong passwords on the login page count like the password grant's.
 
 Each test uses accounts, clients and client addresses of its own (unique per run), so it
 shares no throttle window with another test or an earlier run on the shared Redis.
@@ -34,6 +35,7 @@ import pytest
 
 from tests.e2e.conftest import LiveServer, OAuthClient, ServerPair, free_port
 from tests.smtp_sink import CODE_PATTERN, SmtpSink, plain_text
+from tests.web.helpers import Authorization, Browser, hidden_fields
 
 REDIS_URL = os.environ.get("PROVIDER_TEST_REDIS_URL")
 REQUIRE_REDIS = os.environ.get("PROVIDER_TEST_REQUIRE_POSTGRES") == "1"
@@ -410,3 +412,44 @@ def test_workers_without_redis_warn_that_limits_are_per_process(
     # A log record of the server's own (a JSON line in JSON mode).
     assert ("--workers 2 without PROVIDER_REDIS_URL: every rate limit is per "
             "process, so 2 times looser") in live_sqlite.log()
+
+
+# --- the login page of the authorization code flow ------------------------------------------
+
+
+async def test_parallel_wrong_passwords_on_the_login_page_count_like_the_grant(
+    server: LiveServer,
+) -> None:
+    """The login page checks passwords through the password grant's code: 50 parallel
+    wrong passwords on the page are answered like 50 sequential ones (5 wrong, then 429
+    with Retry-After), and the page and the grant share the account's count."""
+    (first, oauth), (second, _) = server.create_account(), server.create_account()
+    made = server.cli_json("clients", "create", "--name", "web", "--grant",
+                           "authorization_code", "--redirect-uri",
+                           "https://client.example.com/callback", "--first-party",
+                           "--scope", "openid")
+    async with server.http() as http:
+        page = await Browser(http).authorize(Authorization(made["client_id"], scope="openid"))
+        assert page.status_code == 200, page.text
+        fields = hidden_fields(page)
+
+        async def on_page(username: str, password: str) -> httpx.Response:
+            return await http.post("/oauth/authorize/login", headers=forwarded(new_address()),
+                                   data={**fields, "username": username, "password": password})
+
+        parallel = await asyncio.gather(*(on_page(first.email, WRONG_PASSWORD)
+                                          for _ in range(BURST)))
+        assert Counter(r.status_code for r in parallel) == Counter({400: 5, 429: BURST - 5})
+        for response in parallel:
+            if response.status_code == 429:
+                assert int(response.headers["retry-after"]) >= 1
+                assert "Too many attempts. Try again in" in response.text
+            else:
+                assert "Invalid username or password." in response.text
+        # Shared with the password grant: 3 wrong on the page, 2 by the grant, then 429.
+        answers = [(await on_page(second.email, WRONG_PASSWORD)).status_code
+                   for _ in range(3)]
+        answers += [(await password_attempt(http, oauth, second.email, WRONG_PASSWORD,
+                                            new_address())).status_code for _ in range(3)]
+        assert answers == [400, 400, 400, 400, 400, 429]
+        assert (await on_page(second.email, second.password)).status_code == 429

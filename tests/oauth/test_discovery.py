@@ -63,8 +63,13 @@ async def test_discovery_document_facts(
         "client_secret_basic", "client_secret_post", "none"]
     # A public client proves nothing: introspection takes confidential clients only.
     assert "none" not in document["introspection_endpoint_auth_methods_supported"]
-    # No authorization endpoint: tokens come from the token endpoint only.
-    assert "authorization_endpoint" not in document
+    # The authorization code flow (issue 10): code only, in the query, PKCE S256, iss.
+    assert document["authorization_endpoint"] == f"{issuer}/oauth/authorize"
+    assert document["response_types_supported"] == ["code"]
+    assert document["response_modes_supported"] == ["query"]
+    assert document["code_challenge_methods_supported"] == ["S256"]
+    assert document["authorization_response_iss_parameter_supported"] is True
+    assert "authorization_code" in document["grant_types_supported"]
 
 
 async def test_oidc_document_adds_the_openid_members(client) -> None:
@@ -73,6 +78,9 @@ async def test_oidc_document_adds_the_openid_members(client) -> None:
     assert {k: oidc[k] for k in oauth} == oauth
     assert oidc["subject_types_supported"] == ["public"]
     assert oidc["id_token_signing_alg_values_supported"] == ["RS256"]
+    assert oidc["end_session_endpoint"] == "http://127.0.0.1:8000/oauth/logout"
+    assert oidc["prompt_values_supported"] == ["none", "login", "consent"]
+    assert {"nonce", "at_hash", "auth_time", "amr"} <= set(oidc["claims_supported"])
     assert {"sub", "iss", "aud", "exp", "iat", "email", "email_verified",
             "preferred_username"} <= set(oidc["claims_supported"])
 
@@ -106,6 +114,11 @@ async def test_advertised_endpoints_exist(client) -> None:
     userinfo = await client.get(path("userinfo_endpoint"))
     assert userinfo.status_code == 401
     assert (await client.get(path("jwks_uri"))).status_code == 200
+    # An authorization request without a client gets an error page, never a redirect.
+    authorize = await client.get(path("authorization_endpoint"))
+    assert authorize.status_code == 400
+    assert authorize.headers["content-type"].startswith("text/html")
+    assert (await client.get(path("end_session_endpoint"))).status_code == 200
     assert (await client.get(path("service_documentation"))).status_code == 200
 
 

@@ -85,6 +85,13 @@ async def test_tokens_are_signed_with_it_and_verify_in_another_library(
                               audience=audience, issuer=settings.issuer)
         assert claims["sub"] == user.id
     assert (await me(alg_app.http, tokens["access_token"])).status_code == 200
+    # at_hash with the ID token's hash (OIDC Core §3.1.3.6; Ed25519: SHA-512).
+    hashed = hashlib.sha512 if alg_app.alg == "EdDSA" else hashlib.sha256
+    digest = hashed(tokens["access_token"].encode()).digest()
+    id_claims = pyjwt.decode(tokens["id_token"], options={"verify_signature": False})
+    assert id_claims["at_hash"] == b64url(digest[: len(digest) // 2])
+    # And the ID token comes back as a logout hint, verified under its key's algorithm.
+    assert alg_app.services.jwt.verify_id_token_hint(tokens["id_token"])["sub"] == user.id
     refreshed = await alg_app.http.post("/oauth/token", auth=oauth.auth, data={
         "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
     assert pyjwt.get_unverified_header(refreshed.json()["access_token"])["alg"] == alg_app.alg

@@ -82,7 +82,7 @@ async def test_token_empty_grant_type_counts_as_missing(client, factory: Factory
     assert_oauth_error(response, 400, "invalid_request", "The grant_type parameter is required.")
 
 
-@pytest.mark.parametrize("grant_type", ["authorization_code", "implicit", "urn:x:unknown"])
+@pytest.mark.parametrize("grant_type", ["implicit", "urn:x:unknown", "Authorization_Code"])
 async def test_token_unknown_grant_type_after_client_auth(
     client, factory: Factory, grant_type: str
 ) -> None:

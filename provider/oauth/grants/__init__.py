@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from provider.oauth.grants.authorization_code import AuthorizationCodeGrant
 from provider.oauth.grants.base import Grant
 from provider.oauth.grants.client_credentials import ClientCredentialsGrant
 from provider.oauth.grants.mfa_otp import MfaOtpGrant
@@ -18,6 +19,7 @@ _REGISTERED: tuple[Grant, ...] = (
     RefreshTokenGrant(),
     ClientCredentialsGrant(),
     MfaOtpGrant(),
+    AuthorizationCodeGrant(),
 )
 
 GRANTS: Mapping[str, Grant] = MappingProxyType({g.grant_type: g for g in _REGISTERED})

@@ -10,6 +10,7 @@ from provider.clients.service import ClientInfo
 from provider.logs import note_user
 from provider.oauth.errors import InvalidRequest
 from provider.oauth.scopes import OPENID
+from provider.oidc.id_token import at_hash
 from provider.tokens.refresh import Session
 
 if TYPE_CHECKING:
@@ -59,9 +60,10 @@ def token_response(
     scope: str,
     session: Session | None = None,
     refresh_token: str | None = None,
+    nonce: str | None = None,
 ) -> TokenResponse:
-    """Sign the access token (and an ID token for `openid`), queue the audit event, and
-    shape RFC 6749 §5.1."""
+    """Sign the access token (and an ID token for `openid`, with ``at_hash`` and the
+    authorization request's ``nonce``), queue the audit event, and shape RFC 6749 §5.1."""
     now = services.clock.now()
     settings = services.settings
     # `sid` ties a user's access token to its session, so ending the session ends it at
@@ -82,9 +84,13 @@ def token_response(
     if refresh_token is not None:
         body["refresh_token"] = refresh_token
     if session is not None and OPENID in scope.split():
+        # The ID token is signed next, by the same key (no await in between): its hash.
+        extra = {"at_hash": at_hash(access_token, services.keys.signing_key().alg)}
+        if nonce is not None:
+            extra["nonce"] = nonce
         body["id_token"] = services.jwt.issue_id_token(
             sub=sub, client_id=client_id, now=now, ttl=settings.id_token_ttl,
-            auth_time=session.auth_time, sid=sid, amr=session.amr,
+            auth_time=session.auth_time, sid=sid, amr=session.amr, extra=extra,
         )
     # Queued, not written here: no round trip on the token path (provider.audit.service).
     services.audit.record(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from provider.audit.service import EventType
+from provider.audit.service import EventType, RequestContext
 from provider.audit.service import Outcome as AuditOutcome
 from provider.clients.service import ClientInfo
 from provider.metrics import LOGIN_FAILURES
@@ -26,12 +26,17 @@ from provider.oauth.scopes import parse_scope, resolve_scope
 from provider.passwords import MAX_PASSWORD_LENGTH
 from provider.ratelimit import Throttled
 from provider.tokens.refresh import Session, issue_refresh_token, start_session
-from provider.users.service import find_login_candidate, update_password_hash
+from provider.users.service import (
+    LoginCandidate,
+    find_login_candidate,
+    update_password_hash,
+)
 
 if TYPE_CHECKING:
     from provider.services import Services
 
 BAD_CREDENTIALS = "Invalid username or password."
+UNVERIFIED = "The email address has not been verified yet."
 WRONG_CODE = "The one-time code is wrong or was already used."
 
 
@@ -46,33 +51,9 @@ class PasswordGrant:
         username = require(form, "username")
         password = require(form, "password")
         requested = parse_scope(form.get("scope"))
-        throttles = services.throttles
-        # The slots are taken before the hash is verified: N parallel guesses count like
-        # N sequential ones. A failure keeps its slots; a success gives them back.
-        try:
-            await throttles.reserve((throttles.login_account, username),
-                                    (throttles.login_address, request.client_address))
-        except Throttled as exc:
-            raise SlowDown(exc.retry_after) from None
-        if len(password) > MAX_PASSWORD_LENGTH:
-            # Longer than any password we accept: refuse before hashing (DoS guard).
-            await self._failed(services, request, client, username, None, "password_too_long")
-
-        async with services.single.connect() as conn:
-            user = await find_login_candidate(conn, username)
-        valid, new_hash = await services.hasher.verify(
-            password, user.password_hash if user else None)
-        if user is None or not valid or not user.is_active:
-            reason = ("unknown_user" if user is None else
-                      "wrong_password" if not valid else "inactive_user")
-            await self._failed(services, request, client, username,
-                               user.id if user else None, reason)
-        await throttles.login_account.clear(username)
-        await throttles.login_address.refund(request.client_address)
-        if services.settings.require_verified_email and not user.is_verified:
-            _record_failure(services, request, client, user.id, "unverified_email")
-            # Said only to someone who proved the password: it reveals nothing new.
-            raise InvalidGrant("The email address has not been verified yet.")
+        user, new_hash = await check_credentials(
+            services, username=username, password=password, client_id=client.client_id,
+            context=request.context)
 
         scope = resolve_scope(requested, client.scopes, may_admin=user.is_admin)
         now = services.clock.now()
@@ -131,13 +112,55 @@ class PasswordGrant:
         await mfa.refund(user_id)
         return signed_in(services, request, client, session, refresh_token, factor=factor)
 
-    async def _failed(self, services: Services, request: TokenRequest, client: ClientInfo,
-                      username: str, user_id: uuid.UUID | None, reason: str) -> NoReturn:
-        # Recorded through the queue: this request's failure writes nothing of its own.
-        # The throttle slots reserved above stay taken: this was a failure.
-        _record_failure(services, request, client, user_id, reason)
-        LOGIN_FAILURES.inc()
-        raise InvalidGrant(BAD_CREDENTIALS)
+
+
+async def check_credentials(
+    services: Services, *, username: str, password: str, client_id: str,
+    context: RequestContext, method: str = "password",
+) -> tuple[LoginCandidate, str | None]:
+    """A user's password, checked the one way every sign-in checks it (the password
+    grant and the login page): the login throttles' slots reserved before the hash is
+    verified, a dummy hash verified when there is no user (the same time either way),
+    one answer for an unknown user, a wrong password and a disabled account. Returns
+    the user and a rehash when the parameters changed; raises InvalidGrant or SlowDown.
+    """
+    throttles = services.throttles
+    address = context.address or "unknown"
+    # The slots are taken before the hash is verified: N parallel guesses count like
+    # N sequential ones. A failure keeps its slots; a success gives them back.
+    try:
+        await throttles.reserve((throttles.login_account, username),
+                                (throttles.login_address, address))
+    except Throttled as exc:
+        raise SlowDown(exc.retry_after) from None
+    if len(password) > MAX_PASSWORD_LENGTH:
+        # Longer than any password we accept: refuse before hashing (DoS guard).
+        _failed(services, context, client_id, None, "password_too_long", method)
+
+    async with services.single.connect() as conn:
+        user = await find_login_candidate(conn, username)
+    valid, new_hash = await services.hasher.verify(
+        password, user.password_hash if user else None)
+    if user is None or not valid or not user.is_active:
+        reason = ("unknown_user" if user is None else
+                  "wrong_password" if not valid else "inactive_user")
+        _failed(services, context, client_id, user.id if user else None, reason, method)
+    await throttles.login_account.clear(username)
+    await throttles.login_address.refund(address)
+    if services.settings.require_verified_email and not user.is_verified:
+        _record_failure(services, context, client_id, user.id, "unverified_email", method)
+        # Said only to someone who proved the password: it reveals nothing new.
+        raise InvalidGrant(UNVERIFIED)
+    return user, new_hash
+
+
+def _failed(services: Services, context: RequestContext, client_id: str,
+            user_id: uuid.UUID | None, reason: str, method: str) -> NoReturn:
+    # Recorded through the queue: this request's failure writes nothing of its own.
+    # The throttle slots reserved above stay taken: this was a failure.
+    _record_failure(services, context, client_id, user_id, reason, method)
+    LOGIN_FAILURES.inc()
+    raise InvalidGrant(BAD_CREDENTIALS)
 
 
 async def start_sign_in(
@@ -176,14 +199,14 @@ def signed_in(services: Services, request: TokenRequest, client: ClientInfo,
 
 def wrong_second_factor(services: Services, request: TokenRequest, client: ClientInfo,
                         user_id: uuid.UUID) -> NoReturn:
-    _record_failure(services, request, client, user_id, "wrong_otp")
+    _record_failure(services, request.context, client.client_id, user_id, "wrong_otp")
     raise InvalidGrant(WRONG_CODE)
 
 
-def _record_failure(services: Services, request: TokenRequest, client: ClientInfo,
-                    user_id: uuid.UUID | None, reason: str) -> None:
+def _record_failure(services: Services, context: RequestContext, client_id: str,
+                    user_id: uuid.UUID | None, reason: str, method: str = "password") -> None:
     """A failed sign-in: the user it aimed at when known, never the name that was typed."""
-    services.audit.record(EventType.LOGIN, actor=client.client_id,
-                          outcome=AuditOutcome.FAILURE, client_id=client.client_id,
-                          subject_user_id=user_id, context=request.context,
-                          details={"method": "password", "reason": reason})
+    services.audit.record(EventType.LOGIN, actor=client_id,
+                          outcome=AuditOutcome.FAILURE, client_id=client_id,
+                          subject_user_id=user_id, context=context,
+                          details={"method": method, "reason": reason})

@@ -1,0 +1,1 @@
+"""Server-rendered pages of the authorization code flow: login, consent, logout."""

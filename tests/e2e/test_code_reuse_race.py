@@ -1,0 +1,99 @@
+"""N parallel redemptions of one authorization code, split between two server processes.
+
+RFC 6749 §4.1.2: a code is used once; when it comes back, what its first use issued is
+revoked. The redemption is one conditional UPDATE that records the session it starts
+(provider.tokens.authorization_codes), so of N parallel presentations exactly one gets
+tokens, none answers 5xx, and every loser's presentation is a reuse that revokes the
+winner's session: its refresh token and (at our endpoints) its access token die. Many
+trials, each with a fresh code, on PostgreSQL and SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from tests.e2e.conftest import LiveServer, OAuthClient, ServerPair
+from tests.factories import Factory, TestUser
+from tests.web.helpers import CALLBACK, Authorization, Browser, query_of
+
+TRIALS = 15
+PARALLEL = 6
+INVALID_CODE = {
+    "error": "invalid_grant",
+    "error_description": "The authorization code is invalid, expired, already used, or was "
+                         "issued to another client or for another redirect_uri or "
+                         "code_verifier.",
+}
+
+
+async def redeem(server: LiveServer, client: OAuthClient, request: Authorization, code: str,
+                 start: asyncio.Event) -> httpx.Response:
+    async with server.http() as http:
+        await start.wait()
+        return await http.post("/oauth/token", auth=client.auth, data={
+            "grant_type": "authorization_code", "code": code,
+            "redirect_uri": request.redirect_uri, "code_verifier": request.verifier})
+
+
+async def fresh_code(browser: Browser, client: OAuthClient, user: TestUser
+                     ) -> tuple[Authorization, str]:
+    request = Authorization(client.client_id)
+    page = await browser.authorize(request)
+    if page.status_code == 200:  # the first trial signs in; later ones use the session
+        page = await browser.follow(await browser.login(page, user.email, user.password))
+    assert page.status_code == 302, page.text
+    return request, query_of(page.headers["location"])["code"]
+
+
+async def test_parallel_redemptions_one_wins_and_reuse_revokes_it(
+    pair: ServerPair, pair_factory: Factory
+) -> None:
+    user = await pair_factory.user()
+    client = await pair_factory.code_client(first_party=True, redirect_uris=(CALLBACK,))
+    async with pair[0].http() as http:
+        browser = Browser(http)
+        for trial in range(TRIALS):
+            request, code = await fresh_code(browser, client, user)
+            start = asyncio.Event()
+            tasks = [asyncio.create_task(redeem(pair[trial + i], client, request, code, start))
+                     for i in range(PARALLEL)]
+            await asyncio.sleep(0)
+            start.set()
+            responses = await asyncio.gather(*tasks)
+            statuses = sorted(r.status_code for r in responses)
+            assert statuses == [200] + [400] * (PARALLEL - 1), (
+                trial, statuses, [r.text for r in responses])
+            assert all(r.json() == INVALID_CODE for r in responses if r.status_code == 400)
+            tokens = next(r for r in responses if r.status_code == 200).json()
+            for server in pair.servers:
+                async with server.http() as check:
+                    me = await check.get("/users/me", headers={
+                        "Authorization": f"Bearer {tokens['access_token']}"})
+                    assert me.status_code == 401, (trial, me.text)
+            async with pair[trial + 1].http() as check:
+                refreshed = await check.post("/oauth/token", auth=client.auth, data={
+                    "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
+            assert refreshed.status_code == 400, (trial, refreshed.text)
+
+
+async def test_one_redemption_keeps_its_tokens(pair: ServerPair, pair_factory: Factory
+                                               ) -> None:
+    """The control: a code used once (on either server) is not revoked by anything."""
+    user = await pair_factory.user()
+    client = await pair_factory.code_client(first_party=True, redirect_uris=(CALLBACK,))
+    async with pair[1].http() as http:
+        browser = Browser(http)
+        for trial in range(2):
+            request, code = await fresh_code(browser, client, user)
+            start = asyncio.Event()
+            task = asyncio.create_task(redeem(pair[trial], client, request, code, start))
+            start.set()
+            response = await task
+            assert response.status_code == 200, response.text
+            tokens = response.json()
+            async with pair[trial + 1].http() as check:
+                me = await check.get("/users/me", headers={
+                    "Authorization": f"Bearer {tokens['access_token']}"})
+            assert me.status_code == 200, me.text
