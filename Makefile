@@ -19,8 +19,8 @@ ALLOW_NO_TESTS ?=
 help:
 	@echo "Targets:"
 	@echo "  make run        create .venv, migrate, create keys and the dev client, serve on http://$(HOST):$(PORT)"
-	@echo "  make test       create .venv, make sure Chromium and Node.js are there, run the test suite (PYTEST_ARGS='...')"
-	@echo "  make lint       ruff check + mypy --strict provider"
+	@echo "  make test       create .venv, make sure Chromium, PgBouncer and Node.js are there, run the test suite (PYTEST_ARGS='...')"
+	@echo "  make lint       ruff check + mypy --strict provider and resource/"
 	@echo "  make openapi    regenerate the committed OpenAPI document"
 	@echo "  make bench      run the benchmarks (bench/run.sh)"
 	@echo "  make .venv      create/refresh the virtualenv (re-installs when pyproject.toml changes)"
@@ -30,10 +30,12 @@ help:
 # The virtualenv is (re)installed when pyproject.toml is newer than the stamp.
 # `python3 -m venv` is only run when there is no usable interpreter in .venv, so an
 # existing environment is never wiped.
-$(STAMP): pyproject.toml
+# The resource-server verifier (resource/, a distribution of its own) is installed beside
+# it, editable: its tests run in the main suite against a real provider process.
+$(STAMP): pyproject.toml resource/pyproject.toml
 	@test -x $(VENV)/bin/python || { echo "==> creating $(VENV) with $$(command -v $(PYTHON))"; $(PYTHON) -m venv $(VENV); }
-	@echo "==> installing the project into $(VENV) (pip install -e '.[dev]')"
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-input -e '.[dev]'
+	@echo "==> installing the project into $(VENV) (pip install -e '.[dev]' -e './resource[fastapi]')"
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-input -e '.[dev]' -e './resource[fastapi]'
 	@touch $(STAMP)
 
 .venv: $(STAMP)
@@ -46,6 +48,7 @@ run: .venv
 
 test: .venv
 	@bash scripts/ensure-chromium.sh
+	@bash scripts/ensure-pgbouncer.sh
 	@bash scripts/ensure-node.sh
 	@rc=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ] && [ "$(ALLOW_NO_TESTS)" = 1 ]; then \
@@ -57,6 +60,7 @@ test: .venv
 lint: .venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict provider
+	$(VENV)/bin/mypy --strict resource/src resource/examples
 
 openapi: .venv
 	$(VENV)/bin/provider openapi --write

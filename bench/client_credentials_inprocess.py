@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from provider.app import create_app
 from provider.clients.service import create_client
-from provider.keys.store import KeyStore, generate_key
+from provider.keys.lifecycle import generate_key
+from provider.keys.store import DirectoryKeyStore
 from provider.oauth.grants import CLIENT_GRANT_RULES
 from provider.settings import Settings
 
@@ -34,7 +36,8 @@ def prepare() -> Settings:
     work = Path(tempfile.mkdtemp(prefix="bench-cc-"))
     database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{work}/bench.db"
     keys = work / "keys"
-    generate_key(KeyStore(keys))
+    asyncio.run(generate_key(DirectoryKeyStore(keys), "RS256", now=datetime.now(UTC),
+                             actor="bench"))
     if not os.environ.get("DATABASE_URL"):
         from alembic import command
 

@@ -62,7 +62,7 @@ def _configure(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_engine(_url())
+    engine = create_engine(_url(), pgbouncer=bool(config.attributes.get("pgbouncer")))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_configure)

@@ -32,6 +32,7 @@ from provider.errors import (
     from_http_exception,
 )
 from provider.keys.service import NoSigningKey
+from provider.keys.store import KeyStoreError
 from provider.logs import flush_access_lines
 from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS, sync_periodically
 from provider.metrics import sync as sync_metrics
@@ -62,12 +63,22 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings, clock)
         try:
+            await services.keys.refresh()
             services.keys.signing_key()
-        except NoSigningKey as exc:
+        except Exception as exc:
             await services.engine.dispose()
-            raise RuntimeError(f"{exc} (keys directory: {settings.keys_dir})") from None
+            reason = unavailable_reason(exc)
+            if reason is not None:  # the database key store, with the database down
+                raise RuntimeError(f"signing keys cannot be loaded: the database is "
+                                   f"unavailable ({reason})") from None
+            if isinstance(exc, NoSigningKey | KeyStoreError):
+                raise RuntimeError(f"{exc} (key store: {services.keys.store.description})"
+                                   ) from None
+            raise
         app.state.services = services
         services.audit.start()
+        # Keeps the keys current (once a second) and, when configured, rotates them.
+        services.keys.start()
         loop = asyncio.get_running_loop()
         metrics_sync = loop.create_task(sync_periodically(), name="metrics-sync")
         purging = None
@@ -81,6 +92,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await services.keys.close()
         sync_metrics()
         flush_access_lines()
         await services.audit.close()

@@ -1,4 +1,4 @@
-"""The `provider` command line: serve, migrate, openapi, keys, clients, users, purge.
+"""The `provider` command line: serve, migrate, openapi, keys, clients, users, purge, check.
 
 Bad arguments exit 2 with a one-line message on stderr, and write nothing.
 """
@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from provider.audit.service import EventType
 from provider.clock import SystemClock
 from provider.errors import ProviderError
-from provider.keys.store import KeyStore, KeyStoreError
+from provider.keys.algorithms import KeyMaterialError
+from provider.keys.store import KeyStoreError
 from provider.oauth.grants import CLIENT_GRANT_RULES, GRANT_TYPES
 
 T = TypeVar("T")
@@ -38,8 +39,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-keys_app = typer.Typer(help="Manage RS256 signing keys (in PROVIDER_KEYS_DIR).",
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Manage signing keys (PROVIDER_KEY_STORE: the PROVIDER_KEYS_DIR directory, or the "
+         "database). New keys use PROVIDER_SIGNING_ALG.",
+    no_args_is_help=True)
 clients_app = typer.Typer(help="Manage OAuth clients.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -75,7 +78,7 @@ def friendly_errors() -> Iterator[None]:
     except ProviderError as exc:
         detail = exc.detail or exc.title
         fail(detail if isinstance(detail, str) else exc.title)
-    except KeyStoreError as exc:
+    except (KeyStoreError, KeyMaterialError) as exc:
         fail(str(exc))
 
 
@@ -83,8 +86,10 @@ def in_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run ``work`` in one transaction: all of it is written, or none of it."""
     from provider.db import create_engine, session_factory
 
+    current = settings()
+
     async def runner() -> T:
-        engine = create_engine(settings().database_url)
+        engine = create_engine(current.database_url, pgbouncer=current.db_pgbouncer)
         try:
             async with session_factory(engine)() as session:
                 result = await work(session)
@@ -111,22 +116,24 @@ def audit_in(session: AsyncSession, event: Any, **fields: Any) -> None:
 
 
 def audit_key_change(event: Any, record: Any) -> None:
-    """Key changes live in the keys directory, not the database: the event is written
-    after the change, and a database that cannot take it only earns a warning."""
+    """Key changes in the keys directory (the database store writes its events with the
+    change): the event is written after the change, and a database that cannot take it
+    only earns a warning."""
     from sqlalchemy import insert
 
     from provider.audit.models import AuditEvent
     from provider.audit.service import CLI_ACTOR, event_row
     from provider.db import create_engine
 
-    url = settings().database_url
+    current = settings()
+    url = current.database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         typer.echo("warning: no database yet; the key change is not in the audit trail",
                    err=True)
         return
 
     async def write() -> None:
-        engine = create_engine(url)
+        engine = create_engine(url, pgbouncer=current.db_pgbouncer)
         try:
             async with engine.begin() as conn:
                 await conn.execute(insert(AuditEvent), event_row(
@@ -162,8 +169,7 @@ def serve(
     from provider.logs import logging_config
 
     current = settings()
-    with friendly_errors():
-        records = KeyStore(current.keys_dir).records()
+    records = run_keys(lambda store: store.records())
     if not any(r.status == "active" for r in records):
         fail("no signing key; run `provider keys generate` first")
     if workers > 1 and not current.redis_url:
@@ -230,12 +236,13 @@ def metrics_directory() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def alembic_config(database_url: str) -> Any:
+def alembic_config(database_url: str, *, pgbouncer: bool = False) -> Any:
     from alembic.config import Config
 
     config = Config(str(REPO_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
     config.attributes["database_url"] = database_url
+    config.attributes["pgbouncer"] = pgbouncer
     return config
 
 
@@ -246,7 +253,9 @@ def migrate() -> None:
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
     try:
-        command.upgrade(alembic_config(settings().database_url), "head")
+        current = settings()
+        command.upgrade(alembic_config(current.database_url, pgbouncer=current.db_pgbouncer),
+                        "head")
     except (OSError, DBAPIError, ArgumentError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         fail(f"cannot migrate the database: {reason}")
@@ -271,13 +280,75 @@ def openapi(
 # --- keys -----------------------------------------------------------------------------
 
 
-def key_store() -> KeyStore:
-    return KeyStore(settings().keys_dir)
+class RecordingStore:
+    """The configured key store, remembering the changes a command made (for the audit
+    trail of the directory store, which cannot write events with its changes)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.description: str = store.description
+        self.changes: list[Any] = []
+
+    async def version(self) -> Any:
+        return await self.store.version()
+
+    async def records(self) -> Any:
+        return await self.store.records()
+
+    async def private_keys(self, records: Any) -> Any:
+        return await self.store.private_keys(records)
+
+    async def apply(self, planner: Any, *, actor: str, now: Any = None) -> Any:
+        change = await self.store.apply(planner, actor=actor, now=now)
+        if change is not None:
+            self.changes.append(change)
+        return change
+
+
+def run_keys(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work`` on the configured key store (PROVIDER_KEY_STORE); afterwards, audit
+    events of the directory store's changes are written."""
+    from sqlalchemy.exc import DBAPIError
+
+    from provider.db import create_engine
+    from provider.keys.store import DatabaseKeyStore, DirectoryKeyStore, load_secret_key
+
+    current = settings()
+    recording: list[RecordingStore] = []
+
+    async def runner() -> T:
+        engine = None
+        if current.key_store == "database":
+            secret = load_secret_key(
+                current.secret_key.get_secret_value() if current.secret_key else None,
+                current.keys_dir)
+            engine = create_engine(current.database_url, pgbouncer=current.db_pgbouncer)
+            store: Any = DatabaseKeyStore(engine, secret)
+        else:
+            store = DirectoryKeyStore(current.keys_dir)
+        recording.append(RecordingStore(store))
+        try:
+            return await work(recording[0])
+        finally:
+            if engine is not None:
+                await engine.dispose()
+
+    with friendly_errors():
+        try:
+            result = asyncio.run(runner())
+        except (OSError, DBAPIError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            fail(f"cannot reach the key store ({current.key_store}): {reason}")
+    for change in recording[0].changes if recording else []:
+        if not change.events_written:
+            for event, record in change.events:
+                audit_key_change(event, record)
+    return result
 
 
 def key_line(record: Any) -> str:
     when = record.created_at.strftime("%Y-%m-%d %H:%M")
-    return f"{record.kid}  {record.status:<9}  created {when}"
+    return f"{record.kid}  {record.status:<9}  {record.alg:<5}  created {when}"
 
 
 @keys_app.command("generate")
@@ -285,36 +356,54 @@ def keys_generate(
     if_missing: Annotated[bool, typer.Option(
         "--if-missing", help="Do nothing when a signing key exists.")] = False,
     activate: Annotated[bool, typer.Option(
-        "--activate", help="Sign with the new key at once.")] = False,
+        "--activate", help="Sign with the new key at once (resource servers that cached "
+        "the JWKS refuse its tokens until they fetch it again; prefer `keys rotate` "
+        "later).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Create an RSA-2048 key. The first key signs; later ones are published for a
-    later `keys rotate` (so resource servers learn them before they are used)."""
-    from provider.keys.store import generate_key
+    """Create a key for PROVIDER_SIGNING_ALG (RSA-2048, EC P-256 or Ed25519). The first key
+    signs; later ones are published for a later `keys rotate` (so resource servers learn
+    them before they are used)."""
+    from provider.keys.lifecycle import generate_key
 
-    store = key_store()
-    with friendly_errors():
-        if if_missing and any(r.status == "active" for r in store.records()):
-            active = next(r for r in store.records() if r.status == "active")
-            emit(as_json, {"kid": active.kid, "status": active.status, "created": False},
-                 f"signing key present: {active.kid}")
-            return
-        record = generate_key(store, activate=True if activate else None)
-    audit_key_change(EventType.KEY_GENERATED, record)
+    current = settings()
+
+    async def work(store: Any) -> tuple[Any, bool]:
+        if if_missing:
+            active = next((r for r in await store.records() if r.status == "active"), None)
+            if active is not None:
+                return active, False
+        record = await generate_key(store, current.signing_alg, now=SystemClock().now(),
+                                    actor="cli", activate=True if activate else None)
+        return record, True
+
+    record, created = run_keys(work)
+    if not created:
+        emit(as_json, {"kid": record.kid, "status": record.status, "created": False},
+             f"signing key present: {record.kid}")
+        return
     emit(as_json, {"kid": record.kid, "status": record.status, "created": True},
-         f"generated {record.kid} ({record.status})")
+         f"generated {record.kid} ({record.status}, {record.alg})")
 
 
 @keys_app.command("rotate")
-def keys_rotate(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-                ) -> None:
-    """Sign with the newest published key (a new one if none is waiting). The previous
-    key stays in the JWKS until tokens it signed have expired."""
-    from provider.keys.store import rotate
+def keys_rotate(
+    now: Annotated[bool, typer.Option(
+        "--now", help="Activate at once, even a key published too recently or a brand-new "
+        "one (after a compromise): resource servers refuse its tokens until they fetch "
+        "the JWKS again.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Sign with the newest published key. Refused (exit 2, saying why) while it has been
+    published for less than PROVIDER_JWKS_MAX_AGE plus PROVIDER_KEY_PUBLISH_MARGIN, or
+    when no key is published ahead, unless --now. The previous key stays in the JWKS
+    until tokens it signed have expired."""
+    from provider.keys.lifecycle import rotate
 
-    with friendly_errors():
-        record = rotate(key_store())
-    audit_key_change(EventType.KEY_ACTIVATED, record)
+    current = settings()
+    record = run_keys(lambda store: rotate(
+        store, alg=current.signing_alg, now=SystemClock().now(),
+        lead=current.key_publish_lead, actor="cli", force=now))
     emit(as_json, {"kid": record.kid, "status": record.status},
          f"now signing with {record.kid}")
 
@@ -323,8 +412,7 @@ def keys_rotate(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
 def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
               ) -> None:
     """List keys with their state: active (signs), published (in JWKS), retired."""
-    with friendly_errors():
-        records = key_store().records()
+    records = run_keys(lambda store: store.records())
     if as_json:
         typer.echo(json.dumps({"keys": [r.to_json() for r in records]}))
     else:
@@ -338,34 +426,65 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 def keys_retire(kid: Annotated[str, typer.Argument(
                     help="The key id (kid) to retire; put -- before one that begins with -.")],
                 ) -> None:
-    """Remove a key from the JWKS: tokens it signed stop verifying everywhere."""
-    from provider.keys.store import retire
+    """Remove a key from the JWKS for good (its private half is deleted): tokens it signed
+    stop verifying everywhere."""
+    from provider.keys.lifecycle import retire
 
-    with friendly_errors():
-        record = retire(key_store(), kid)
-    audit_key_change(EventType.KEY_RETIRED, record)
+    record = run_keys(lambda store: retire(store, kid, now=SystemClock().now(),
+                                           actor="cli"))
     typer.echo(f"retired {record.kid}")
 
 
 @keys_app.command("import")
 def keys_import(
-    pem_file: Annotated[Path, typer.Argument(help="RSA private key (PEM), >= 2048 bits.")],
-    activate: Annotated[bool, typer.Option("--activate", help="Sign with it at once.")] = False,
+    path: Annotated[Path, typer.Argument(
+        help="A private key (PEM: RSA >= 2048 bits, EC P-256 or Ed25519), or a key set "
+             "directory written by `keys export` (or a PROVIDER_KEYS_DIR).")],
+    activate: Annotated[bool, typer.Option(
+        "--activate", help="Sign with the imported PEM key at once.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Import an existing RSA private key."""
-    from provider.keys.store import add_key, parse_private_pem
+    """Import an existing private key, or a whole key set with its states into an empty
+    key store (moving between the directory and database stores)."""
+    from provider.keys.algorithms import algorithm_for, parse_private_pem
+    from provider.keys.lifecycle import add_key, import_keys
 
+    current = settings()
+    if path.is_dir():
+        if activate:
+            fail("--activate applies to a single PEM file; a key set keeps its states")
+        records = run_keys(lambda store: import_keys(store, path, now=SystemClock().now(),
+                                                     actor="cli"))
+        emit(as_json, {"imported": len(records)},
+             f"imported {len(records)} keys from {path}")
+        return
     try:
-        data = pem_file.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
-        fail(f"cannot read {pem_file}: {exc.strerror}")
+        fail(f"cannot read {path}: {exc.strerror}")
     with friendly_errors():
-        record = add_key(key_store(), parse_private_pem(data),
-                         activate=True if activate else None)
-    audit_key_change(EventType.KEY_IMPORTED, record)
+        key = parse_private_pem(data)
+    alg = algorithm_for(key, current.signing_alg)
+    record = run_keys(lambda store: add_key(store, key, alg, now=SystemClock().now(),
+                                            actor="cli", activate=True if activate else None))
     emit(as_json, {"kid": record.kid, "status": record.status},
-         f"imported {record.kid} ({record.status})")
+         f"imported {record.kid} ({record.status}, {record.alg})")
+
+
+@keys_app.command("export")
+def keys_export(
+    directory: Annotated[Path, typer.Argument(
+        help="An empty or new directory: it becomes a keys directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Write every key with its state as a keys directory (PEM files, keys.json; owner
+    only), for `keys import` into another store or as a PROVIDER_KEYS_DIR. It holds
+    private keys: keep it as secret as the store."""
+    from provider.keys.lifecycle import export_keys
+
+    records = run_keys(lambda store: export_keys(store, directory))
+    emit(as_json, {"exported": len(records)},
+         f"exported {len(records)} keys to {directory}")
 
 
 # --- clients --------------------------------------------------------------------------
@@ -617,7 +736,8 @@ def purge(
     current = settings()
 
     async def run() -> PurgeReport:
-        engine = create_engine(current.database_url, pool_size=2)
+        engine = create_engine(current.database_url, pool_size=2,
+                               pgbouncer=current.db_pgbouncer)
         try:
             purger = Purger(engine, single_statement_engine(engine), current, SystemClock())
             return await purger.run(dry_run=dry_run)
@@ -642,6 +762,39 @@ def purge(
     verb = "would delete" if dry_run else "deleted"
     for table, count in report.counts.items():
         typer.echo(f"{verb} {count} {table}")
+
+
+# --- check ------------------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    processes: Annotated[int, typer.Option(
+        min=1, help="Server processes that will serve, on all hosts together (more than "
+        "one needs a shared Redis).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check this deployment's configuration, keys, database and Redis: each finding has
+    an id, a level (error or warning) and a fix. Exit 1 when there is an error."""
+    from provider.check import run_checks, settings_findings
+    from provider.settings import Settings
+
+    current, findings = settings_findings(Settings)
+    if current is not None:
+        findings = asyncio.run(run_checks(current, processes=processes))
+    errors = sum(f.level == "error" for f in findings)
+    warnings = len(findings) - errors
+    if as_json:
+        typer.echo(json.dumps({"ok": errors == 0, "errors": errors, "warnings": warnings,
+                               "findings": [f.to_json() for f in findings]}))
+    else:
+        for finding in findings:
+            typer.echo(f"{finding.level.upper():<7} {finding.id}: {finding.message}")
+            typer.echo(f"        fix: {finding.fix}")
+        typer.echo(f"{errors} error(s), {warnings} warning(s)" if findings
+                   else "no issues found")
+    if errors:
+        raise typer.Exit(1)
 
 
 def main() -> None:

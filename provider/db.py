@@ -97,10 +97,22 @@ CLIENT_STATEMENT_MARGIN_S = 1.0
 
 
 def create_engine(
-    url: str, *, pool_size: int = 20, timeouts: Timeouts | None = None, **kwargs: Any
+    url: str, *, pool_size: int = 20, timeouts: Timeouts | None = None,
+    pgbouncer: bool = False, **kwargs: Any
 ) -> AsyncEngine:
     """An engine for ``url``. ``timeouts`` bound the waits of a serving process; tools
     (migrations, the CLI) leave them out, as a migration may rightly run for minutes.
+
+    ``pgbouncer``: PostgreSQL is reached through a pooler in transaction mode, where a
+    server connection serves another client between two transactions. Prepared
+    statements are then kept by neither asyncpg nor SQLAlchemy: each statement is
+    prepared unnamed, and asyncpg sends its Parse and Describe with Flush, not Sync, so
+    the pooler keeps the server connection until the statement has run; nothing named
+    is left behind to collide with or to be missing on another server connection. No
+    session setting travels at connect either (PgBouncer refuses unknown start-up
+    parameters): set ``statement_timeout`` on the database role. The price is one more
+    round trip per statement than with a statement cache, which a direct connection
+    keeps.
 
     Every engine hides bound parameters from its error messages: an error that reaches a
     log must not carry an email address or a password hash.
@@ -120,17 +132,22 @@ def create_engine(
     kwargs.setdefault("pool_size", pool_size)
     kwargs.setdefault("max_overflow", 0)
     kwargs.setdefault("pool_recycle", 3600)
+    connect_args: dict[str, Any] = {}
+    if pgbouncer:
+        connect_args.update(statement_cache_size=0, prepared_statement_cache_size=0)
     if timeouts is not None:
-        connect_args: dict[str, Any] = {"timeout": timeouts.connect}
+        connect_args["timeout"] = timeouts.connect
         if timeouts.statement > 0:
             # Both bounds cost no round trip: the setting travels in the start-up packet
             # and the client bound is a timer around each statement (asyncpg's
             # command_timeout). Only the client bound helps when the server is frozen.
-            connect_args["server_settings"] = {
-                "statement_timeout": str(int(timeouts.statement * 1000))}
+            if not pgbouncer:
+                connect_args["server_settings"] = {
+                    "statement_timeout": str(int(timeouts.statement * 1000))}
             connect_args["command_timeout"] = timeouts.statement + CLIENT_STATEMENT_MARGIN_S
-        kwargs.setdefault("connect_args", connect_args)
         kwargs.setdefault("pool_timeout", timeouts.pool)
+    if connect_args:
+        kwargs.setdefault("connect_args", connect_args)
     engine = create_async_engine(target, **kwargs)
     _discard_broken_connections(engine)
     return engine

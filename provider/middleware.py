@@ -55,8 +55,6 @@ NO_STORE = (b"cache-control", b"no-store")
 # §7.2: a user agent ignores it over plain HTTP anyway).
 HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 
-JWKS_HEADERS = ((b"content-type", b"application/json"),
-                (b"cache-control", b"public, max-age=300"))
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 # What a proxy's X-Request-ID may look like: anything else is replaced by our own id, so
@@ -104,6 +102,11 @@ class EdgeMiddleware:
         self.docs_headers = (*common, DOCS_CSP)
         # The login, consent and logout pages send their own CSP and Cache-Control.
         self.page_headers = common
+        # Resource servers may cache the JWKS this long (PROVIDER_JWKS_MAX_AGE): a new key
+        # is published at least that long before it signs (provider.keys).
+        max_age = int(settings.jwks_max_age.total_seconds())
+        self.jwks_headers = ((b"content-type", b"application/json"),
+                             (b"cache-control", f"public, max-age={max_age}".encode()))
 
     def _request_id(self, scope: Scope) -> str:
         proxies = self.settings.trusted_proxies
@@ -164,7 +167,7 @@ class EdgeMiddleware:
                 scope["endpoint"] = jwks
                 body = scope["app"].state.services.keys.jwks_json()
                 await send_wrapped({"type": "http.response.start", "status": 200,
-                                    "headers": [*JWKS_HEADERS,
+                                    "headers": [*self.jwks_headers,
                                                 (b"content-length", str(len(body)).encode())]})
                 await send_wrapped({"type": "http.response.body", "body": body})
             elif scope["method"] in ("GET", "HEAD"):  # no body to limit: the cheap path

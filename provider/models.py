@@ -5,6 +5,7 @@ from provider.clients.models import Client
 from provider.codes.models import EmailCode
 from provider.consents.models import Consent
 from provider.db import Base
+from provider.keys.models import SigningKey, SigningKeyState
 from provider.mfa.models import MfaToken, RecoveryCode, TotpAuthenticator
 from provider.tokens.models import (
     AuthorizationCode,
@@ -17,4 +18,4 @@ from provider.web.models import BrowserSession
 
 __all__ = ["AuditEvent", "AuthorizationCode", "Base", "BrowserSession", "Client", "Consent",
            "EmailCode", "LoginSession", "MfaToken", "RecoveryCode", "RefreshToken",
-           "RevokedAccessToken", "TotpAuthenticator", "User"]
+           "RevokedAccessToken", "SigningKey", "SigningKeyState", "TotpAuthenticator", "User"]

@@ -7,7 +7,7 @@ PROVIDER_AUDIT_RETENTION; authorization codes a day past their expiry (until the
 used one is kept, so that its reuse is recognised and revokes what it issued); browser
 sessions that ended or expired. Each statement deletes at most ``batch_size`` rows in a short
 transaction of its own, so the token path never waits long on a purge. On PostgreSQL
-one process at a time purges (a session-level advisory lock); on SQLite, writers are
+one process at a time purges (a transaction-level advisory lock); on SQLite, writers are
 serialised by the database anyway and the deletes are idempotent.
 """
 
@@ -154,20 +154,21 @@ class Purger:
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[bool]:
-        """Hold PostgreSQL's advisory lock for the whole purge, on a connection of its
-        own (a crashed purger's lock goes with its connection); SQLite: just run."""
+        """Hold PostgreSQL's advisory lock for the whole purge, in a transaction of its
+        own that stays open meanwhile (a crashed purger's lock goes with its connection);
+        SQLite: just run.
+
+        A transaction-level lock, not a session-level one: behind PgBouncer in
+        transaction mode a session lock would stay on a server connection that other
+        clients then use, and its unlock could go to another. An open transaction keeps
+        its server connection until it ends, and ending it releases the lock."""
         if is_sqlite(self.engine):
             yield True
             return
-        async with self.single.connect() as conn:
+        async with self.engine.connect() as conn, conn.begin():
             acquired = bool((await conn.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})).scalar())
-            try:
-                yield acquired
-            finally:
-                if acquired:
-                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"),
-                                       {"key": LOCK_KEY})
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": LOCK_KEY})).scalar())
+            yield acquired
 
     # --- deleting ---------------------------------------------------------------------------
 

@@ -17,8 +17,15 @@ from provider.db import (
     session_factory,
     single_statement_engine,
 )
-from provider.keys.service import KeyRing
-from provider.keys.store import KeyStore, load_secret_key
+from provider.keys.lifecycle import Schedule
+from provider.keys.service import SYSTEM_ACTOR, KeyRing, Rotator
+from provider.keys.store import (
+    DatabaseKeyStore,
+    DirectoryKeyStore,
+    KeyChange,
+    KeyStore,
+    load_secret_key,
+)
 from provider.mail import make_sender
 from provider.mfa.service import Mfa
 from provider.passwords import PasswordHasher
@@ -48,6 +55,14 @@ class Services:
     audit: AuditLog
     mfa: Mfa
     csrf: Csrf
+    # The JWKS answer's headers, made once: resource servers may cache it this long.
+    jwks_headers: dict[str, str]
+
+    def signing_algorithms(self) -> list[str]:
+        """What discovery advertises: the configured algorithm, then those of the other
+        published keys (during a change of algorithm both sign or verify)."""
+        published = [alg for alg in self.keys.algorithms() if alg != self.settings.signing_alg]
+        return [self.settings.signing_alg, *published]
 
 
 # /readyz answers within this, whatever the database does (DESIGN.md: 503 within 2 s).
@@ -60,19 +75,20 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
                            timeouts=Timeouts(
                                connect=settings.db_connect_timeout.total_seconds(),
                                statement=settings.db_statement_timeout.total_seconds(),
-                               pool=settings.db_pool_timeout.total_seconds()))
-    longest_token = max(settings.access_token_ttl, settings.id_token_ttl)
-    keys = KeyRing(KeyStore(settings.keys_dir), clock, longest_token)
-    jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
-    hasher = PasswordHasher(settings)
+                               pool=settings.db_pool_timeout.total_seconds()),
+                           pgbouncer=settings.db_pgbouncer)
     single = single_statement_engine(engine)
-    throttles = Throttles(settings.redis_url, throttle_config(settings),
-                          timeout=settings.redis_timeout)
-    sessions = session_factory(engine)
     secret = load_secret_key(
         settings.secret_key.get_secret_value() if settings.secret_key else None,
         settings.keys_dir,
     )
+    audit = AuditLog(single, clock)
+    keys = key_ring(settings, clock, key_store(settings, engine, single, secret), audit)
+    jwt = JwtService(keys, issuer=settings.issuer, audience=settings.token_audience)
+    hasher = PasswordHasher(settings)
+    throttles = Throttles(settings.redis_url, throttle_config(settings),
+                          timeout=settings.redis_timeout)
+    sessions = session_factory(engine)
     accounts = Accounts(
         settings=settings, sessions=sessions, clock=clock, hasher=hasher,
         codes=EmailCodes(secret, settings.email_code_ttl), mailer=make_sender(settings),
@@ -82,11 +98,41 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
                     clock=clock, keys=keys, jwt=jwt, hasher=hasher,
                     clients=ClientCache(single), throttles=throttles, accounts=accounts,
                     readiness=ReadinessProbe(engine, READINESS_DEADLINE_S),
-                    audit=AuditLog(single, clock),
+                    audit=audit,
                     mfa=Mfa(server_secret=secret, issuer_name=PRODUCT,
                             mfa_token_ttl=settings.mfa_token_ttl,
                             throttle=throttles.mfa_account),
-                    csrf=Csrf(secret))
+                    csrf=Csrf(secret),
+                    jwks_headers={"Cache-Control": "public, max-age="
+                                  f"{int(settings.jwks_max_age.total_seconds())}"})
+
+
+def key_store(settings: Settings, engine: AsyncEngine, reader: AsyncEngine,
+              secret: bytes) -> KeyStore:
+    """PROVIDER_KEY_STORE: the keys directory, or the database shared by every host."""
+    if settings.key_store == "database":
+        return DatabaseKeyStore(engine, secret, reader=reader)
+    return DirectoryKeyStore(settings.keys_dir)
+
+
+def key_ring(settings: Settings, clock: Clock, store: KeyStore,
+             audit: AuditLog | None = None) -> KeyRing:
+    # A key that stopped signing stays published while its tokens may be valid, plus the
+    # margin that covers the second processes need to agree, and clock skew.
+    retire_after = settings.longest_token_ttl + settings.key_publish_margin
+    rotator = None
+    if settings.key_rotation is not None:
+        def record(change: KeyChange) -> None:
+            if audit is not None and not change.events_written:  # the directory store
+                for event, key in change.events:
+                    audit.record(event, actor=SYSTEM_ACTOR,
+                                 details={"kid": key.kid, "status": key.status})
+
+        rotator = Rotator(store, clock, Schedule(period=settings.key_rotation,
+                                                 lead=settings.key_publish_lead,
+                                                 lifetime=retire_after),
+                          settings.signing_alg, on_change=record)
+    return KeyRing(store, clock, retire_after=retire_after, rotator=rotator)
 
 
 def throttle_config(settings: Settings) -> ThrottleConfig:

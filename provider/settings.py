@@ -18,6 +18,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from provider.keys.algorithms import Algorithm
+
 
 class Settings(BaseSettings):
     """Every knob of the provider. Durations accept seconds or ISO 8601 (``PT15M``)."""
@@ -36,6 +38,22 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "PROVIDER_DATABASE_URL"),
     )
     keys_dir: Path = Path("./keys")
+    # Where signing keys live: files in keys_dir (one host, or a shared secret mount), or
+    # the database (encrypted under a key derived from secret_key), which every host
+    # already shares.
+    key_store: Literal["directory", "database"] = "directory"
+    # Automatic key rotation: a new key every this many days (fractions allowed), published
+    # ahead of use and its predecessor retired once its tokens have expired. Off: unset/0.
+    key_rotation_days: float | None = None
+    # The algorithm of new signing keys (RS256, as RFC 9068 requires every verifier to
+    # support; ES256 and EdDSA sign many times faster; PS256 is RSA-PSS).
+    signing_alg: Algorithm = "RS256"
+    # How long resource servers may cache the JWKS (its Cache-Control max-age). A new key
+    # is published at least this plus key_publish_margin before it signs.
+    jwks_max_age: timedelta = Field(default=timedelta(minutes=5), ge=timedelta(0))
+    # Added to the JWKS max-age before a new key signs, and to the token lifetime before an
+    # old key is retired: covers the second the processes need to agree, and clock skew.
+    key_publish_margin: timedelta = Field(default=timedelta(minutes=1), ge=timedelta(0))
     redis_url: str | None = None
     smtp_url: SecretStr | None = None
     mail_from: str = "provider <no-reply@localhost>"
@@ -93,6 +111,10 @@ class Settings(BaseSettings):
                                             ge=timedelta(0))
     # Waiting for a pooled connection when all are in use.
     db_pool_timeout: timedelta = Field(default=timedelta(seconds=3), gt=timedelta(0))
+    # PostgreSQL is reached through PgBouncer (or another pooler) in transaction mode: no
+    # prepared statement outlives its statement, and no session setting is sent at
+    # connect (set statement_timeout on the role instead). See README, several hosts.
+    db_pgbouncer: bool = False
 
     # --- Audit trail and self-cleaning tables (issue 7) -----------------------------------
     # Audit events older than this are deleted by `provider purge` and the purge task.
@@ -173,6 +195,13 @@ class Settings(BaseSettings):
             return None  # 0 means off
         return value
 
+    @field_validator("key_rotation_days")
+    @classmethod
+    def _rotation_off_at_zero(cls, value: float | None) -> float | None:
+        if value is not None and value < 0:
+            raise ValueError("PROVIDER_KEY_ROTATION_DAYS must not be negative")
+        return value or None  # 0 means off
+
     @field_validator("password_min_length")
     @classmethod
     def _min_length_floor(cls, value: int) -> int:
@@ -184,6 +213,16 @@ class Settings(BaseSettings):
     def _production_is_safe(self) -> Settings:
         if self.env == "production" and not self.issuer.startswith("https://"):
             raise ValueError("PROVIDER_ISSUER must use https:// when PROVIDER_ENV=production")
+        if (self.env == "production" and self.key_store == "database"
+                and self.secret_key is None):
+            raise ValueError(
+                "PROVIDER_SECRET_KEY must be set when PROVIDER_KEY_STORE=database and "
+                "PROVIDER_ENV=production: every host decrypts the signing keys with it")
+        if self.key_rotation is not None and self.key_rotation <= self.key_publish_lead:
+            raise ValueError(
+                "PROVIDER_KEY_ROTATION_DAYS must be longer than PROVIDER_JWKS_MAX_AGE plus "
+                "PROVIDER_KEY_PUBLISH_MARGIN (a new key is published that long before it "
+                "signs)")
         if self.refresh_token_absolute_ttl < self.refresh_token_ttl:
             raise ValueError(
                 "PROVIDER_REFRESH_TOKEN_ABSOLUTE_TTL must not be shorter than "
@@ -210,6 +249,24 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return "json" if self.env == "production" else "text"
+
+    @property
+    def key_rotation(self) -> timedelta | None:
+        """The automatic rotation period, or None when rotation is off."""
+        if self.key_rotation_days is None:
+            return None
+        return timedelta(days=self.key_rotation_days)
+
+    @property
+    def key_publish_lead(self) -> timedelta:
+        """How long a new key is published before it may sign."""
+        return self.jwks_max_age + self.key_publish_margin
+
+    @property
+    def longest_token_ttl(self) -> timedelta:
+        """How long a token signed now may be valid: a key that stopped signing stays
+        published this long (plus key_publish_margin)."""
+        return max(self.access_token_ttl, self.id_token_ttl)
 
     @property
     def token_audience(self) -> str:

@@ -11,6 +11,7 @@ own database and every test makes its own users and clients with unique names.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -26,11 +27,19 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from provider.app import build_services, create_app
-from provider.keys.store import KeyStore, generate_key
+from provider.keys.algorithms import Algorithm
+from provider.keys.lifecycle import generate_key
+from provider.keys.store import DirectoryKeyStore
 from provider.services import Services
 from provider.settings import Settings
 from tests.factories import Factory
-from tests.pgserver import LAST_ERROR, create_database, drop_database, provision_postgres
+from tests.pgserver import (
+    LAST_ERROR,
+    create_database,
+    drop_database,
+    provision_postgres,
+    run_sync,
+)
 from tests.smtp_sink import SmtpSink
 
 REQUIRE_POSTGRES = os.environ.get("PROVIDER_TEST_REQUIRE_POSTGRES") == "1"
@@ -104,11 +113,16 @@ def database_url(request: pytest.FixtureRequest, postgres_server: str | None,
     return sqlite_url
 
 
+def make_keys_dir(path: Path, alg: Algorithm = "RS256") -> Path:
+    """A keys directory with one active key (from sync code, inside a test loop or not)."""
+    store = DirectoryKeyStore(path)
+    run_sync(lambda: generate_key(store, alg, now=datetime.now(UTC), actor="test"))
+    return path
+
+
 @pytest.fixture(scope="session")
 def keys_dir(workdir: Path) -> Path:
-    path = workdir / "keys"
-    generate_key(KeyStore(path))
-    return path
+    return make_keys_dir(workdir / "keys")
 
 
 def make_settings(database_url: str, keys_dir: Path, **overrides: Any) -> Settings:
@@ -130,14 +144,25 @@ def make_settings(database_url: str, keys_dir: Path, **overrides: Any) -> Settin
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-def migrate(database_url: str) -> None:
+def migrate(database_url: str, **options: Any) -> None:
+    """Alembic upgrade head (it runs its own event loop: in a thread of its own when this
+    thread's loop is running, as in a fixture an async one asked for)."""
     from alembic import command
 
     from provider.cli import alembic_config
 
-    config = alembic_config(database_url)
+    config = alembic_config(database_url, **options)
     config.attributes["configure_logging"] = False
-    command.upgrade(config, "head")
+
+    async def upgrade() -> None:
+        await asyncio.to_thread(command.upgrade, config, "head")
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        command.upgrade(config, "head")
+        return
+    run_sync(upgrade)
 
 
 @pytest.fixture(scope="session")
@@ -201,4 +226,4 @@ def factory(services: Services) -> Factory:
     return Factory(services)
 
 
-__all__ = ["TestClock", "build_services", "make_settings", "migrate"]
+__all__ = ["TestClock", "build_services", "make_keys_dir", "make_settings", "migrate"]

@@ -195,6 +195,10 @@ def _run_sync(fn: Callable[[], Awaitable[_T]]) -> _T:
         return pool.submit(asyncio.run, main()).result()
 
 
+# For test code that must run a coroutine from sync code, inside a test loop or not.
+run_sync = _run_sync
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

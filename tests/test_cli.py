@@ -159,7 +159,8 @@ def test_every_command_has_help() -> None:
     paths = all_command_paths()
     assert ["keys", "import"] in paths and ["clients", "ensure-dev"] in paths
     assert ["users", "mfa-reset"] in paths
-    assert len(paths) == 19
+    assert ["keys", "export"] in paths and ["check"] in paths
+    assert len(paths) == 21
     runner = CliRunner()
     for path in paths:
         result = runner.invoke(app, [*path, "--help"])
@@ -224,8 +225,16 @@ def test_keys_life_cycle(cli: Cli, tmp_path: Path) -> None:
     assert present == {"kid": first["kid"], "status": "active", "created": False}
     assert len(list((tmp_path / "keys").glob("*.pem"))) == 2
 
-    rotated = keys("keys", "rotate", "--json").json()
-    assert rotated == {"kid": second["kid"], "status": "active"}
+    # Published a moment ago: resource servers may not have it yet, so no rotation...
+    early = keys("keys", "rotate", "--json").usage_error()
+    assert re.fullmatch(
+        rf"error: key {re.escape(second['kid'])} has been published for \d+ s; resource "
+        r"servers may cache the JWKS for 360 s \(max-age plus margin\), so its tokens could "
+        r"be refused: rotate again in \d+ s, or pass --now after a compromise", early), early
+    # ...unless it is waited for (a JWKS max-age of 1 s here, plus the margin), or --now.
+    waited = keys("keys", "rotate", "--json", PROVIDER_JWKS_MAX_AGE="0",
+                  PROVIDER_KEY_PUBLISH_MARGIN="0").json()
+    assert waited == {"kid": second["kid"], "status": "active"}
 
     refused = keys("keys", "retire", "--", second["kid"]).usage_error()
     assert refused == (f"error: key {second['kid']} is the active signing key; "
@@ -237,7 +246,19 @@ def test_keys_life_cycle(cli: Cli, tmp_path: Path) -> None:
     statuses = {k["kid"]: k["status"] for k in listed["keys"]}
     assert statuses == {first["kid"]: "retired", second["kid"]: "active"}
     assert set(listed["keys"][0]) == {"kid", "status", "created_at", "activated_at",
-                                      "deactivated_at"}
+                                      "deactivated_at", "alg"}
+    assert {k["alg"] for k in listed["keys"]} == {"RS256"}
+    # A retired key keeps its record, not its private key.
+    assert sorted(p.name for p in (tmp_path / "keys").glob("*.pem")) == [f"{second['kid']}.pem"]
+
+    # Nothing waits any more: rotate says what to do, and --now makes and signs a key.
+    nothing = keys("keys", "rotate").usage_error()
+    assert nothing == (
+        "error: no key is published ahead of use: run `provider keys generate`, wait 360 s "
+        "(resource servers cache the JWKS; the max-age plus a margin), then rotate; or "
+        "rotate --now after a compromise")
+    forced = keys("keys", "rotate", "--now", "--json").json()
+    assert forced["status"] == "active" and forced["kid"] not in (first["kid"], second["kid"])
 
 
 def test_keys_import(cli: Cli, tmp_path: Path, pems: dict[str, Path]) -> None:
@@ -254,7 +275,7 @@ def test_keys_import(cli: Cli, tmp_path: Path, pems: dict[str, Path]) -> None:
     assert short.usage_error() == "error: RSA key is 1024 bits; at least 2048 are required"
     assert public.usage_error() == (
         "error: the PEM holds a public key; a private key is needed to sign")
-    assert garbage.usage_error() == "error: not an RSA private key in PEM form"
+    assert garbage.usage_error() == "error: not a private key in PEM form"
     assert missing.usage_error().startswith("error: cannot read ")
     assert traversal.usage_error() == "error: not a key id: '../../etc/passwd'"
     assert unknown.usage_error() == f"error: no key {'A' * 43}"
@@ -267,6 +288,60 @@ def test_keys_import(cli: Cli, tmp_path: Path, pems: dict[str, Path]) -> None:
     listed = keys("keys", "list").ok().stdout.splitlines()
     assert [line.split()[:2] for line in listed] == [
         [existing["kid"], "published"], [imported["kid"], "active"]]
+
+
+def test_keys_in_the_database_store_move_to_a_directory_and_back(
+    cli: Cli, tmp_path: Path,
+) -> None:
+    secret = secrets.token_urlsafe(32)
+    db = cli.with_keys_dir(tmp_path / "keys-unused")
+    env = {"PROVIDER_KEY_STORE": "database", "PROVIDER_SECRET_KEY": secret,
+           "PROVIDER_SIGNING_ALG": "EdDSA"}
+
+    first = db("keys", "generate", "--json", **env).json()
+    second = db("keys", "generate", "--json", **env).json()
+    assert (first["status"], second["status"]) == ("active", "published")
+    listed = db("keys", "list", **env).ok().stdout.splitlines()
+    assert [line.split()[:3] for line in listed] == [
+        [first["kid"], "active", "EdDSA"], [second["kid"], "published", "EdDSA"]]
+    assert not (tmp_path / "keys-unused").exists() or not list(
+        (tmp_path / "keys-unused").glob("*.pem"))  # nothing on disk
+    [(sealed,)] = sqlite_rows(cli, "SELECT private_key_encrypted FROM signing_keys "
+                                   "WHERE kid = ?", first["kid"])
+    assert b"PRIVATE KEY" not in sealed
+    events = sqlite_rows(cli, "SELECT type, actor FROM audit_events WHERE details LIKE ?",
+                         f"%{second['kid']}%")
+    assert events == [("key.generated", "cli")]
+
+    exported = tmp_path / "exported"
+    assert db("keys", "export", str(exported), "--json", **env).json() == {"exported": 2}
+    assert {p.name for p in exported.iterdir()} == {
+        "keys.json", f"{first['kid']}.pem", f"{second['kid']}.pem", ".lock"}
+    assert all(os.stat(p).st_mode & 0o077 == 0 for p in exported.glob("*.pem"))
+    stranger = db("keys", "export", str(tmp_path / "stranger"),
+                  **{**env, "PROVIDER_SECRET_KEY": secrets.token_urlsafe(32)})
+    refused = db("keys", "export", str(exported), **env)
+    activate_set = db("keys", "import", str(exported), "--activate", **env)
+    assert stranger.usage_error() == (
+        f"error: signing key {first['kid']} cannot be decrypted: PROVIDER_SECRET_KEY is not "
+        "the secret it was stored with")
+    assert not (tmp_path / "stranger").exists()
+    assert refused.usage_error() == f"error: {exported} is not an empty directory"
+    assert activate_set.usage_error() == (
+        "error: --activate applies to a single PEM file; a key set keeps its states")
+
+    # Into a directory store, with the states as they were.
+    directory = cli.with_keys_dir(tmp_path / "keys-moved")
+    assert directory("keys", "import", str(exported), "--json").json() == {"imported": 2}
+    assert directory("keys", "list", "--json").json() == db("keys", "list", "--json",
+                                                             **env).json()
+    # Once more changes nothing; a store with other keys refuses the set.
+    assert directory("keys", "import", str(exported), "--json").json() == {"imported": 2}
+    other = cli.with_keys_dir(tmp_path / "keys-other")
+    other("keys", "generate").ok()
+    assert other("keys", "import", str(exported)).usage_error() == (
+        "error: the key store already holds other keys; import a key set into an empty "
+        "store only (single keys: `provider keys import PEM_FILE`)")
 
 
 # --- clients --------------------------------------------------------------------------

@@ -312,3 +312,32 @@ def test_code_flow_revision_gives_existing_clients_empty_uris_and_back(fresh_url
     assert not CODE_FLOW_CLIENT_COLUMNS & inspect_db(fresh_url, _client_columns)
     assert inspect_db(fresh_url, lambda c: c.execute(
         select(_old_clients.c.client_id)).scalars().all()) == ["cl_old"]
+
+
+KEYS_REVISION = "d7e4b1a9c2f0"
+KEY_TABLES = {"signing_keys", "signing_key_state"}
+
+
+def test_keys_revision_adds_its_tables_with_the_version_row(fresh_url: str) -> None:
+    """Issue 9's revision only adds the database key store's tables, the version counter
+    starting at 0 in its one row; its downgrade drops exactly them."""
+    config = config_for(fresh_url)
+    command.upgrade(config, "fa58341a5b9d")  # the revision before it (issue 10's)
+    before = inspect_db(fresh_url, table_names)
+    assert not KEY_TABLES & before
+
+    command.upgrade(config, KEYS_REVISION)
+    assert inspect_db(fresh_url, table_names) == before | KEY_TABLES
+    columns = inspect_db(fresh_url, lambda c: {
+        name: {col["name"] for col in inspect(c).get_columns(name)} for name in KEY_TABLES})
+    assert columns == {
+        "signing_keys": {"kid", "alg", "status", "created_at", "activated_at",
+                         "deactivated_at", "private_key_encrypted"},
+        "signing_key_state": {"id", "version"},
+    }
+    rows = inspect_db(fresh_url, lambda c: c.execute(
+        text("SELECT id, version FROM signing_key_state")).all())
+    assert [tuple(row) for row in rows] == [(1, 0)]
+
+    command.downgrade(config, "fa58341a5b9d")
+    assert inspect_db(fresh_url, table_names) == before

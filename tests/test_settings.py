@@ -28,3 +28,40 @@ def test_a_duration_that_is_neither_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("PROVIDER_ACCESS_TOKEN_TTL", "fifteen minutes")
     with pytest.raises(ValueError, match="access_token_ttl"):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_key_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"PROVIDER_KEY_STORE": "database", "PROVIDER_SIGNING_ALG": "EdDSA",
+                        "PROVIDER_KEY_ROTATION_DAYS": "0.5", "PROVIDER_JWKS_MAX_AGE": "120",
+                        "PROVIDER_KEY_PUBLISH_MARGIN": "PT30S",
+                        "PROVIDER_DB_PGBOUNCER": "true"}.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.key_store, settings.signing_alg, settings.db_pgbouncer) == (
+        "database", "EdDSA", True)
+    assert settings.key_rotation == timedelta(hours=12)
+    assert settings.key_publish_lead == timedelta(seconds=150)
+    assert settings.longest_token_ttl == timedelta(minutes=15)
+
+
+@pytest.mark.parametrize("days", ["0", ""])
+def test_key_rotation_is_off_at_zero_or_unset(monkeypatch: pytest.MonkeyPatch,
+                                             days: str) -> None:
+    if days:
+        monkeypatch.setenv("PROVIDER_KEY_ROTATION_DAYS", days)
+    assert Settings(_env_file=None).key_rotation is None  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"signing_alg": "HS256"}, "signing_alg"),
+    ({"signing_alg": "none"}, "signing_alg"),
+    ({"key_store": "vault"}, "key_store"),
+    ({"key_rotation_days": -1}, "must not be negative"),
+    # A key must be publishable ahead of use within the period.
+    ({"key_rotation_days": 0.004}, "must be longer than PROVIDER_JWKS_MAX_AGE plus"),
+    ({"env": "production", "issuer": "https://id.example.com", "metrics_public": True,
+      "key_store": "database"}, "PROVIDER_SECRET_KEY must be set when PROVIDER_KEY_STORE"),
+])
+def test_unsafe_key_settings_are_refused(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings(_env_file=None, **values)  # type: ignore[arg-type]

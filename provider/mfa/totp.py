@@ -17,8 +17,9 @@ from datetime import datetime
 import pyotp
 import segno
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+# One derivation for every key made from the server secret, each with its own label.
+from provider.keys.store import derive_key as derive_key
 
 STEP_SECONDS = 30
 DIGITS = 6
@@ -29,13 +30,6 @@ SECRET_BYTES = 20
 class SecretUndecryptable(RuntimeError):
     """A stored TOTP secret does not decrypt: PROVIDER_SECRET_KEY changed or the row was
     tampered with. An admin must reset the user's MFA (or the old key be restored)."""
-
-
-def derive_key(server_secret: bytes, purpose: str) -> bytes:
-    """A 256-bit key for one purpose, derived from the server secret (HKDF-SHA256, RFC
-    5869): the secret itself keys email codes, so each use gets a key of its own."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                info=f"provider/{purpose}".encode()).derive(server_secret)
 
 
 class SecretBox:

@@ -44,7 +44,6 @@ from provider.services import Services
 
 router = APIRouter(tags=["oauth"])
 
-JWKS_CACHE = {"Cache-Control": "public, max-age=300"}
 METADATA_CACHE = {"Cache-Control": "public, max-age=3600"}
 
 
@@ -235,7 +234,8 @@ def _json(document: dict[str, Any], headers: dict[str, str]) -> Response:
     response_model=dict[str, Any],
 )
 async def discovery(services: ServicesDep) -> Response:
-    return _json(openid_configuration(services.settings), METADATA_CACHE)
+    return _json(openid_configuration(services.settings, services.signing_algorithms()),
+                 METADATA_CACHE)
 
 
 @router.get(
@@ -259,5 +259,6 @@ async def jwks(request: Request) -> Response:
     # No dependencies on purpose: the most requested document, pre-serialised.
     services: Services = request.app.state.services
     return Response(
-        services.keys.jwks_json(), media_type="application/json", headers=JWKS_CACHE
+        services.keys.jwks_json(), media_type="application/json",
+        headers=services.jwks_headers,
     )

@@ -15,7 +15,9 @@ CLAIMS_SUPPORTED = [
 ]
 
 
-def openid_configuration(settings: Settings) -> dict[str, Any]:
+def openid_configuration(settings: Settings, signing_algs: list[str]) -> dict[str, Any]:
+    """``signing_algs``: the algorithms ID tokens (and access tokens) are signed with,
+    the configured one first (provider.services.Services.signing_algorithms)."""
     return {
         **authorization_server_metadata(settings),
         # OIDC RP-Initiated Logout 1.0 §2.1.
@@ -23,7 +25,7 @@ def openid_configuration(settings: Settings) -> dict[str, Any]:
         # OIDC Prompt Create (the values /oauth/authorize understands).
         "prompt_values_supported": list(PROMPTS),
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "id_token_signing_alg_values_supported": signing_algs,
         "userinfo_signing_alg_values_supported": ["none"],
         "claims_supported": CLAIMS_SUPPORTED,
         "claims_parameter_supported": False,

@@ -1,7 +1,8 @@
-"""The one signing point: RS256 JWTs for access tokens (RFC 9068) and ID tokens.
+"""The one signing point: JWTs for access tokens (RFC 9068) and ID tokens, signed with
+the active key under its own algorithm (RS256 by default; PROVIDER_SIGNING_ALG).
 
 Verification trusts nothing in the header but ``kid`` as a lookup key into our own
-key ring: the algorithm is pinned (RFC 8725 §3.1), ``typ`` keeps token kinds apart
+key ring: the algorithm is pinned to the key's (RFC 8725 §3.1), ``typ`` keeps token kinds apart
 (§3.11, §3.12), ``jku``/``x5u``/``jwk`` are never followed (§3.10), unknown ``crit``
 rejects the token (RFC 7515 §4.1.11), and iss/aud/exp are checked exactly.
 """
@@ -16,9 +17,9 @@ from typing import Any
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 
+from provider.keys.algorithms import ALGORITHMS, REGISTRIES
 from provider.keys.service import KeyRing
 
-ALGORITHM = "RS256"
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105
 ID_TOKEN_TYP = "JWT"  # noqa: S105
 # Tolerated clock difference for iat/nbf in the future (our own processes only).
@@ -50,9 +51,9 @@ class JwtService:
         self.audience = audience
 
     def _sign(self, claims: dict[str, Any], typ: str) -> str:
-        kid, key = self._keys.signing_key()
-        header = {"alg": ALGORITHM, "typ": typ, "kid": kid}
-        return jwt.encode(header, claims, key, algorithms=[ALGORITHM])
+        signer = self._keys.signing_key()
+        header = {"alg": signer.alg, "typ": typ, "kid": signer.kid}
+        return jwt.encode(header, claims, signer.key, registry=REGISTRIES[signer.alg])
 
     def issue_access_token(
         self,
@@ -124,7 +125,8 @@ class JwtService:
             header = jws.extract_compact(token.encode("ascii")).protected
         except (JoseError, ValueError, UnicodeError):
             raise TokenRejected("malformed") from None
-        if header.get("alg") != ALGORITHM:
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
             raise TokenRejected("algorithm not allowed")
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
@@ -134,8 +136,10 @@ class JwtService:
         key = self._keys.verification_key(header.get("kid"))
         if key is None:
             raise TokenRejected("unknown key")
+        if alg != key.alg:  # one key, one algorithm
+            raise TokenRejected("algorithm not allowed for this key")
         try:
-            claims = jwt.decode(token, key, algorithms=[ALGORITHM]).claims
+            claims = jwt.decode(token, key.key, registry=REGISTRIES[key.alg]).claims
         except (JoseError, ValueError):
             raise TokenRejected("bad signature") from None
         return self._check_claims(claims, now)
@@ -150,15 +154,19 @@ class JwtService:
             header = jws.extract_compact(token.encode("ascii")).protected
         except (JoseError, ValueError, UnicodeError):
             raise TokenRejected("malformed") from None
-        if header.get("alg") != ALGORITHM:
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
             raise TokenRejected("algorithm not allowed")
         if header.get("typ") != ID_TOKEN_TYP or "crit" in header:
             raise TokenRejected("not an ID token")
         key = self._keys.verification_key(header.get("kid"))
         if key is None:
             raise TokenRejected("unknown key")
+        if alg != key.alg:  # one key, one algorithm
+            raise TokenRejected("algorithm not allowed for this key")
         try:
-            claims: dict[str, Any] = jwt.decode(token, key, algorithms=[ALGORITHM]).claims
+            claims: dict[str, Any] = jwt.decode(token, key.key,
+                                                registry=REGISTRIES[key.alg]).claims
         except (JoseError, ValueError):
             raise TokenRejected("bad signature") from None
         if claims.get("iss") != self.issuer:

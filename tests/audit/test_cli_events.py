@@ -26,7 +26,7 @@ def cli_events(cli: Cli) -> list[tuple[str, str, str, str | None, str | None, di
 def test_key_changes_and_cli_admin_actions_are_recorded(cli: Cli) -> None:
     first = cli("keys", "generate", "--json").json()
     second = cli("keys", "generate", "--json").json()
-    cli("keys", "rotate", "--json").json()
+    cli("keys", "rotate", "--now", "--json").json()
     cli("keys", "retire", "--", first["kid"]).ok()
     client = cli("clients", "create", "--name", "cli app", "--grant", "client_credentials",
                  "--scope", "api", "--json").json()

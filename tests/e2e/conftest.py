@@ -50,7 +50,7 @@ PROVIDER_BIN = VENV_BIN / "provider"
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
 CLI_TIMEOUT_S = 60.0
-# Servers re-read the keys directory at most once a second (provider.keys.service).
+# Servers check their key store once a second, in the background (provider.keys.service).
 KEYS_RECHECK_WAIT_S = 1.5
 # Only plain HTTP is spoken, but every httpx client builds a TLS context (tens of ms,
 # which adds up with a client per request): share one.

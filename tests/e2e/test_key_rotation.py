@@ -1,10 +1,12 @@
 """Signing-key lifecycle driven by the CLI while two server processes run.
 
 `provider keys generate` publishes a key without signing with it; `keys rotate` makes
-it sign while the old key stays published, so tokens it signed keep verifying; `keys
+it sign once it has been published for the JWKS max-age plus the margin (1 s + 1 s
+here), while the old key stays published, so tokens it signed keep verifying; `keys
 retire` withdraws the old key and its tokens stop verifying. Every server process
-notices each change by itself (the keys directory is re-checked at most once a
-second): each request is sent to both processes of a ServerPair.
+notices each change by itself (the key store is checked once a second): each request is
+sent to both processes of a ServerPair. A resource server verifying with the
+provider-resource package sees the whole cycle without a failure until the retirement.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import httpx
 import jwt
 import pytest
 
+from provider_resource import InvalidToken, TokenVerifier
 from tests.e2e.conftest import KEYS_RECHECK_WAIT_S, LiveServer, OAuthClient, ServerPair, User
 from tests.helpers import password_login
 
@@ -27,7 +30,8 @@ def rotating(sqlite_e2e_url: str, private_keys_dir: Path,
              e2e_dir: Path) -> Iterator[ServerPair]:
     """Two servers of their own on a copy of the keys directory. (Keys do not care about
     the database: SQLite spares a shared PostgreSQL two more connection pools.)"""
-    with ServerPair(sqlite_e2e_url, private_keys_dir, e2e_dir / "rotation") as pair:
+    with ServerPair(sqlite_e2e_url, private_keys_dir, e2e_dir / "rotation",
+                    {"PROVIDER_JWKS_MAX_AGE": "1", "PROVIDER_KEY_PUBLISH_MARGIN": "1"}) as pair:
         yield pair
 
 
@@ -97,7 +101,12 @@ async def test_keys_generate_rotate_retire_seen_by_every_process(rotating: Serve
     for response in await on_every_process(rotating, login_request(client, user)):
         assert kid_of(response) == old_kid
 
-    # 2. rotate: the published key signs now; the old one still verifies.
+    resource = TokenVerifier(live.issuer, live.issuer)
+    assert resource.verify(old_token).sub == user.id
+
+    # 2. rotate: the published key signs now (it has waited the max-age plus margin); the
+    # old one still verifies.
+    await asyncio.sleep(1.0)
     assert live.cli_json("keys", "rotate") == {"kid": new_kid, "status": "active"}
     await asyncio.sleep(KEYS_RECHECK_WAIT_S)
     fresh = await on_every_process(rotating, login_request(client, user))
@@ -110,6 +119,7 @@ async def test_keys_generate_rotate_retire_seen_by_every_process(rotating: Serve
         assert response.json()["email"] == user.email
     assert pyjwt_verify(live, old_token)["sub"] == user.id
     assert pyjwt_verify(live, new_token)["sub"] == user.id
+    assert resource.verify(old_token).sub == resource.verify(new_token).sub == user.id
 
     # 3. retire the old key: it leaves the JWKS and its tokens stop verifying.
     # "--": a kid is base64url and may begin with "-", which would read as an option.
@@ -126,6 +136,12 @@ async def test_keys_generate_rotate_retire_seen_by_every_process(rotating: Serve
     with pytest.raises(jwt.PyJWKClientError, match="Unable to find a signing key"):
         pyjwt_verify(live, old_token)
     assert pyjwt_verify(live, new_token)["sub"] == user.id
+    # The resource server learns of the retirement when its cached JWKS expires (1 s).
+    await asyncio.sleep(1.0)
+    with pytest.raises(InvalidToken):
+        resource.verify(old_token)
+    assert resource.verify(new_token).sub == user.id
+    resource.close()
 
     states = {k["kid"]: k["status"] for k in live.cli_json("keys", "list")["keys"]}
     assert (states[old_kid], states[new_kid]) == ("retired", "active")

@@ -84,7 +84,8 @@ def token_response(
     if refresh_token is not None:
         body["refresh_token"] = refresh_token
     if session is not None and OPENID in scope.split():
-        extra = {"at_hash": at_hash(access_token)}
+        # The ID token is signed next, by the same key (no await in between): its hash.
+        extra = {"at_hash": at_hash(access_token, services.keys.signing_key().alg)}
         if nonce is not None:
             extra["nonce"] = nonce
         body["id_token"] = services.jwt.issue_id_token(

@@ -70,7 +70,7 @@ async def test_access_token_header_and_claims(
     header = pyjwt.get_unverified_header(token)
     assert header["typ"] == "at+jwt"
     assert header["alg"] == "RS256"
-    active_kid, _ = services.keys.signing_key()
+    active_kid = services.keys.signing_key().kid
     assert header["kid"] == active_kid
     published = {k["kid"]: k for k in (await jwks(client))["keys"]}
     assert rfc7638_thumbprint(published[header["kid"]]) == header["kid"]
