@@ -356,9 +356,12 @@ def keys_generate(
     if_missing: Annotated[bool, typer.Option(
         "--if-missing", help="Do nothing when a signing key exists.")] = False,
     activate: Annotated[bool, typer.Option(
-        "--activate", help="Sign with the new key at once (resource servers that cached "
-        "the JWKS refuse its tokens until they fetch it again; prefer `keys rotate` "
-        "later).")] = False,
+        "--activate", help="Sign with the new key at once. While another key signs, this "
+        "needs --now too: resource servers that cached the JWKS refuse its tokens until "
+        "they fetch it again (prefer `keys rotate` later).")] = False,
+    now: Annotated[bool, typer.Option(
+        "--now", help="With --activate: switch the signing key at once (after a "
+        "compromise).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create a key for PROVIDER_SIGNING_ALG (RSA-2048, EC P-256 or Ed25519). The first key
@@ -367,6 +370,8 @@ def keys_generate(
     from provider.keys.lifecycle import generate_key
 
     current = settings()
+    if activate and not now:
+        refuse_unpublished_switch()
 
     async def work(store: Any) -> tuple[Any, bool]:
         if if_missing:
@@ -384,6 +389,22 @@ def keys_generate(
         return
     emit(as_json, {"kid": record.kid, "status": record.status, "created": True},
          f"generated {record.kid} ({record.status}, {record.alg})")
+
+
+def refuse_unpublished_switch() -> None:
+    """--activate while another key signs switches to a key no resource server has seen:
+    like `keys rotate` before the publish wait, it needs --now (README, "Signing keys")."""
+
+    async def active_kid(store: Any) -> str | None:
+        return next((r.kid for r in await store.records() if r.status == "active"), None)
+
+    active = run_keys(active_kid)
+    if active is not None:
+        fail(f"{active} signs now: --activate would switch to a key that resource servers "
+             "have not fetched yet, and they would refuse its tokens until their JWKS cache "
+             "expires. Leave out --activate and run `provider keys rotate` once the key has "
+             "been published for PROVIDER_JWKS_MAX_AGE plus PROVIDER_KEY_PUBLISH_MARGIN; "
+             "or add --now (after a compromise)")
 
 
 @keys_app.command("rotate")
@@ -441,7 +462,12 @@ def keys_import(
         help="A private key (PEM: RSA >= 2048 bits, EC P-256 or Ed25519), or a key set "
              "directory written by `keys export` (or a PROVIDER_KEYS_DIR).")],
     activate: Annotated[bool, typer.Option(
-        "--activate", help="Sign with the imported PEM key at once.")] = False,
+        "--activate", help="Sign with the imported PEM key at once. While another key "
+        "signs, this needs --now too (resource servers that cached the JWKS refuse its "
+        "tokens until they fetch it again).")] = False,
+    now: Annotated[bool, typer.Option(
+        "--now", help="With --activate: switch the signing key at once (after a "
+        "compromise).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Import an existing private key, or a whole key set with its states into an empty
@@ -464,6 +490,8 @@ def keys_import(
         fail(f"cannot read {path}: {exc.strerror}")
     with friendly_errors():
         key = parse_private_pem(data)
+    if activate and not now:
+        refuse_unpublished_switch()
     alg = algorithm_for(key, current.signing_alg)
     record = run_keys(lambda store: add_key(store, key, alg, now=SystemClock().now(),
                                             actor="cli", activate=True if activate else None))

@@ -260,6 +260,13 @@ def test_keys_life_cycle(cli: Cli, tmp_path: Path) -> None:
     forced = keys("keys", "rotate", "--now", "--json").json()
     assert forced["status"] == "active" and forced["kid"] not in (first["kid"], second["kid"])
 
+    # generate --activate is a switch to an unpublished key too: refused unless --now.
+    switch = keys("keys", "generate", "--activate").usage_error()
+    assert switch.startswith(f"error: {forced['kid']} signs now: --activate would switch")
+    assert len(list((tmp_path / "keys").glob("*.pem"))) == 2  # nothing was written
+    switched = keys("keys", "generate", "--activate", "--now", "--json").json()
+    assert switched["status"] == "active" and switched["kid"] != forced["kid"]
+
 
 def test_keys_import(cli: Cli, tmp_path: Path, pems: dict[str, Path]) -> None:
     keys = cli.with_keys_dir(tmp_path / "keys")
@@ -281,7 +288,12 @@ def test_keys_import(cli: Cli, tmp_path: Path, pems: dict[str, Path]) -> None:
     assert unknown.usage_error() == f"error: no key {'A' * 43}"
     assert len(list((tmp_path / "keys").glob("*.pem"))) == 1  # nothing was written
 
-    imported = keys("keys", "import", str(pems["good"]), "--activate", "--json").json()
+    # Another key signs: switching at once to a key nobody has fetched needs --now.
+    refused = keys("keys", "import", str(pems["good"]), "--activate").usage_error()
+    assert refused.startswith(f"error: {existing['kid']} signs now: --activate would switch")
+    assert len(list((tmp_path / "keys").glob("*.pem"))) == 1  # nothing was written
+    imported = keys("keys", "import", str(pems["good"]), "--activate", "--now",
+                    "--json").json()
     assert imported["status"] == "active"
     again = keys("keys", "import", str(pems["good"])).usage_error()
     assert again == f"error: key {imported['kid']} is already in the key store"
