@@ -356,17 +356,18 @@ async def _check_redis(settings: Settings) -> list[Finding]:
 
     throttles = Throttles(settings.redis_url, throttle_config(settings),
                           timeout=settings.redis_timeout)
+    reason = "no answer"
     try:
         async with asyncio.timeout(settings.redis_timeout.total_seconds() + 1):
             answered = await throttles.storage.check()
-    except Exception:
-        answered = False
+    except Exception as exc:  # any failure to answer is the finding, named below
+        answered, reason = False, type(exc).__name__
     finally:
         await throttles.close()
     if answered:
         return []
-    return [error("redis.unreachable", "PROVIDER_REDIS_URL does not answer: every throttled "
-                  "endpoint (the token endpoint included) would answer 503.",
+    return [error("redis.unreachable", f"PROVIDER_REDIS_URL does not answer ({reason}): "
+                  "every throttled endpoint (the token endpoint included) would answer 503.",
                   "Check the URL and that Redis runs and accepts this host.")]
 
 

@@ -180,14 +180,18 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: list[str] = []
 
     def write(self, record: logging.LogRecord) -> None:
-        lines = self._lines
-        lines.append(self.format(record))
-        if len(lines) == 1:
+        line = self.format(record)
+        with self.lock:  # type: ignore[union-attr]
+            # Under the lock that flush() swaps the batch under: a line appended by one
+            # thread while another writes the batch out is never lost.
+            self._lines.append(line)
+            waiting = len(self._lines)
+        if waiting == 1:
             try:
                 asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
             except RuntimeError:  # no event loop in this thread: write now
                 self.flush()
-        elif len(lines) >= self.MAX_LINES:
+        elif waiting >= self.MAX_LINES:
             self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -10,6 +10,7 @@ rejects the token (RFC 7515 §4.1.11), and iss/aud/exp are checked exactly.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -119,35 +120,35 @@ class JwtService:
         return self._sign(claims, ID_TOKEN_TYP)
 
     def verify_access_token(self, token: str, *, now: datetime) -> AccessClaims:
-        if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
-            raise TokenRejected("malformed")
-        try:
-            header = jws.extract_compact(token.encode("ascii")).protected
-        except (JoseError, ValueError, UnicodeError):
-            raise TokenRejected("malformed") from None
-        alg = header.get("alg")
-        if alg not in ALGORITHMS:
-            raise TokenRejected("algorithm not allowed")
-        typ = header.get("typ")
-        if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
-            raise TokenRejected("not an access token")
-        if "crit" in header:
-            raise TokenRejected("unsupported critical header")
-        key = self._keys.verification_key(header.get("kid"))
-        if key is None:
-            raise TokenRejected("unknown key")
-        if alg != key.alg:  # one key, one algorithm
-            raise TokenRejected("algorithm not allowed for this key")
-        try:
-            claims = jwt.decode(token, key.key, registry=REGISTRIES[key.alg]).claims
-        except (JoseError, ValueError):
-            raise TokenRejected("bad signature") from None
-        return self._check_claims(claims, now)
+        def access_token_header(header: dict[str, Any]) -> None:
+            typ = header.get("typ")
+            if not isinstance(typ, str) or typ.lower() not in ("at+jwt", "application/at+jwt"):
+                raise TokenRejected("not an access token")
+            if "crit" in header:
+                raise TokenRejected("unsupported critical header")
+
+        return self._check_claims(self._signed_claims(token, access_token_header), now)
 
     def verify_id_token_hint(self, token: str) -> dict[str, Any]:
         """An ID token of ours presented back to us (OIDC RP-Initiated Logout's
         ``id_token_hint``): signature, algorithm, ``typ`` and issuer are checked as for
         any token; its expiry is not (an expired ID token is still a valid hint, §2)."""
+        def id_token_header(header: dict[str, Any]) -> None:
+            if header.get("typ") != ID_TOKEN_TYP or "crit" in header:
+                raise TokenRejected("not an ID token")
+
+        claims = self._signed_claims(token, id_token_header)
+        if claims.get("iss") != self.issuer:
+            raise TokenRejected("wrong issuer")
+        if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("aud"),
+                                                                    str | list):
+            raise TokenRejected("missing sub/aud")
+        return claims
+
+    def _signed_claims(self, token: str,
+                       check_header: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """The claims of a compact JWS signed by one of our keys, under that key's one
+        algorithm; ``check_header`` refuses a header of the wrong kind of token."""
         if not token or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
             raise TokenRejected("malformed")
         try:
@@ -157,8 +158,7 @@ class JwtService:
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise TokenRejected("algorithm not allowed")
-        if header.get("typ") != ID_TOKEN_TYP or "crit" in header:
-            raise TokenRejected("not an ID token")
+        check_header(header)
         key = self._keys.verification_key(header.get("kid"))
         if key is None:
             raise TokenRejected("unknown key")
@@ -169,11 +169,6 @@ class JwtService:
                                                 registry=REGISTRIES[key.alg]).claims
         except (JoseError, ValueError):
             raise TokenRejected("bad signature") from None
-        if claims.get("iss") != self.issuer:
-            raise TokenRejected("wrong issuer")
-        if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("aud"),
-                                                                    str | list):
-            raise TokenRejected("missing sub/aud")
         return claims
 
     def _check_claims(self, claims: dict[str, Any], now: datetime) -> AccessClaims:

@@ -259,7 +259,9 @@ async def settled_scrape(http: httpx.AsyncClient) -> Samples:
 
     previous = await scrape(http)
     for _ in range(20):
-        await asyncio.sleep(SYNC_INTERVAL_S + 0.5)
+        # Two sync intervals and a margin: a worker that idles still syncs in between,
+        # also when the machine is busy.
+        await asyncio.sleep(2 * SYNC_INTERVAL_S + 0.5)
         current = await scrape(http)
         if without_scrapes(current) == without_scrapes(previous):
             return current
