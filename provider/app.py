@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from provider import __version__
 from provider.audit.router import router as admin_audit_router
@@ -55,7 +56,22 @@ from provider.web.router import router as web_router
 log = logging.getLogger("provider")
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+class ProviderApp(FastAPI):
+    """FastAPI with the edge layer (provider.middleware) outside everything else, FastAPI's
+    own outer layers included: the JWKS and the token endpoint are answered there, and
+    every other answer, a 500 of the server-error layer included, passes through it."""
+
+    edge: EdgeMiddleware
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["app"] = self
+            await self.edge(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> ProviderApp:
     settings = settings or Settings()
     check_registry()
 
@@ -99,7 +115,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         await services.throttles.close()
         await services.engine.dispose()
 
-    app = FastAPI(
+    app = ProviderApp(
         title="provider",
         version=__version__,
         description=(
@@ -137,8 +153,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    # Added last, so outermost: it times and logs every answer, a 413 included.
-    app.add_middleware(EdgeMiddleware, settings=settings)
+    # Outermost: it times and logs every answer, a 413 and a 500 included.
+    app.edge = EdgeMiddleware(super(ProviderApp, app).__call__, settings=settings)
     return app
 
 

@@ -35,7 +35,7 @@ from provider.logs import (
     open_request,
 )
 from provider.metrics import observe_request
-from provider.oauth.router import JWKS_PATH, jwks
+from provider.oauth.router import JWKS_PATH, TOKEN_PATH, jwks, token
 from provider.settings import Settings
 from provider.web.pages import WEB_PAGES
 
@@ -107,6 +107,8 @@ class EdgeMiddleware:
         max_age = int(settings.jwks_max_age.total_seconds())
         self.jwks_headers = ((b"content-type", b"application/json"),
                              (b"cache-control", f"public, max-age={max_age}".encode()))
+        # CORS lives inside this layer: with it configured, every answer goes through it.
+        self.fast_paths = not settings.cors_origins
 
     def _request_id(self, scope: Scope) -> str:
         proxies = self.settings.trusted_proxies
@@ -161,7 +163,10 @@ class EdgeMiddleware:
 
         token = open_request(context)
         try:
-            if path == JWKS_PATH and scope["method"] == "GET":
+            method = scope["method"]
+            if path == TOKEN_PATH and method == "POST" and self.fast_paths:
+                await self._limited(scope, receive, send_wrapped, _token)
+            elif path == JWKS_PATH and method == "GET" and self.fast_paths:
                 # The most requested document, pre-serialised: answered here, without the
                 # router and the endpoint's request/response machinery around it.
                 scope["endpoint"] = jwks
@@ -170,7 +175,7 @@ class EdgeMiddleware:
                                     "headers": [*self.jwks_headers,
                                                 (b"content-length", str(len(body)).encode())]})
                 await send_wrapped({"type": "http.response.body", "body": body})
-            elif scope["method"] in ("GET", "HEAD"):  # no body to limit: the cheap path
+            elif method in ("GET", "HEAD"):  # no body to limit: the cheap path
                 await self.app(scope, receive, send_wrapped)
             else:
                 await self._limited(scope, receive, send_wrapped)
@@ -184,8 +189,10 @@ class EdgeMiddleware:
             self._finish(scope, context, status, started)
         close_request(token)
 
-    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _limited(self, scope: Scope, receive: Receive, send: Send,
+                       app: ASGIApp | None = None) -> None:
         """The app, with the request body capped at max_body_bytes (413 otherwise)."""
+        app = app or self.app
         limit = self.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -209,7 +216,7 @@ class EdgeMiddleware:
             return message
 
         try:
-            await self.app(scope, limited_receive, send)
+            await app(scope, limited_receive, send)
         except _BodyTooLarge:
             await PayloadTooLarge().response()(scope, receive, send)
 
@@ -237,6 +244,31 @@ class EdgeMiddleware:
                 write(record)
             else:
                 access_log.handle(record)
+
+
+async def _token(scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /oauth/token`` without the router, the exception layers and the route's
+    request/response wrapping: the endpoint, and on an error the app's own handler for it
+    (the same answer, status and log line as through the stack)."""
+    scope["endpoint"] = token
+    request = Request(scope, receive, send)
+    try:
+        response = await token(request)
+    except _BodyTooLarge:
+        raise
+    except Exception as exc:
+        handlers = scope["app"].exception_handlers
+        for kind in type(exc).__mro__:
+            if kind in handlers:
+                response = await handlers[kind](request, exc)
+                break
+        else:
+            raise
+        await response(scope, receive, send)
+        if kind is Exception:
+            raise  # like Starlette's outermost layer: the server sees what nobody handled
+        return
+    await response(scope, receive, send)
 
 
 def _peer(scope: Scope) -> str:

@@ -9,6 +9,8 @@ rejects the token (RFC 7515 §4.1.11), and iss/aud/exp are checked exactly.
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 
 from provider.keys.algorithms import ALGORITHMS, REGISTRIES
-from provider.keys.service import KeyRing
+from provider.keys.service import KeyRing, LoadedKey
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105
 ID_TOKEN_TYP = "JWT"  # noqa: S105
@@ -52,9 +54,19 @@ class JwtService:
         self.audience = audience
 
     def _sign(self, claims: dict[str, Any], typ: str) -> str:
+        """RFC 7515 §7.1 compact serialisation: what ``joserfc.jwt.encode`` makes, with the
+        header segment encoded once per key and kind (it is constant) and the signature
+        still joserfc's own, under the algorithm its registry allows for this key."""
         signer = self._keys.signing_key()
-        header = {"alg": signer.alg, "typ": typ, "kid": signer.kid}
-        return jwt.encode(header, claims, signer.key, registry=REGISTRIES[signer.alg])
+        prefix = _prefixes.get((signer.kid, signer.alg, typ))
+        if prefix is None:
+            prefix = _prefix(signer, typ)
+        # As joserfc.jwt.encode: compact JSON, UTF-8, claims already plain (no datetimes).
+        payload = json.dumps(claims, ensure_ascii=False, separators=(",", ":"))
+        signing_input = prefix + _b64(payload.encode())
+        algorithm = REGISTRIES[signer.alg].get_alg(signer.alg)
+        signature = algorithm.sign(signing_input, signer.key)
+        return (signing_input + b"." + _b64(signature)).decode("ascii")
 
     def issue_access_token(
         self,
@@ -208,6 +220,24 @@ class JwtService:
             sid=sid,
             raw=claims,
         )
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+# (kid, alg, typ) -> the encoded protected header and its dot. A handful of entries:
+# one per kind of token for each key that has signed since the process started.
+_prefixes: dict[tuple[str, str, str], bytes] = {}
+
+
+def _prefix(signer: LoadedKey, typ: str) -> bytes:
+    header = {"typ": typ, "alg": signer.alg, "kid": signer.kid}  # joserfc's order
+    prefix = _b64(json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode()) + b"."
+    if len(_prefixes) > 64:
+        _prefixes.clear()
+    _prefixes[(signer.kid, signer.alg, typ)] = prefix
+    return prefix
 
 
 def _is_int(value: object) -> bool:
