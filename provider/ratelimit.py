@@ -72,6 +72,9 @@ class Throttled(Exception):
         self.retry_after = retry_after
 
 
+STORAGE_KEYS_CACHED = 4096
+
+
 def _key(value: str) -> str:
     # Identifiers may be emails: keep them out of Redis keys in clear text.
     return hashlib.sha256(value.strip().lower().encode()).hexdigest()[:32]
@@ -89,14 +92,23 @@ class Throttle:
         self._keys = [(tier, f"{tier.namespace}/{name}/",
                        f"/{tier.amount}/{tier.multiples}/{tier.GRANULARITY.name}")
                       for tier in self.tiers]
+        # identifier -> its storage keys: the same clients and addresses come back on
+        # every request. Bounded: emptied when full, so many identifiers cost nothing more.
+        self._storage_keys: dict[str, list[tuple[RateLimitItem, str]]] = {}
 
     def windows(self, identifier: str) -> list[tuple[RateLimitItem, str]]:
         key = _key(identifier)
         return [(tier, key) for tier in self.tiers]
 
     def storage_keys(self, identifier: str) -> list[tuple[RateLimitItem, str]]:
-        key = _key(identifier)
-        return [(tier, head + key + tail) for tier, head, tail in self._keys]
+        keys = self._storage_keys.get(identifier)
+        if keys is None:
+            key = _key(identifier)
+            keys = [(tier, head + key + tail) for tier, head, tail in self._keys]
+            if len(self._storage_keys) >= STORAGE_KEYS_CACHED:
+                self._storage_keys.clear()
+            self._storage_keys[identifier] = keys
+        return keys
 
     async def reserve(self, identifier: str) -> None:
         """Take a slot in every tier, or raise Throttled holding none."""

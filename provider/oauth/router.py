@@ -100,6 +100,24 @@ TOKEN_ARG_FORM = _form_body(
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 (a path, not a secret)
 
+# JSONResponse's own encoding (compact, UTF-8, no NaN), made once.
+_TOKEN_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_TOKEN_HEADERS = [(b"content-type", b"application/json"),
+                  *((name.lower().encode(), value.encode()) for name, value in NO_STORE.items())]
+
+
+class TokenJSON(Response):
+    """RFC 6749 §5.1's answer: what ``JSONResponse(body, headers=NO_STORE)`` sends, with
+    its headers assembled once rather than per response."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = _TOKEN_JSON.encode(body).encode()
+        self.raw_headers = [(b"content-length", str(len(self.body)).encode()), *_TOKEN_HEADERS]
+
 
 @router.post(
     TOKEN_PATH,
@@ -143,7 +161,7 @@ async def token(request: Request) -> Response:
     token_request = TokenRequest(form, address, request.headers.get("user-agent"))
     body = await grant.exchange(services, token_request, auth.client)
     count_tokens_issued(grant_type)
-    return JSONResponse(body, headers=NO_STORE)
+    return TokenJSON(body)
 
 
 @router.post(

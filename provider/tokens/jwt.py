@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 
@@ -54,19 +57,16 @@ class JwtService:
         self.audience = audience
 
     def _sign(self, claims: dict[str, Any], typ: str) -> str:
-        """RFC 7515 §7.1 compact serialisation: what ``joserfc.jwt.encode`` makes, with the
-        header segment encoded once per key and kind (it is constant) and the signature
-        still joserfc's own, under the algorithm its registry allows for this key."""
+        """RFC 7515 §7.1 compact serialisation, byte for byte what ``joserfc.jwt.encode``
+        makes (tests compare them): the header segment encoded once per key and kind (it
+        is constant), the signature made by the key's one algorithm (RFC 7518 §3)."""
         signer = self._keys.signing_key()
-        prefix = _prefixes.get((signer.kid, signer.alg, typ))
-        if prefix is None:
-            prefix = _prefix(signer, typ)
-        # As joserfc.jwt.encode: compact JSON, UTF-8, claims already plain (no datetimes).
-        payload = json.dumps(claims, ensure_ascii=False, separators=(",", ":"))
-        signing_input = prefix + _b64(payload.encode())
-        algorithm = REGISTRIES[signer.alg].get_alg(signer.alg)
-        signature = algorithm.sign(signing_input, signer.key)
-        return (signing_input + b"." + _b64(signature)).decode("ascii")
+        made = _signers.get((signer.kid, signer.alg, typ))
+        if made is None:
+            made = _signer(signer, typ)
+        prefix, sign = made
+        signing_input = prefix + _b64(_CLAIMS_JSON.encode(claims).encode())
+        return (signing_input + b"." + _b64(sign(signing_input))).decode("ascii")
 
     def issue_access_token(
         self,
@@ -226,18 +226,46 @@ def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
-# (kid, alg, typ) -> the encoded protected header and its dot. A handful of entries:
-# one per kind of token for each key that has signed since the process started.
-_prefixes: dict[tuple[str, str, str], bytes] = {}
+# As joserfc.jwt.encode writes claims and headers: compact, claims in UTF-8.
+_CLAIMS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_HEADER_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+# (kid, alg, typ) -> the encoded protected header with its dot, and the key's signature
+# function. A handful of entries: one per kind of token for each key that has signed
+# since the process started.
+_signers: dict[tuple[str, str, str], tuple[bytes, Callable[[bytes], bytes]]] = {}
 
 
-def _prefix(signer: LoadedKey, typ: str) -> bytes:
-    header = {"typ": typ, "alg": signer.alg, "kid": signer.kid}  # joserfc's order
-    prefix = _b64(json.dumps(header, ensure_ascii=True, separators=(",", ":")).encode()) + b"."
-    if len(_prefixes) > 64:
-        _prefixes.clear()
-    _prefixes[(signer.kid, signer.alg, typ)] = prefix
-    return prefix
+def _signer(loaded: LoadedKey, typ: str) -> tuple[bytes, Callable[[bytes], bytes]]:
+    header = {"typ": typ, "alg": loaded.alg, "kid": loaded.kid}  # joserfc's order
+    prefix = _b64(_HEADER_JSON.encode(header).encode()) + b"."
+    made = (prefix, _signature_function(loaded))
+    if len(_signers) > 64:
+        _signers.clear()
+    _signers[(loaded.kid, loaded.alg, typ)] = made
+    return made
+
+
+def _signature_function(loaded: LoadedKey) -> Callable[[bytes], bytes]:
+    """The JWS signature of RFC 7518 §3.3 (RS256), §3.5 (PS256), §3.4 (ES256: r || s,
+    32 bytes each) or RFC 8037 §3.1 (EdDSA), with the key made for that algorithm."""
+    private: Any = loaded.key.get_op_key("sign")
+    if loaded.alg == "RS256":
+        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+        return lambda data: bytes(private.sign(data, pkcs1, sha256))
+    if loaded.alg == "PS256":
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        return lambda data: bytes(private.sign(data, pss, hashes.SHA256()))
+    if loaded.alg == "ES256":
+        ecdsa = ec.ECDSA(hashes.SHA256())
+
+        def es256(data: bytes) -> bytes:
+            r, s = decode_dss_signature(private.sign(data, ecdsa))
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return es256
+    if loaded.alg == "EdDSA":
+        return lambda data: bytes(private.sign(data))
+    raise ValueError(f"no signature function for {loaded.alg}")
 
 
 def _is_int(value: object) -> bool:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, bindparam, case, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from provider.metrics import REFRESH_REUSE_DETECTED
@@ -216,7 +218,7 @@ async def rotate(
     if check is None and single is not engine:
         # The common case on PostgreSQL: one statement, no BEGIN/COMMIT round trips.
         async with single.connect() as conn:
-            rotation = await _rotate_once(conn, params, now, idle_ttl)
+            rotation = await _rotate_once(conn, params, now, idle_ttl, autocommit=True)
         if rotation is not None:
             return rotation
         async with engine.begin() as conn:
@@ -232,15 +234,26 @@ async def rotate(
 
 
 async def _rotate_once(
-    conn: AsyncConnection, params: dict[str, Any], now: datetime, idle_ttl: timedelta
+    conn: AsyncConnection, params: dict[str, Any], now: datetime, idle_ttl: timedelta,
+    *, autocommit: bool = False,
 ) -> Rotation | None:
-    """The rotation itself, or None when the token did not qualify (nothing written)."""
+    """The rotation itself, or None when the token did not qualify (nothing written).
+    ``autocommit``: ``conn`` is in no transaction, so the driver may run the statement
+    itself (inside a transaction, SQLAlchemy's execute is what begins it)."""
     token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and not autocommit:
         row = (await conn.execute(_PG_ROTATE, {
             **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid.uuid4(),
             "p_new_hash": digest(token),
         })).first()
+        if row is None:
+            return None
+        return Rotation(Outcome.ROTATED, _session(row._mapping, params["p_client_id"]), token)
+    if conn.dialect.name == "postgresql":
+        row = await _driver_fetchrow(conn, _PG_ROTATE, {
+            **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid.uuid4(),
+            "p_new_hash": digest(token),
+        })
         if row is None:
             return None
         return Rotation(Outcome.ROTATED, _session(row, params["p_client_id"]), token)
@@ -251,12 +264,52 @@ async def _rotate_once(
                             now, idle_ttl)
 
 
+def _amr(value: Any) -> tuple[str, ...]:
+    """A JSON column read by the driver: text, unless the connection decodes JSON itself."""
+    if isinstance(value, str | bytes):
+        value = json.loads(value)
+    return tuple(value or ())
+
+
+# The statement compiled once per driver: its SQL, and its parameters' order.
+_compiled: dict[tuple[Any, str], tuple[str, tuple[str, ...]]] = {}
+
+
+async def _driver_fetchrow(conn: AsyncConnection, statement: Any,
+                           params: dict[str, Any]) -> Any:
+    """One row of ``statement``, run by asyncpg itself on ``conn``'s pooled connection.
+
+    SQLAlchemy's execute around the rotation cost as much CPU as the driver's whole round
+    trip (bench/README.md), so the one statement of the token path's common case skips it.
+    Its parameters are plain values asyncpg takes as they are (bytes, str, UUID, aware
+    datetimes; JSON comes back as text). A failure reaches the app as SQLAlchemy's own
+    would, a ``DBAPIError`` over the driver's exception with no parameters shown, and
+    the connection is discarded rather than returned to the pool in an unknown state.
+    """
+    key = (statement, conn.dialect.driver)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        made = statement.compile(dialect=conn.dialect)
+        compiled = (made.string, tuple(made.positiontup or ()))
+        _compiled[key] = compiled
+    sql, names = compiled
+    raw = await conn.get_raw_connection()
+    try:
+        return await raw.driver_connection.fetchrow(sql, *[params[n] for n in names])  # type: ignore[union-attr]
+    except BaseException as exc:
+        raw.invalidate(exc if isinstance(exc, Exception) else None)
+        if isinstance(exc, Exception):
+            raise DBAPIError(sql, None, exc, hide_parameters=True,
+                             connection_invalidated=True) from exc
+        raise
+
+
 async def _successor(
     conn: AsyncConnection, parent_id: uuid.UUID, session_id: uuid.UUID, client_id: str,
     now: datetime, idle_ttl: timedelta,
 ) -> Rotation:
     row = (await conn.execute(_SESSION_OF, {"p_session_id": session_id})).one()
-    session = _session(row, client_id)
+    session = _session(row._mapping, client_id)
     token = await issue_refresh_token(conn, session=session, now=now, idle_ttl=idle_ttl,
                                       parent_id=parent_id)
     return Rotation(Outcome.ROTATED, session, token)
@@ -302,16 +355,17 @@ async def _explain_refusal(
     return Rotation(Outcome.REUSED, session_id=old.session_id, user_id=old.user_id)
 
 
-def _session(row: Any, client_id: str) -> Session:
+def _session(row: Mapping[Any, Any], client_id: str) -> Session:
+    """A rotation's row: SQLAlchemy's (its mapping) or the driver's own record."""
     return Session(
-        id=row.session_id,
-        user_id=row.user_id,
+        id=row["session_id"],
+        user_id=row["user_id"],
         client_id=client_id,
-        scope=row.scope,
-        expires_at=row.expires_at,
-        auth_time=row.auth_time,
-        amr=tuple(row.amr or ()),
-        user_is_admin=bool(row.is_admin),
+        scope=row["scope"],
+        expires_at=row["expires_at"],
+        auth_time=row["auth_time"],
+        amr=_amr(row["amr"]),
+        user_is_admin=bool(row["is_admin"]),
     )
 
 
