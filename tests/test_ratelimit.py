@@ -18,7 +18,13 @@ from datetime import timedelta
 import pytest
 import pytest_asyncio
 
-from provider.ratelimit import ThrottleConfig, Throttled, Throttles, ThrottleUnavailable
+from provider.ratelimit import (
+    LocalStorage,
+    ThrottleConfig,
+    Throttled,
+    Throttles,
+    ThrottleUnavailable,
+)
 
 REDIS_URL = os.environ.get("PROVIDER_TEST_REDIS_URL")
 REQUIRE_REDIS = os.environ.get("PROVIDER_TEST_REQUIRE_POSTGRES") == "1"
@@ -175,3 +181,35 @@ def test_storage_keys_are_the_keys_limits_builds() -> None:
     assert throttles.client_auth.storage_keys(name) == [
         (tier, tier.key_for("client-auth", key))
         for tier, key in throttles.client_auth.windows(name)]
+
+
+async def test_local_storage_expires_old_entries_in_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The in-process storage drops entries older than their window, keeps the rest, and
+    never hands the work to a thread (limits' own expiry did, per key, after every hit)."""
+    def no_threads(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("expiry must not use a thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_threads)
+    storage = LocalStorage()
+    storage.EXPIRE_EVERY_S = 0.0
+    assert await storage.acquire_entry("long", 2, 60)
+    assert await storage.acquire_entry("long", 2, 60)
+    assert not await storage.acquire_entry("long", 2, 60)  # the window is full
+    assert await storage.acquire_entry("short", 5, 0)  # expired as soon as the clock moves
+    await asyncio.sleep(0.01)
+    assert await storage.acquire_entry("other", 5, 60)  # a hit runs the expiry
+    assert "short" not in storage.events
+    assert len(storage.events["long"]) == 2
+    assert not await storage.acquire_entry("long", 2, 60)  # still full
+    assert await storage.acquire_entry("long", 3, 60)  # a larger window still has room
+
+
+async def test_memory_throttles_use_the_local_storage() -> None:
+    throttles = Throttles(None, ThrottleConfig(client_auth="2 per minute"))
+    assert isinstance(throttles.storage, LocalStorage)
+    await throttles.reserve((throttles.client_auth, "client\n203.0.113.9"))
+    await throttles.reserve((throttles.client_auth, "client\n203.0.113.9"))
+    with pytest.raises(Throttled):
+        await throttles.reserve((throttles.client_auth, "client\n203.0.113.9"))
