@@ -5,7 +5,9 @@
 Reads <round>-<name>.txt (wrk output) and <round>-argon2.json; writes summary.md and
 summary.json next to them and prints the table. With several rounds every figure is the
 median over rounds, and every ratio the median of the per-round ratios (each round
-measures the yardstick and provider back to back).
+measures the yardstick and provider back to back). The other signing algorithms
+(client-credentials-<alg>, refresh-<alg>; run.sh's ALGS) get rows of their own and a
+table per algorithm beside RS256 (the unsuffixed rows).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ ROWS = [
     ("client-credentials", "provider client_credentials grant"),
     ("refresh", "provider refresh_token grant (rotation)"),
     ("password", "provider password grant (argon2id)"),
+    ("client-credentials-es256", "provider client_credentials grant, ES256"),
+    ("refresh-es256", "provider refresh_token grant (rotation), ES256"),
+    ("client-credentials-eddsa", "provider client_credentials grant, EdDSA"),
+    ("refresh-eddsa", "provider refresh_token grant (rotation), EdDSA"),
+    ("client-credentials-ps256", "provider client_credentials grant, PS256"),
+    ("refresh-ps256", "provider refresh_token grant (rotation), PS256"),
     ("nop-jwks", "node-oidc-provider GET /jwks (peer)"),
     ("nop-client-credentials", "node-oidc-provider client_credentials grant (peer)"),
     ("nop-refresh", "node-oidc-provider refresh_token grant (peer)"),
@@ -42,6 +50,11 @@ TARGETS = [
     ("client-credentials", "nop-client-credentials", 1.15),
     ("refresh", "nop-refresh", 1.4),
 ]
+# The signing algorithms run.sh can measure beside RS256 (ALGS), by their rows' suffix.
+OTHER_ALGS = {"es256": "ES256", "eddsa": "EdDSA", "ps256": "PS256"}
+# Rows that are left out of the table when they were not measured (PEER=0, ALGS="").
+OPTIONAL_PREFIXES = ("nop-",)
+OPTIONAL_SUFFIXES = tuple(f"-{tag}" for tag in OTHER_ALGS)
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
 
 
@@ -123,6 +136,50 @@ def fmt(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
+def optional(name: str) -> bool:
+    return name.startswith(OPTIONAL_PREFIXES) or name.endswith(OPTIONAL_SUFFIXES)
+
+
+def per_round_ratios(data: dict[str, dict[int, dict[str, Any]]], rounds: list[int],
+                     name: str, base: str, key: str) -> list[float]:
+    """name / base of ``key`` in every round that measured both."""
+    ratios = []
+    for rnd in rounds:
+        a = data.get(name, {}).get(rnd, {}).get(key)
+        b = data.get(base, {}).get(rnd, {}).get(key)
+        if a is not None and b:
+            ratios.append(a / b)
+    return ratios
+
+
+def algorithms(data: dict[str, dict[int, dict[str, Any]]], rounds: list[int],
+               rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """client_credentials and refresh per signing algorithm: RS256 (the unsuffixed rows)
+    and each measured one of OTHER_ALGS, with its ratio to RS256 (per round, then the
+    median): req/s, and the CPU-cost ratio (RS256 CPU per request / this one's)."""
+    by_name = {row["name"]: row for row in rows}
+    out = []
+    for tag, alg in [("", "RS256"), *OTHER_ALGS.items()]:
+        suffix = f"-{tag}" if tag else ""
+        if tag and not any(data.get(f"{grant}{suffix}") for grant in ("client-credentials",
+                                                                      "refresh")):
+            continue  # not measured in this run
+        entry: dict[str, Any] = {"alg": alg}
+        for grant in ("client-credentials", "refresh"):
+            name = grant + suffix
+            row = by_name.get(name, {})
+            ratios = per_round_ratios(data, rounds, name, grant, "rps")
+            costs = [1 / r for r in per_round_ratios(data, rounds, name, grant, "cpu_ms") if r]
+            entry[grant] = {
+                "row": name, "rps": row.get("rps"), "server_cpu_ms": row.get("server_cpu_ms"),
+                "db_cpu_ms": row.get("db_cpu_ms"),
+                "ratio": median(ratios), "per_round": [round(r, 3) for r in ratios],
+                "cpu_ratio": median(costs),
+            }
+        out.append(entry)
+    return out
+
+
 def summarise(results: Path) -> dict[str, Any]:
     data, rounds = load(results)
     rows = []
@@ -147,12 +204,7 @@ def summarise(results: Path) -> dict[str, Any]:
     for name, base, goal in TARGETS:
         if base.startswith("nop-") and not data.get(base):
             continue  # the peer was skipped
-        ratios = []
-        for rnd in rounds:
-            a = data.get(name, {}).get(rnd, {}).get("rps")
-            b = data.get(base, {}).get(rnd, {}).get("rps")
-            if a is not None and b:
-                ratios.append(a / b)
+        ratios = per_round_ratios(data, rounds, name, base, "rps")
         ratio = median(ratios)
         # The same comparison in CPU per request (server + its PostgreSQL backends):
         # baseline cost / provider cost. Steadier than req/s when others load the machine.
@@ -168,7 +220,7 @@ def summarise(results: Path) -> dict[str, Any]:
     meta_path = results / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return {"results": str(results), "rounds": rounds, "meta": meta, "rows": rows,
-            "targets": targets}
+            "targets": targets, "algorithms": algorithms(data, rounds, rows)}
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -177,8 +229,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in summary["rows"]:
-        if row["name"].startswith("nop-") and row["rps"] is None:
-            continue  # the peer was skipped
+        if optional(row["name"]) and row["rps"] is None:
+            continue  # the peer or that algorithm was skipped
         if row["name"] == "argon2":
             lines.append(f"| {row['label']} | {fmt(row['rps'], 1)} verifies/s | | | | "
                          f"{fmt(row['server_cpu_ms'], 2)} per verify |")
@@ -195,6 +247,27 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {t['provider']} / {t['baseline']} | {fmt(t['ratio'], 2)}x | "
             f"{', '.join(f'{r:.2f}' for r in t['per_round'])} | >= {t['target']}x | "
             f"{'yes' if t['met'] else '**no**'} | {cpu_ratio} |")
+    algs = summary.get("algorithms", [])
+    if len(algs) > 1:
+        lines += ["", "Per signing algorithm (ratios to RS256: per round, then the median; "
+                  "CPU ms/req server + db; CPU-cost ratio = RS256 CPU per request / this one's):",
+                  "",
+                  "| algorithm | client_credentials req/s | CPU ms/req | / RS256 (per round) "
+                  "| CPU-cost | refresh req/s | CPU ms/req | / RS256 (per round) | CPU-cost |",
+                  "|---|---:|---:|---|---:|---:|---:|---|---:|"]
+        for entry in algs:
+            cells = [entry["alg"]]
+            for grant in ("client-credentials", "refresh"):
+                g = entry[grant]
+                rounds = ", ".join(f"{r:.2f}" for r in g["per_round"])
+                cpu_ratio = "" if g["cpu_ratio"] is None else f"{g['cpu_ratio']:.2f}x"
+                versus = f"{fmt(g['ratio'], 2)}x ({rounds})"
+                if entry["alg"] == "RS256":
+                    versus = cpu_ratio = ""  # the baseline itself
+                cells += [fmt(g["rps"]),
+                          f"{fmt(g['server_cpu_ms'], 2)} + {fmt(g['db_cpu_ms'], 2)}",
+                          versus, cpu_ratio]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -206,7 +279,7 @@ def main() -> None:
     (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(text)
     for row in summary["rows"]:
-        if row["name"].startswith("nop-") and row["rps"] is None:
+        if optional(row["name"]) and row["rps"] is None:
             continue
         if not row["all_ok"] and row["name"] != "argon2":
             print(f"WARNING: {row['name']}: {row['errors']} non-200/errors, "

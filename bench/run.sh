@@ -5,8 +5,10 @@
 #
 # Per round: yardstick (2 workers) GET /hello, POST /sign, POST /rotate; stop it. Then
 # provider (`provider serve --workers 2`) GET JWKS, client_credentials, refresh_token,
-# password, then the raw argon2id verify rate with 2 threads; stop it. Then the peer,
-# node-oidc-provider (2 workers; PEER=0 skips it): JWKS, client_credentials, refresh. Raw output goes to
+# password, then the raw argon2id verify rate with 2 threads; stop it. Then provider again
+# for each algorithm in ALGS (default "ES256 EdDSA"; each with its own keys directory):
+# client_credentials, refresh_token; stopped after each. Then the peer, node-oidc-provider
+# (2 workers; PEER=0 skips it): JWKS, client_credentials, refresh. Raw output goes to
 # bench/results/<UTC timestamp>/, the table to summary.md there.
 set -euo pipefail
 
@@ -31,6 +33,8 @@ RT_COUNT="${RT_COUNT:-5000}"          # provider refresh tokens per round
 YARD_RT_COUNT="${YARD_RT_COUNT:-20000}"
 ARGON2_SECONDS="${ARGON2_SECONDS:-10}"
 SERVER_TIMEOUT="${SERVER_TIMEOUT:-900}"  # hard bound on each server's life (seconds)
+# Signing algorithms measured beside RS256 (client_credentials and refresh only); "" skips.
+ALGS="${ALGS-ES256 EdDSA}"
 # The peer: node-oidc-provider from ../shared/bench/nop (auto: when node >= 20 is found;
 # PEER=0 skips it). Installed with npm into a cache outside the repository.
 PEER="${PEER:-auto}"
@@ -45,6 +49,13 @@ if ! command -v wrk >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev
 fi
 for tool in wrk curl timeout; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is required (apt-get install -y $tool)" >&2; exit 2; }
+done
+for alg in $ALGS; do
+  case "$alg" in
+    ES256|EdDSA|PS256) ;;
+    RS256) echo "bench: ALGS: RS256 is always measured (the main provider block)" >&2; exit 2 ;;
+    *) echo "bench: ALGS: unknown algorithm $alg (ES256, EdDSA, PS256)" >&2; exit 2 ;;
+  esac
 done
 [ -x "$PY" ] || { echo "bench: no virtualenv at $VENV (run make .venv)" >&2; exit 2; }
 [ -f "$SHARED/yardstick.py" ] || { echo "bench: yardstick not found in $SHARED" >&2; exit 2; }
@@ -95,6 +106,23 @@ probe() {  # name, curl args...
   if [ "$code" != 200 ]; then
     echo "  !! $name answered $code: $(head -c 400 "$OUT/probe-$name.json" 2>/dev/null)" >&2
   fi
+}
+
+# The access token a probe got must carry the expected "alg" in its JWT header: a server
+# that signs with another key's algorithm would make its rows lie, so the run stops.
+check_alg() {  # probe name, expected alg
+  "$PY" - "$OUT/probe-$1.json" "$2" <<'EOF' || { echo "bench: $1: not signed with $2; stopping" >&2; exit 1; }
+import base64, json, sys
+path, want = sys.argv[1:]
+try:
+    with open(path) as f:
+        head = json.load(f)["access_token"].split(".")[0]
+    header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    sys.exit(f"  !! {path}: no JWT access token ({exc!r})")
+if header.get("alg") != want:
+    sys.exit(f"  !! {path}: access token header {header}, expected alg {want}")
+EOF
 }
 
 WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" --latency --timeout 10s)
@@ -180,13 +208,54 @@ CC_FORM="$(cfg client_credentials_form)"
 
 PROVIDER_ENV=(env -u PROVIDER_REFRESH_REUSE_GRACE -u PROVIDER_ARGON2_MEMORY_COST
               -u PROVIDER_ARGON2_TIME_COST -u PROVIDER_ARGON2_PARALLELISM
-              -u PROVIDER_PASSWORD_HASH_CONCURRENCY
+              -u PROVIDER_PASSWORD_HASH_CONCURRENCY -u PROVIDER_SIGNING_ALG
+              -u PROVIDER_KEY_STORE -u PROVIDER_KEY_ROTATION_DAYS
               DATABASE_URL="$BENCH_DB_URL" PROVIDER_KEYS_DIR="$OUT/keys"
               PROVIDER_ISSUER="http://127.0.0.1:$PROV_PORT"
               # One account signs in from 32 connections at once: each attempt holds an
               # account slot while argon2 runs (the throttle reserves before the work).
               PROVIDER_LOGIN_THROTTLE_ACCOUNT="1000000 per minute"
               PROVIDER_LOGIN_THROTTLE_ADDRESS="1000000 per minute")
+PROV="http://127.0.0.1:$PROV_PORT"
+# One keys directory per other algorithm, its one key active (the server signs with the
+# active key's algorithm; PROVIDER_SIGNING_ALG is set too so that it agrees).
+for alg in $ALGS; do
+  (cd "$OUT" && "$PY" "$HERE/seed.py" keys --db-url "$BENCH_DB_URL" --keys-dir "$OUT/keys-${alg,,}" \
+     --alg "$alg")
+done
+
+# provider with another signing algorithm: client_credentials and the refresh grant,
+# measured like the RS256 ones (fresh tokens, warm-ups, probes); the server is stopped after.
+measure_alg() {  # round, alg
+  local round=$1 alg=$2
+  local tag="${2,,}"
+  (cd "$OUT" && "${PROVIDER_ENV[@]}" "$PY" "$HERE/seed.py" tokens --db-url "$BENCH_DB_URL" \
+     --config "$OUT/bench.json" --count "$RT_COUNT" --out "$OUT/rt-$round-$tag.txt" >/dev/null)
+  (cd "$OUT" && "${PROVIDER_ENV[@]}" "$PY" "$HERE/seed.py" tokens --db-url "$BENCH_DB_URL" \
+     --config "$OUT/bench.json" --count 1001 --out "$OUT/rt-warm-$round-$tag.txt" >/dev/null)
+  # The first warm-up token is the refresh probe's (the warm-up keeps the other 1,000).
+  local probe_rt
+  probe_rt="$(head -1 "$OUT/rt-warm-$round-$tag.txt")"
+  sed -i 1d "$OUT/rt-warm-$round-$tag.txt"
+  SERVER_DB="$BENCH_DB_URL"
+  start_server "$OUT/r$round-provider-$tag.log" bash -c 'cd "$1" && shift && exec "$@"' _ "$OUT" \
+    "${PROVIDER_ENV[@]}" PROVIDER_KEYS_DIR="$OUT/keys-$tag" PROVIDER_SIGNING_ALG="$alg" \
+    "$VENV/bin/provider" serve --host 127.0.0.1 --port "$PROV_PORT" --workers "$WORKERS"
+  wait_ready "$PROV/.well-known/jwks.json" "$OUT/r$round-provider-$tag.log"
+  probe "client-credentials-$tag" -X POST -H "Authorization: Basic $BASIC" -d "$CC_FORM" \
+    "$PROV/oauth/token"
+  check_alg "client-credentials-$tag" "$alg"
+  probe "refresh-$tag" -X POST -H "Authorization: Basic $BASIC" \
+    -d "grant_type=refresh_token&refresh_token=$probe_rt" "$PROV/oauth/token"
+  check_alg "refresh-$tag" "$alg"
+  export FORM_BODY="$CC_FORM" BASIC_AUTH="$BASIC"
+  warm "$PROV/oauth/token" post_form.lua
+  measure "$round" "client-credentials-$tag" "$PROV/oauth/token" post_form.lua
+  RT_FILE="$OUT/rt-warm-$round-$tag.txt" warm "$PROV/oauth/token" refresh_rotate.lua
+  RT_FILE="$OUT/rt-$round-$tag.txt" measure "$round" "refresh-$tag" "$PROV/oauth/token" \
+    refresh_rotate.lua
+  stop_server
+}
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "bench: round $round/$ROUNDS"
@@ -214,7 +283,6 @@ for round in $(seq 1 "$ROUNDS"); do
      --config "$OUT/bench.json" --count "$RT_COUNT" --out "$OUT/rt-$round.txt" >/dev/null)
   (cd "$OUT" && "${PROVIDER_ENV[@]}" "$PY" "$HERE/seed.py" tokens --db-url "$BENCH_DB_URL" \
      --config "$OUT/bench.json" --count 1000 --out "$OUT/rt-warm-$round.txt" >/dev/null)
-  PROV="http://127.0.0.1:$PROV_PORT"
   SERVER_DB="$BENCH_DB_URL"
   # cwd = results dir, so a developer's ./.env cannot change the measured configuration.
   start_server "$OUT/r$round-provider.log" bash -c 'cd "$1" && shift && exec "$@"' _ "$OUT" \
@@ -222,6 +290,7 @@ for round in $(seq 1 "$ROUNDS"); do
     --workers "$WORKERS"
   wait_ready "$PROV/.well-known/jwks.json" "$OUT/r$round-provider.log"
   probe client-credentials -X POST -H "Authorization: Basic $BASIC" -d "$CC_FORM" "$PROV/oauth/token"
+  check_alg client-credentials RS256
   probe password -X POST -H "Authorization: Basic $BASIC" -d "$PASSWORD_FORM" "$PROV/oauth/token"
   warm "$PROV/.well-known/jwks.json"
   measure "$round" jwks "$PROV/.well-known/jwks.json"
@@ -236,6 +305,11 @@ for round in $(seq 1 "$ROUNDS"); do
   (cd "$OUT" && "${PROVIDER_ENV[@]}" "$PY" "$HERE/argon2_rate.py" --threads 2 \
      --seconds "$ARGON2_SECONDS" --json "$OUT/r$round-argon2.json" | sed 's/^/  /')
   stop_server
+
+  # ---- provider with the other signing algorithms (ALGS) ----
+  for alg in $ALGS; do
+    measure_alg "$round" "$alg"
+  done
 
   # ---- the peer: node-oidc-provider doing the same work ----
   if [ "$PEER" = 1 ]; then

@@ -7,6 +7,11 @@
       with the configured (production default) argon2id parameters. Writes what the wrk
       scripts need (client id/secret, Basic credentials, user, password) to CONFIG.json.
 
+  python bench/seed.py keys --db-url URL --keys-dir DIR --alg ALG
+      Create a keys directory whose one key is active and signs with ALG (RS256, PS256,
+      ES256 or EdDSA; `provider keys generate` under PROVIDER_SIGNING_ALG=ALG), and check
+      that `provider keys list` says so. `setup` does this for RS256.
+
   python bench/seed.py tokens --db-url URL --config CONFIG.json --count N --out FILE
       Issue N refresh tokens (N login sessions, one family each) with provider's own
       provider.tokens.service.issue_refresh_token, one per line in FILE, for
@@ -21,7 +26,9 @@
 
 The provider CLI runs with the environment given here (DATABASE_URL, PROVIDER_KEYS_DIR)
 and with every PROVIDER_ARGON2_* / PROVIDER_REFRESH_REUSE_GRACE variable removed, so the
-figures are for the production defaults.
+figures are for the production defaults; PROVIDER_SIGNING_ALG, PROVIDER_KEY_STORE and
+PROVIDER_KEY_ROTATION_DAYS are removed too (the keys are in the directory given, and of
+the algorithm asked for).
 """
 
 from __future__ import annotations
@@ -53,9 +60,13 @@ CLIENT_SCOPES = "openid profile email api"
 EXPECTED_ARGON2 = "$argon2id$v=19$m=19456,t=2,p=1$"
 
 
+IGNORED_ENV = ("PROVIDER_REFRESH_REUSE_GRACE", "PROVIDER_SIGNING_ALG", "PROVIDER_KEY_STORE",
+               "PROVIDER_KEY_ROTATION_DAYS")
+
+
 def provider_env(db_url: str, keys_dir: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PROVIDER_ARGON2_") and k != "PROVIDER_REFRESH_REUSE_GRACE"}
+           if not k.startswith("PROVIDER_ARGON2_") and k not in IGNORED_ENV}
     env["DATABASE_URL"] = db_url
     if keys_dir is not None:
         env["PROVIDER_KEYS_DIR"] = keys_dir
@@ -103,6 +114,23 @@ async def read_hash(db_url: str, email: str) -> str:
     return value
 
 
+def make_keys(db_url: str, keys_dir_arg: str, alg: str) -> str:
+    """A keys directory whose active key signs with ``alg``; its kid."""
+    keys_dir = Path(keys_dir_arg).resolve()
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The CLI runs in the keys directory's parent: no stray ./.env changes its settings.
+    cwd = keys_dir.parent
+    env = provider_env(db_url, str(keys_dir))
+    env["PROVIDER_SIGNING_ALG"] = alg
+    run_cli(["keys", "generate", "--if-missing"], env, cwd)
+    listed = json.loads(run_cli(["keys", "list", "--json"], env, cwd))["keys"]
+    active = [key for key in listed if key["status"] == "active"]
+    if len(active) != 1 or active[0]["alg"] != alg:
+        sys.exit(f"{keys_dir}: expected one active {alg} key, found {listed}")
+    kid: str = active[0]["kid"]
+    return kid
+
+
 def setup(args: argparse.Namespace) -> None:
     keys_dir = Path(args.keys_dir).resolve()
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -112,7 +140,7 @@ def setup(args: argparse.Namespace) -> None:
 
     asyncio.run(recreate_database(args.db_url))
     run_cli(["migrate"], env, cwd)
-    run_cli(["keys", "generate", "--if-missing"], env, cwd)
+    make_keys(args.db_url, args.keys_dir, "RS256")
     client = json.loads(run_cli(
         ["clients", "create", "--name", "bench", "--grant", "password",
          "--grant", "refresh_token", "--grant", "client_credentials",
@@ -203,6 +231,10 @@ def main() -> None:
     p.add_argument("--db-url", required=True)
     p.add_argument("--keys-dir", required=True)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("keys")
+    p.add_argument("--db-url", required=True)
+    p.add_argument("--keys-dir", required=True)
+    p.add_argument("--alg", required=True, choices=["RS256", "PS256", "ES256", "EdDSA"])
     p = sub.add_parser("tokens")
     p.add_argument("--db-url", required=True)
     p.add_argument("--config", required=True)
@@ -215,6 +247,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "setup":
         setup(args)
+    elif args.command == "keys":
+        kid = make_keys(args.db_url, args.keys_dir, args.alg)
+        print(f"{args.keys_dir}: active {args.alg} key {kid}")
     elif args.command == "tokens":
         tokens(args)
     elif args.command == "peer-db":
