@@ -219,10 +219,11 @@ def tokens(args: argparse.Namespace) -> None:
 # --- growing a database (bench/scale.sh) -----------------------------------------------------
 # Rows in the shapes of a long-running deployment. Per synthetic session s (h: a hash of s):
 #   chain length: 1-40 tokens, every 50th session 150-499 (an app that refreshes all day);
-#   kind by s % 100: 0-29 live (current token unrotated and unexpired), 30-39 idle (the
-#   session has not ended but its last token expired unused), 40-44 of an older session
-#   epoch (the user changed the password since), 45-59 revoked a day or more ago, 60-99
-#   expired. The revoked and expired ones (55 %) are what `provider purge` deletes.
+#   kind by s % 100: 0-14 live (current token unrotated and unexpired), 15-19 idle (the
+#   session has not ended but its last token expired unused), 20-24 of an older session
+#   epoch (the user changed the password since), 25-44 revoked a day or more ago, 45-99
+#   expired. The revoked and expired ones (75 %: a deployment whose purge has not run for
+#   a long while) are what `provider purge` deletes, enough to keep it busy alongside.
 # In a chain every token but the last has rotated_at set (when its successor was issued)
 # and parent_id pointing to its predecessor; expiry slides 30 days from issue within the
 # session's 90 days. Users: 2 % disabled, 10 % unverified, 80 % with a username, all with
@@ -250,8 +251,8 @@ CREATE TEMP TABLE scale_plan AS
 WITH raw AS (
   SELECT s, (s::bigint * 2654435761) % 4294967296 AS h,
          ((s::bigint * 2246822519) % 4294967296) % $2::int + 1 AS u,
-         CASE WHEN s % 100 < 30 THEN 'live' WHEN s % 100 < 40 THEN 'idle'
-              WHEN s % 100 < 45 THEN 'stale' WHEN s % 100 < 60 THEN 'revoked'
+         CASE WHEN s % 100 < 15 THEN 'live' WHEN s % 100 < 20 THEN 'idle'
+              WHEN s % 100 < 25 THEN 'stale' WHEN s % 100 < 45 THEN 'revoked'
               ELSE 'expired' END AS kind
   FROM generate_series(1, $1::int / 10 + 10) AS s
 ), sized AS (
