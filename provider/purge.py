@@ -120,13 +120,13 @@ def dead_browser_sessions(c: Cutoffs) -> ColumnElement[bool]:
 
 class Purger:
     def __init__(self, engine: AsyncEngine, single: AsyncEngine, settings: Settings,
-                 clock: Clock, *, pause_s: float = 0.0) -> None:
+                 clock: Clock, *, pause_s: float | None = None) -> None:
         self.engine = engine
         self.single = single
         self.settings = settings
         self.clock = clock
         # Rest between batches (gives the token path the database's attention).
-        self.pause_s = pause_s
+        self.pause_s = settings.purge_pause.total_seconds() if pause_s is None else pause_s
 
     async def run(self, *, dry_run: bool = False) -> PurgeReport:
         report = PurgeReport(dry_run=dry_run)

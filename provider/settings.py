@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     purge_interval: timedelta | None = None
     # Rows per DELETE statement: short transactions that never hold the token path up.
     purge_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # Rest between two batches: a backlog of millions of dead rows is deleted at this
+    # pace instead of at full speed beside the token path (bench/README.md, "Scale").
+    purge_pause: timedelta = timedelta(0)
 
     # --- throttles that hold under concurrency (issue 7) ------------------------------
     # Client authentication failures per (client_id, client address) and per client

@@ -283,6 +283,18 @@ async def test_purge_in_small_batches_deletes_everything_dead(
         assert world.live_ids[table] | extra.live_ids[table] <= after[table]
 
 
+async def test_the_purge_rests_between_batches_when_asked(
+    fresh: Services, tmp_path: Path
+) -> None:
+    await seed(fresh)
+    started = time.monotonic()
+    done = await run_cli(cli_for(fresh, tmp_path), PROVIDER_PURGE_BATCH_SIZE="1",
+                         PROVIDER_PURGE_PAUSE="0.2")
+    # Two dead sessions at one per batch: at least one rest between them.
+    assert done["counts"]["login_sessions"] == DEAD["login_sessions"] >= 2
+    assert time.monotonic() - started >= 0.2
+
+
 async def test_the_purge_task_runs_in_the_server_when_asked(fresh: Services) -> None:
     world = await seed(fresh)
     settings = make_settings(fresh.settings.database_url, fresh.settings.keys_dir,
