@@ -250,21 +250,22 @@ def _signature_function(loaded: LoadedKey) -> Callable[[bytes], bytes]:
     """The JWS signature of RFC 7518 §3.3 (RS256), §3.5 (PS256), §3.4 (ES256: r || s,
     32 bytes each) or RFC 8037 §3.1 (EdDSA), with the key made for that algorithm."""
     private: Any = loaded.key.get_op_key("sign")
+    sha256 = hashes.SHA256()
     if loaded.alg == "RS256":
-        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
-        return lambda data: bytes(private.sign(data, pkcs1, sha256))
+        pkcs1 = padding.PKCS1v15()
+        return lambda data: private.sign(data, pkcs1, sha256)
     if loaded.alg == "PS256":
-        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-        return lambda data: bytes(private.sign(data, pss, hashes.SHA256()))
+        pss = padding.PSS(mgf=padding.MGF1(sha256), salt_length=32)
+        return lambda data: private.sign(data, pss, sha256)
     if loaded.alg == "ES256":
-        ecdsa = ec.ECDSA(hashes.SHA256())
+        ecdsa = ec.ECDSA(sha256)
 
         def es256(data: bytes) -> bytes:
             r, s = decode_dss_signature(private.sign(data, ecdsa))
             return r.to_bytes(32, "big") + s.to_bytes(32, "big")
         return es256
     if loaded.alg == "EdDSA":
-        return lambda data: bytes(private.sign(data))
+        return lambda data: private.sign(data)
     raise ValueError(f"no signature function for {loaded.alg}")
 
 
