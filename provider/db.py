@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect, ExceptionContext, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -193,6 +194,49 @@ def single_statement_engine(engine: AsyncEngine) -> AsyncEngine:
     if is_sqlite(engine):
         return engine
     return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+# The statement compiled once per driver: its SQL, and its parameters' order.
+_driver_sql: dict[tuple[Any, str], tuple[str, tuple[str, ...]]] = {}
+
+
+async def driver_fetchrow(conn: AsyncConnection, statement: Any,
+                          params: dict[str, Any]) -> Any:
+    """One row of ``statement``, run by asyncpg itself on ``conn``'s pooled connection.
+
+    Only on a connection in no transaction (the ``single_statement_engine``'s, on
+    PostgreSQL). SQLAlchemy's execute around a statement costs as much CPU as the
+    driver's whole round trip (bench/README.md), so the token path's common cases skip it.
+    Its parameters are plain values asyncpg takes as they are (bytes, str, UUID, aware
+    datetimes; JSON goes and comes back as text). A failure reaches the app as
+    SQLAlchemy's own would, a ``DBAPIError`` (``IntegrityError`` for a constraint) over
+    the driver's exception with no parameters shown. A connection that failed for any
+    other reason than the server's answer is discarded, not returned to the pool.
+    """
+    key = (statement, conn.dialect.driver)
+    compiled = _driver_sql.get(key)
+    if compiled is None:
+        made = statement.compile(dialect=conn.dialect)
+        compiled = (made.string, tuple(made.positiontup or ()))
+        _driver_sql[key] = compiled
+    sql, names = compiled
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    try:
+        return await driver.fetchrow(sql, *[params[n] for n in names])
+    except BaseException as exc:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if isinstance(exc, Exception) and isinstance(sqlstate, str) and not driver.is_closed():
+            # The server's answer to the statement (a unique key, a timeout): the
+            # connection, in no transaction, stays usable. Class 23 is SQLAlchemy's
+            # IntegrityError, as its own execute would have raised it.
+            kind = IntegrityError if sqlstate.startswith("23") else DBAPIError
+            raise kind(sql, None, exc, hide_parameters=True) from exc
+        raw.invalidate(exc if isinstance(exc, Exception) else None)
+        if isinstance(exc, Exception):
+            raise DBAPIError(sql, None, exc, hide_parameters=True,
+                             connection_invalidated=True) from exc
+        raise
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

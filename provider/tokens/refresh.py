@@ -20,9 +20,9 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, bindparam, case, insert, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from provider.db import driver_fetchrow
 from provider.metrics import REFRESH_REUSE_DETECTED
 from provider.tokens.models import LoginSession, RefreshToken
 from provider.tokens.revocation import revoke_session
@@ -78,6 +78,28 @@ _INSERT_SESSION = insert(ls)
 _INSERT_TOKEN = insert(rt)
 
 
+def _new_session(*, user_id: uuid.UUID, client_id: str, scope: str, amr: tuple[str, ...],
+                 now: datetime, absolute_ttl: timedelta, auth_time: datetime | None,
+                 session_id: uuid.UUID | None) -> Session:
+    return Session(id=session_id or uuid.uuid4(), user_id=user_id, client_id=client_id,
+                   scope=scope, expires_at=now + absolute_ttl,
+                   auth_time=auth_time or now, amr=amr)
+
+
+def _session_row(session: Session, *, session_epoch: int, now: datetime) -> dict[str, Any]:
+    return {"id": session.id, "user_id": session.user_id, "client_id": session.client_id,
+            "scope": session.scope, "amr": list(session.amr), "auth_time": session.auth_time,
+            "created_at": now, "expires_at": session.expires_at,
+            "session_epoch": session_epoch, "revoked_at": None}
+
+
+def _token_row(session: Session, token: str, *, now: datetime, idle_ttl: timedelta,
+               parent_id: uuid.UUID | None) -> dict[str, Any]:
+    return {"id": uuid.uuid4(), "token_hash": digest(token), "session_id": session.id,
+            "parent_id": parent_id, "issued_at": now,
+            "expires_at": min(now + idle_ttl, session.expires_at), "rotated_at": None}
+
+
 async def start_session(
     conn: AsyncConnection,
     *,
@@ -93,15 +115,11 @@ async def start_session(
 ) -> Session:
     """Record a sign-in. ``session_epoch`` is the user's, read with the credentials;
     ``auth_time`` is now unless the login happened earlier (an authorization code's)."""
-    session = Session(id=session_id or uuid.uuid4(), user_id=user_id, client_id=client_id,
-                      scope=scope, expires_at=now + absolute_ttl,
-                      auth_time=auth_time or now, amr=amr)
-    await conn.execute(_INSERT_SESSION, {
-        "id": session.id, "user_id": user_id, "client_id": client_id, "scope": scope,
-        "amr": list(amr), "auth_time": session.auth_time, "created_at": now,
-        "expires_at": session.expires_at, "session_epoch": session_epoch,
-        "revoked_at": None,
-    })
+    session = _new_session(user_id=user_id, client_id=client_id, scope=scope, amr=amr,
+                           now=now, absolute_ttl=absolute_ttl, auth_time=auth_time,
+                           session_id=session_id)
+    await conn.execute(_INSERT_SESSION, _session_row(session, session_epoch=session_epoch,
+                                                     now=now))
     return session
 
 
@@ -114,12 +132,59 @@ async def issue_refresh_token(
     parent_id: uuid.UUID | None = None,
 ) -> str:
     token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
-    await conn.execute(_INSERT_TOKEN, {
-        "id": uuid.uuid4(), "token_hash": digest(token), "session_id": session.id,
-        "parent_id": parent_id, "issued_at": now,
-        "expires_at": min(now + idle_ttl, session.expires_at), "rotated_at": None,
-    })
+    await conn.execute(_INSERT_TOKEN, _token_row(session, token, now=now, idle_ttl=idle_ttl,
+                                                 parent_id=parent_id))
     return token
+
+
+def _pg_sign_in(*, with_token: bool) -> Any:
+    """The session's INSERT, and its first refresh token's fed from it: one statement,
+    so both rows are written or neither, with no BEGIN and COMMIT round trips."""
+    session = insert(ls).values({c.name: bindparam(f"s_{c.name}", type_=c.type)
+                                 for c in ls.columns})
+    if not with_token:
+        return session.returning(ls.c.id)
+    new_session = session.returning(ls.c.id).cte("new_session")
+    token_columns = [c for c in rt.columns if c.name != "session_id"]
+    return insert(rt).from_select(
+        [*(c.name for c in token_columns), "session_id"],
+        select(*(bindparam(f"t_{c.name}", type_=c.type) for c in token_columns),
+               new_session.c.id),
+    ).returning(rt.c.id)
+
+
+_PG_SIGN_IN = {with_token: _pg_sign_in(with_token=with_token) for with_token in (False, True)}
+
+
+async def start_session_at_once(
+    single: AsyncEngine,
+    *,
+    user_id: uuid.UUID,
+    client_id: str,
+    scope: str,
+    session_epoch: int,
+    amr: tuple[str, ...],
+    now: datetime,
+    absolute_ttl: timedelta,
+    idle_ttl: timedelta | None,
+) -> tuple[Session, str | None]:
+    """``start_session`` and, given ``idle_ttl``, ``issue_refresh_token``, as one
+    statement in autocommit: PostgreSQL's ``single_statement_engine`` only."""
+    session = _new_session(user_id=user_id, client_id=client_id, scope=scope, amr=amr,
+                           now=now, absolute_ttl=absolute_ttl, auth_time=None,
+                           session_id=None)
+    row = _session_row(session, session_epoch=session_epoch, now=now)
+    # The driver takes JSON as text (provider.db.driver_fetchrow).
+    params = {f"s_{name}": value for name, value in row.items()}
+    params["s_amr"] = json.dumps(row["amr"])
+    token = None
+    if idle_ttl is not None:
+        token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+        params.update({f"t_{name}": value for name, value in _token_row(
+            session, token, now=now, idle_ttl=idle_ttl, parent_id=None).items()})
+    async with single.connect() as conn:
+        await driver_fetchrow(conn, _PG_SIGN_IN[token is not None], params)
+    return session, token
 
 
 # --- the one predicate --------------------------------------------------------------------
@@ -250,7 +315,7 @@ async def _rotate_once(
             return None
         return Rotation(Outcome.ROTATED, _session(row._mapping, params["p_client_id"]), token)
     if conn.dialect.name == "postgresql":
-        row = await _driver_fetchrow(conn, _PG_ROTATE, {
+        row = await driver_fetchrow(conn, _PG_ROTATE, {
             **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid.uuid4(),
             "p_new_hash": digest(token),
         })
@@ -269,39 +334,6 @@ def _amr(value: Any) -> tuple[str, ...]:
     if isinstance(value, str | bytes):
         value = json.loads(value)
     return tuple(value or ())
-
-
-# The statement compiled once per driver: its SQL, and its parameters' order.
-_compiled: dict[tuple[Any, str], tuple[str, tuple[str, ...]]] = {}
-
-
-async def _driver_fetchrow(conn: AsyncConnection, statement: Any,
-                           params: dict[str, Any]) -> Any:
-    """One row of ``statement``, run by asyncpg itself on ``conn``'s pooled connection.
-
-    SQLAlchemy's execute around the rotation cost as much CPU as the driver's whole round
-    trip (bench/README.md), so the one statement of the token path's common case skips it.
-    Its parameters are plain values asyncpg takes as they are (bytes, str, UUID, aware
-    datetimes; JSON comes back as text). A failure reaches the app as SQLAlchemy's own
-    would, a ``DBAPIError`` over the driver's exception with no parameters shown, and
-    the connection is discarded rather than returned to the pool in an unknown state.
-    """
-    key = (statement, conn.dialect.driver)
-    compiled = _compiled.get(key)
-    if compiled is None:
-        made = statement.compile(dialect=conn.dialect)
-        compiled = (made.string, tuple(made.positiontup or ()))
-        _compiled[key] = compiled
-    sql, names = compiled
-    raw = await conn.get_raw_connection()
-    try:
-        return await raw.driver_connection.fetchrow(sql, *[params[n] for n in names])  # type: ignore[union-attr]
-    except BaseException as exc:
-        raw.invalidate(exc if isinstance(exc, Exception) else None)
-        if isinstance(exc, Exception):
-            raise DBAPIError(sql, None, exc, hide_parameters=True,
-                             connection_invalidated=True) from exc
-        raise
 
 
 async def _successor(

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from provider.db import driver_fetchrow
 from provider.errors import Conflict, NotFound, ValidationFailed
 from provider.mfa.models import TotpAuthenticator
 from provider.pagination import InvalidCursor, decode_cursor, encode_cursor
@@ -153,13 +154,20 @@ class LoginCandidate:
     has_mfa: bool
 
 
-async def find_login_candidate(conn: AsyncConnection, identifier: str) -> LoginCandidate | None:
-    """The user an OAuth ``username`` names: an email address or a username."""
+async def find_login_candidate(conn: AsyncConnection, identifier: str, *,
+                               autocommit: bool = False) -> LoginCandidate | None:
+    """The user an OAuth ``username`` names: an email address or a username.
+    ``autocommit``: ``conn`` is the ``single_statement_engine``'s on PostgreSQL, so the
+    driver runs the query itself (provider.db.driver_fetchrow)."""
     identifier = identifier.strip()
     if not identifier or len(identifier) > 320:
         return None
     query = _LOGIN_BY_EMAIL if "@" in identifier else _LOGIN_BY_USERNAME
-    row = (await conn.execute(query, {"identifier": identifier.lower()})).first()
+    params = {"identifier": identifier.lower()}
+    if autocommit:
+        row = await driver_fetchrow(conn, query, params)
+    else:
+        row = (await conn.execute(query, params)).first()
     return LoginCandidate(*row) if row is not None else None
 
 

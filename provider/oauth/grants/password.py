@@ -11,6 +11,7 @@ always, through the same throttles.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,7 +26,12 @@ from provider.oauth.grants.base import TokenRequest, TokenResponse, require, tok
 from provider.oauth.scopes import parse_scope, resolve_scope
 from provider.passwords import MAX_PASSWORD_LENGTH
 from provider.ratelimit import Throttled
-from provider.tokens.refresh import Session, issue_refresh_token, start_session
+from provider.tokens.refresh import (
+    Session,
+    issue_refresh_token,
+    start_session,
+    start_session_at_once,
+)
 from provider.users.service import (
     LoginCandidate,
     find_login_candidate,
@@ -74,14 +80,22 @@ class PasswordGrant:
                 services, request, client, user_id=user.id, scope=scope,
                 session_epoch=user.session_epoch, otp=otp, new_hash=new_hash)
 
-        async with services.engine.begin() as conn:
-            if new_hash is not None:
-                await update_password_hash(conn, user.id, new_hash, now=now)
-            # Every sign-in is a session, refresh token or not: it is the `sid` that lets
-            # a revocation reach the access token. The epoch was read with the password.
-            session, refresh_token = await start_sign_in(
-                services, conn, client, user_id=user.id, scope=scope,
-                session_epoch=user.session_epoch, amr=PASSWORD_AMR)
+        # Every sign-in is a session, refresh token or not: it is the `sid` that lets a
+        # revocation reach the access token. The epoch was read with the password.
+        if new_hash is None and services.single is not services.engine:
+            # The common case on PostgreSQL: the session and its token in one statement.
+            session, refresh_token = await start_session_at_once(
+                services.single, user_id=user.id, client_id=client.client_id, scope=scope,
+                session_epoch=user.session_epoch, amr=PASSWORD_AMR, now=now,
+                absolute_ttl=services.settings.refresh_token_absolute_ttl,
+                idle_ttl=_refresh_idle_ttl(services, client))
+        else:
+            async with services.engine.begin() as conn:
+                if new_hash is not None:
+                    await update_password_hash(conn, user.id, new_hash, now=now)
+                session, refresh_token = await start_sign_in(
+                    services, conn, client, user_id=user.id, scope=scope,
+                    session_epoch=user.session_epoch, amr=PASSWORD_AMR)
         return signed_in(services, request, client, session, refresh_token, factor=None)
 
     async def _with_second_factor(
@@ -138,7 +152,8 @@ async def check_credentials(
         _failed(services, context, client_id, None, "password_too_long", method)
 
     async with services.single.connect() as conn:
-        user = await find_login_candidate(conn, username)
+        user = await find_login_candidate(
+            conn, username, autocommit=services.single is not services.engine)
     valid, new_hash = await services.hasher.verify(
         password, user.password_hash if user else None)
     if user is None or not valid or not user.is_active:
@@ -177,10 +192,18 @@ async def start_sign_in(
         absolute_ttl=settings.refresh_token_absolute_ttl,
     )
     refresh_token = None
-    if "refresh_token" in client.grant_types:
-        refresh_token = await issue_refresh_token(
-            conn, session=session, now=now, idle_ttl=settings.refresh_token_ttl)
+    idle_ttl = _refresh_idle_ttl(services, client)
+    if idle_ttl is not None:
+        refresh_token = await issue_refresh_token(conn, session=session, now=now,
+                                                  idle_ttl=idle_ttl)
     return session, refresh_token
+
+
+def _refresh_idle_ttl(services: Services, client: ClientInfo) -> timedelta | None:
+    """The first refresh token's idle lifetime, or None when the client may not refresh."""
+    if "refresh_token" in client.grant_types:
+        return services.settings.refresh_token_ttl
+    return None
 
 
 def signed_in(services: Services, request: TokenRequest, client: ClientInfo,

@@ -12,6 +12,9 @@ from sqlalchemy import select
 
 from provider.services import Services
 from provider.settings import Settings
+from provider.tokens import refresh as refresh_module
+from provider.tokens.models import LoginSession, RefreshToken
+from provider.tokens.refresh import digest
 from provider.users.models import User
 from tests.factories import Factory
 from tests.helpers import TOKEN, assert_no_store, assert_oauth_error, login, password_login
@@ -318,3 +321,62 @@ async def test_user_without_password_cannot_log_in(client, factory: Factory) -> 
     oauth = await factory.client()
     response = await password_login(client, oauth, user)
     assert_oauth_error(response, 400, "invalid_grant", BAD_CREDENTIALS)
+
+
+async def _rows_of(services: Services, user_id: str) -> tuple[list, list]:
+    """The user's sessions and their refresh tokens, as stored."""
+    async with services.sessions() as session:
+        sessions = (await session.execute(
+            select(LoginSession).where(LoginSession.user_id == uuid.UUID(user_id))
+        )).scalars().all()
+        tokens = (await session.execute(
+            select(RefreshToken).where(RefreshToken.session_id.in_([s.id for s in sessions]))
+        )).scalars().all()
+    return list(sessions), list(tokens)
+
+
+async def test_sign_in_stores_its_session_and_first_refresh_token(
+    client, factory: Factory, services: Services, clock
+) -> None:
+    user = await factory.user()
+    oauth = await factory.client()
+    clock.freeze()
+    now = clock.now()
+    body = await login(client, oauth, user, scope="openid email")
+    sessions, tokens = await _rows_of(services, user.id)
+    assert len(sessions) == 1 and len(tokens) == 1
+    stored, token = sessions[0], tokens[0]
+    settings = services.settings
+    assert str(stored.id) == unverified(body["access_token"])[1]["sid"]
+    assert stored.client_id == oauth.client_id
+    assert stored.scope == "openid email"
+    assert stored.amr == ["pwd"]
+    assert stored.auth_time == now and stored.created_at == now
+    assert stored.expires_at == now + settings.refresh_token_absolute_ttl
+    assert stored.revoked_at is None
+    assert token.token_hash == digest(body["refresh_token"])
+    assert token.parent_id is None and token.rotated_at is None
+    assert token.issued_at == now
+    assert token.expires_at == min(now + settings.refresh_token_ttl, stored.expires_at)
+
+
+async def test_sign_in_writes_its_session_and_token_together_or_not_at_all(
+    client, factory: Factory, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await factory.user()
+    oauth = await factory.client()
+    first = await login(client, oauth, user)
+    # A refresh token that is already stored (a collision 256 random bits never make):
+    # its insert fails, and the session inserted with it must not stay behind.
+    monkeypatch.setattr(refresh_module.secrets, "token_urlsafe",
+                        lambda _size: first["refresh_token"])
+    response = await password_login(client, oauth, user)
+    assert response.status_code == 500
+    assert first["refresh_token"] not in response.text
+    monkeypatch.undo()
+    sessions, tokens = await _rows_of(services, user.id)
+    assert len(sessions) == 1 and len(tokens) == 1
+    # The connection the failure discarded is not needed: the next sign-in works.
+    await login(client, oauth, user)
+    sessions, _ = await _rows_of(services, user.id)
+    assert len(sessions) == 2
