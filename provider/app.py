@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         flush_access_lines()
         await services.audit.close()
         await services.throttles.close()
+        services.hasher.close()
         await services.engine.dispose()
 
     app = ProviderApp(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 import unicodedata
 
 import anyio
@@ -240,22 +243,69 @@ def test_hash_sync_roundtrip_without_event_loop(hasher: PasswordHasher) -> None:
     assert anyio.run(hasher.verify, "tangerine-oxbow", password_hash) == (True, None)
 
 
-async def test_hash_runs_concurrently_under_cap() -> None:
+async def test_hashes_run_in_parallel_up_to_the_cap_and_no_further() -> None:
     hasher = PasswordHasher(
-        Settings(argon2_memory_cost=1024, argon2_time_cost=1, password_hash_concurrency=2)
+        Settings(argon2_memory_cost=1024, argon2_time_cost=4, password_hash_concurrency=2)
     )
-    hashes: dict[int, str] = {}
+    real = hasher._password_hash
+    running = 0
+    peak = 0
+    lock = threading.Lock()
 
-    async def hash_one(i: int) -> None:
-        hashes[i] = await hasher.hash(f"{STRONG}-{i}")
+    class Watched:
+        """The real hasher, with the number of hashes in progress counted around it."""
 
-    async with anyio.create_task_group() as tg:
-        for i in range(6):
-            tg.start_soon(hash_one, i)
-    assert hasher._limiter is not None
-    assert hasher._limiter.total_tokens == 2
-    for i, password_hash in hashes.items():
+        def hash(self, password: str) -> str:
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            try:
+                time.sleep(0.05)  # long enough for the others to start, if they may
+                return real.hash(password)
+            finally:
+                with lock:
+                    running -= 1
+
+    hasher._password_hash = Watched()  # type: ignore[assignment]
+    hashes = await asyncio.gather(*(hasher.hash(f"{STRONG}-{i}") for i in range(6)))
+    assert peak == 2
+    hasher._password_hash = real
+    for i, password_hash in enumerate(hashes):
         assert await hasher.verify(f"{STRONG}-{i}", password_hash) == (True, None)
+    hasher.close()
+
+
+async def test_a_hash_cancelled_before_its_turn_never_runs() -> None:
+    hasher = PasswordHasher(
+        Settings(argon2_memory_cost=1024, argon2_time_cost=1, password_hash_concurrency=1)
+    )
+    started = threading.Event()
+    release = threading.Event()
+    ran: list[str] = []
+    real = hasher._password_hash
+
+    class Gate:
+        def hash(self, password: str) -> str:
+            ran.append(password)
+            started.set()
+            release.wait(10)
+            return real.hash(password)
+
+    hasher._password_hash = Gate()  # type: ignore[assignment]
+    first = asyncio.ensure_future(hasher.hash(f"{STRONG}-first"))
+    await asyncio.to_thread(started.wait, 10)
+    queued = asyncio.ensure_future(hasher.hash(f"{STRONG}-queued"))
+    await asyncio.sleep(0)  # submitted to the pool, behind the first
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await asyncio.sleep(0)  # asyncio passes the cancellation on to the pool's future
+    release.set()
+    assert (await first).startswith("$argon2id$")
+    hasher.close()
+    await asyncio.to_thread(hasher._executor.shutdown, wait=True)
+    assert ran == [f"{STRONG}-first"]
 
 
 # --- imported and outdated hashes -----------------------------------------------------
