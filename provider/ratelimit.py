@@ -260,7 +260,10 @@ class Throttles:
                 keys=[self._redis.prefixed_key(key) for key in keys], args=[]))
 
     async def _bounded(self, call: Awaitable[T]) -> T:
-        """One storage call, bounded in time; any storage failure is ThrottleUnavailable."""
+        """One storage call, bounded in time; any storage failure is ThrottleUnavailable.
+        The process's own memory has no time to bound (its calls never wait on I/O)."""
+        if not self.is_shared:
+            return await call
         try:
             async with asyncio.timeout(self._timeout):
                 return await call
