@@ -16,7 +16,6 @@ from sqlalchemy.engine import Dialect, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -25,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import greenlet_spawn
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -200,28 +200,29 @@ def single_statement_engine(engine: AsyncEngine) -> AsyncEngine:
 _driver_sql: dict[tuple[Any, str], tuple[str, tuple[str, ...]]] = {}
 
 
-async def driver_fetchrow(conn: AsyncConnection, statement: Any,
-                          params: dict[str, Any]) -> Any:
-    """One row of ``statement``, run by asyncpg itself on ``conn``'s pooled connection.
+async def fetchrow_autocommit(engine: AsyncEngine, statement: Any,
+                              params: dict[str, Any]) -> Any:
+    """One row of ``statement``, run by asyncpg itself on a connection of ``engine``'s
+    pool, in no transaction: one statement that stands alone (PostgreSQL only).
 
-    Only on a connection in no transaction (the ``single_statement_engine``'s, on
-    PostgreSQL). SQLAlchemy's execute around a statement costs as much CPU as the
-    driver's whole round trip (bench/README.md), so the token path's common cases skip it.
-    Its parameters are plain values asyncpg takes as they are (bytes, str, UUID, aware
-    datetimes; JSON goes and comes back as text). A failure reaches the app as
-    SQLAlchemy's own would, a ``DBAPIError`` (``IntegrityError`` for a constraint) over
-    the driver's exception with no parameters shown. A connection that failed for any
-    other reason than the server's answer is discarded, not returned to the pool.
+    SQLAlchemy's execute around a statement, and its Connection around a checkout, cost
+    more CPU than the driver's whole round trip (bench/README.md), so the token path's
+    common cases borrow the pooled connection bare. Its parameters are plain values
+    asyncpg takes as they are (bytes, str, UUID, aware datetimes; JSON goes and comes
+    back as text). A failure reaches the app as SQLAlchemy's own would, a ``DBAPIError``
+    (``IntegrityError`` for a constraint) over the driver's exception with no parameters
+    shown. A connection that failed for any other reason than the server's answer is
+    discarded, not returned to the pool.
     """
-    key = (statement, conn.dialect.driver)
+    key = (statement, engine.dialect.driver)
     compiled = _driver_sql.get(key)
     if compiled is None:
-        made = statement.compile(dialect=conn.dialect)
+        made = statement.compile(dialect=engine.dialect)
         compiled = (made.string, tuple(made.positiontup or ()))
         _driver_sql[key] = compiled
     sql, names = compiled
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
+    pooled = await engine.raw_connection()
+    driver: Any = pooled.driver_connection
     try:
         return await driver.fetchrow(sql, *[params[n] for n in names])
     except BaseException as exc:
@@ -232,11 +233,14 @@ async def driver_fetchrow(conn: AsyncConnection, statement: Any,
             # IntegrityError, as its own execute would have raised it.
             kind = IntegrityError if sqlstate.startswith("23") else DBAPIError
             raise kind(sql, None, exc, hide_parameters=True) from exc
-        raw.invalidate(exc if isinstance(exc, Exception) else None)
+        pooled.invalidate(exc if isinstance(exc, Exception) else None)
         if isinstance(exc, Exception):
             raise DBAPIError(sql, None, exc, hide_parameters=True,
                              connection_invalidated=True) from exc
         raise
+    finally:
+        # Back to the pool (its reset has nothing to roll back), or away when invalidated.
+        await greenlet_spawn(pooled.close)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

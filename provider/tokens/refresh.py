@@ -22,7 +22,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, bindparam, case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from provider.db import driver_fetchrow
+from provider.db import fetchrow_autocommit
 from provider.metrics import REFRESH_REUSE_DETECTED
 from provider.tokens.models import LoginSession, RefreshToken
 from provider.tokens.revocation import revoke_session
@@ -174,7 +174,7 @@ async def start_session_at_once(
                            now=now, absolute_ttl=absolute_ttl, auth_time=None,
                            session_id=None)
     row = _session_row(session, session_epoch=session_epoch, now=now)
-    # The driver takes JSON as text (provider.db.driver_fetchrow).
+    # The driver takes JSON as text (provider.db.fetchrow_autocommit).
     params = {f"s_{name}": value for name, value in row.items()}
     params["s_amr"] = json.dumps(row["amr"])
     token = None
@@ -182,8 +182,7 @@ async def start_session_at_once(
         token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
         params.update({f"t_{name}": value for name, value in _token_row(
             session, token, now=now, idle_ttl=idle_ttl, parent_id=None).items()})
-    async with single.connect() as conn:
-        await driver_fetchrow(conn, _PG_SIGN_IN[token is not None], params)
+    await fetchrow_autocommit(single, _PG_SIGN_IN[token is not None], params)
     return session, token
 
 
@@ -282,10 +281,13 @@ async def rotate(
     params = {"p_token_hash": digest(token), "p_client_id": client_id, "p_now": now}
     if check is None and single is not engine:
         # The common case on PostgreSQL: one statement, no BEGIN/COMMIT round trips.
-        async with single.connect() as conn:
-            rotation = await _rotate_once(conn, params, now, idle_ttl, autocommit=True)
-        if rotation is not None:
-            return rotation
+        token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+        row = await fetchrow_autocommit(single, _PG_ROTATE, {
+            **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid.uuid4(),
+            "p_new_hash": digest(token),
+        })
+        if row is not None:
+            return Rotation(Outcome.ROTATED, _session(row, client_id), token)
         async with engine.begin() as conn:
             return await _explain_refusal(conn, params, now, idle_ttl, reuse_grace)
     # The transaction commits before we answer, also when reuse revoked the session.
@@ -300,13 +302,11 @@ async def rotate(
 
 async def _rotate_once(
     conn: AsyncConnection, params: dict[str, Any], now: datetime, idle_ttl: timedelta,
-    *, autocommit: bool = False,
 ) -> Rotation | None:
-    """The rotation itself, or None when the token did not qualify (nothing written).
-    ``autocommit``: ``conn`` is in no transaction, so the driver may run the statement
-    itself (inside a transaction, SQLAlchemy's execute is what begins it)."""
+    """The rotation inside ``conn``'s transaction, or None when the token did not
+    qualify (nothing written)."""
     token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
-    if conn.dialect.name == "postgresql" and not autocommit:
+    if conn.dialect.name == "postgresql":
         row = (await conn.execute(_PG_ROTATE, {
             **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid.uuid4(),
             "p_new_hash": digest(token),
@@ -314,14 +314,6 @@ async def _rotate_once(
         if row is None:
             return None
         return Rotation(Outcome.ROTATED, _session(row._mapping, params["p_client_id"]), token)
-    if conn.dialect.name == "postgresql":
-        row = await driver_fetchrow(conn, _PG_ROTATE, {
-            **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid.uuid4(),
-            "p_new_hash": digest(token),
-        })
-        if row is None:
-            return None
-        return Rotation(Outcome.ROTATED, _session(row, params["p_client_id"]), token)
     consumed = (await conn.execute(_CONSUME, params)).first()
     if consumed is None:
         return None

@@ -12,10 +12,10 @@ from typing import Any, cast
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Table, bindparam, exists, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from provider.db import driver_fetchrow
+from provider.db import fetchrow_autocommit
 from provider.errors import Conflict, NotFound, ValidationFailed
 from provider.mfa.models import TotpAuthenticator
 from provider.pagination import InvalidCursor, decode_cursor, encode_cursor
@@ -154,20 +154,21 @@ class LoginCandidate:
     has_mfa: bool
 
 
-async def find_login_candidate(conn: AsyncConnection, identifier: str, *,
+async def find_login_candidate(engine: AsyncEngine, identifier: str, *,
                                autocommit: bool = False) -> LoginCandidate | None:
     """The user an OAuth ``username`` names: an email address or a username.
-    ``autocommit``: ``conn`` is the ``single_statement_engine``'s on PostgreSQL, so the
-    driver runs the query itself (provider.db.driver_fetchrow)."""
+    ``autocommit``: ``engine`` is PostgreSQL's ``single_statement_engine``, so the driver
+    runs the query itself (provider.db.fetchrow_autocommit)."""
     identifier = identifier.strip()
     if not identifier or len(identifier) > 320:
         return None
     query = _LOGIN_BY_EMAIL if "@" in identifier else _LOGIN_BY_USERNAME
     params = {"identifier": identifier.lower()}
     if autocommit:
-        row = await driver_fetchrow(conn, query, params)
+        row = await fetchrow_autocommit(engine, query, params)
     else:
-        row = (await conn.execute(query, params)).first()
+        async with engine.connect() as conn:
+            row = (await conn.execute(query, params)).first()
     return LoginCandidate(*row) if row is not None else None
 
 

@@ -151,9 +151,8 @@ async def check_credentials(
         # Longer than any password we accept: refuse before hashing (DoS guard).
         _failed(services, context, client_id, None, "password_too_long", method)
 
-    async with services.single.connect() as conn:
-        user = await find_login_candidate(
-            conn, username, autocommit=services.single is not services.engine)
+    user = await find_login_candidate(services.single, username,
+                                      autocommit=services.single is not services.engine)
     valid, new_hash = await services.hasher.verify(
         password, user.password_hash if user else None)
     if user is None or not valid or not user.is_active:
