@@ -13,7 +13,13 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect, ExceptionContext, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -221,16 +227,27 @@ async def fetchrow_autocommit(engine: AsyncEngine, statement: Any,
         compiled = (made.string, tuple(made.positiontup or ()))
         _driver_sql[key] = compiled
     sql, names = compiled
-    pooled = await engine.raw_connection()
+    try:
+        pooled = await engine.raw_connection()
+    except SQLAlchemyError:
+        raise  # the pool's own (a checkout timeout)
+    except Exception as exc:
+        # A failed connect arrives as the driver's error, where SQLAlchemy's Connection
+        # would have wrapped it: wrapped the same way, it is an outage (503) like theirs.
+        raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
+                                  hide_parameters=True, dialect=engine.dialect) from exc
     driver: Any = pooled.driver_connection
     try:
         return await driver.fetchrow(sql, *[params[n] for n in names])
     except BaseException as exc:
         sqlstate = getattr(exc, "sqlstate", None)
-        if isinstance(exc, Exception) and isinstance(sqlstate, str) and not driver.is_closed():
-            # The server's answer to the statement (a unique key, a timeout): the
-            # connection, in no transaction, stays usable. Class 23 is SQLAlchemy's
-            # IntegrityError, as its own execute would have raised it.
+        reason = unavailable_reason(exc) if isinstance(exc, Exception) else None
+        if isinstance(exc, Exception) and isinstance(sqlstate, str) and not driver.is_closed() \
+                and (reason is None or reason.sqlstate == "57014"):
+            # The server's answer to the statement (a unique key, its own timeout): the
+            # connection, in no transaction, stays usable, as _discard_broken_connections
+            # decides for SQLAlchemy's path. Class 23 is SQLAlchemy's IntegrityError, as
+            # its own execute would have raised it.
             kind = IntegrityError if sqlstate.startswith("23") else DBAPIError
             raise kind(sql, None, exc, hide_parameters=True) from exc
         pooled.invalidate(exc if isinstance(exc, Exception) else None)

@@ -14,11 +14,17 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import literal, select, text
 from sqlalchemy.exc import DBAPIError
 
 from provider.app import create_app
-from provider.db import create_engine
+from provider.db import (
+    Timeouts,
+    create_engine,
+    fetchrow_autocommit,
+    single_statement_engine,
+    unavailable_reason,
+)
 from provider.services import Services
 from provider.users.accounts import Mailbox
 from tests.conftest import make_settings
@@ -174,6 +180,35 @@ async def test_server_refusing_in_its_own_words_answers_503(
     assert all(e.startswith("database unavailable (POST /") and e.endswith(f" {sqlstate}")
                for e in errors), errors
     assert not any(r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("sqlstate", ["57P03", "53300", "57P01", None])
+async def test_the_token_paths_bare_checkout_fails_as_sqlalchemy_would(
+    sqlstate: str | None,
+) -> None:
+    # The refresh grant and the sign-in borrow a pooled connection without SQLAlchemy's
+    # Connection (provider.db.fetchrow_autocommit). A failed connect must still arrive as
+    # SQLAlchemy's DBAPIError, which the app answers 503 in place: anything else reaches
+    # the catch-all, which logs a traceback and makes the server close the connection.
+    async def attempt(url: str) -> BaseException:
+        engine = create_engine(url, timeouts=Timeouts(connect=1.0, statement=5.0, pool=1.0))
+        try:
+            with pytest.raises(Exception) as caught:
+                await fetchrow_autocommit(single_statement_engine(engine),
+                                          select(literal(1)), {})
+        finally:
+            await engine.dispose()
+        return caught.value
+
+    if sqlstate is None:  # nobody listening: refused
+        error = await attempt(f"postgresql://postgres@127.0.0.1:{_closed_port()}/nothing")
+    else:
+        async with RefusingPostgres(sqlstate, "refused") as server:
+            error = await attempt(server.url)
+    assert isinstance(error, DBAPIError), repr(error)
+    reason = unavailable_reason(error)
+    assert reason is not None
+    assert reason.sqlstate == sqlstate
 
 
 async def test_frozen_server_answers_503_within_the_connect_timeout(
