@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect, ExceptionContext, make_url
 from sqlalchemy.exc import (
@@ -215,10 +216,10 @@ async def fetchrow_autocommit(engine: AsyncEngine, statement: Any,
     more CPU than the driver's whole round trip (bench/README.md), so the token path's
     common cases borrow the pooled connection bare. Its parameters are plain values
     asyncpg takes as they are (bytes, str, UUID, aware datetimes; JSON goes and comes
-    back as text). A failure reaches the app as SQLAlchemy's own would, a ``DBAPIError``
-    (``IntegrityError`` for a constraint) over the driver's exception with no parameters
-    shown. A connection that failed for any other reason than the server's answer is
-    discarded, not returned to the pool.
+    back as text). Failures reach the app as through SQLAlchemy: the database's as a
+    ``DBAPIError`` (``IntegrityError`` for a constraint) with no parameters shown, an
+    outage as one that ``unavailable_reason`` recognises (503), anything else as it is
+    (500). A connection is kept only after the server's own answer to the statement.
     """
     key = (statement, engine.dialect.driver)
     compiled = _driver_sql.get(key)
@@ -227,37 +228,59 @@ async def fetchrow_autocommit(engine: AsyncEngine, statement: Any,
         compiled = (made.string, tuple(made.positiontup or ()))
         _driver_sql[key] = compiled
     sql, names = compiled
-    try:
-        pooled = await engine.raw_connection()
-    except SQLAlchemyError:
-        raise  # the pool's own (a checkout timeout)
-    except Exception as exc:
-        # A failed connect arrives as the driver's error, where SQLAlchemy's Connection
-        # would have wrapped it: wrapped the same way, it is an outage (503) like theirs.
-        raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
-                                  hide_parameters=True, dialect=engine.dialect) from exc
+    args = [params[name] for name in names]  # before the checkout: a missing one is ours
+    pooled = await _checkout(engine)
     driver: Any = pooled.driver_connection
     try:
-        return await driver.fetchrow(sql, *[params[n] for n in names])
+        return await driver.fetchrow(sql, *args)
     except BaseException as exc:
-        sqlstate = getattr(exc, "sqlstate", None)
-        reason = unavailable_reason(exc) if isinstance(exc, Exception) else None
-        if isinstance(exc, Exception) and isinstance(sqlstate, str) and not driver.is_closed() \
+        if not isinstance(exc, Exception) or not (
+                isinstance(exc, OSError | TimeoutError)
+                or type(exc).__module__.partition(".")[0] == "asyncpg"):
+            # Cancelled mid-statement, or not the database's error: the connection's
+            # state is unknown, and the error goes on as it is.
+            pooled.invalidate(exc if isinstance(exc, Exception) else None)
+            raise
+        reason = unavailable_reason(exc)
+        if isinstance(exc, asyncpg.PostgresError) and not driver.is_closed() \
                 and (reason is None or reason.sqlstate == "57014"):
             # The server's answer to the statement (a unique key, its own timeout): the
             # connection, in no transaction, stays usable, as _discard_broken_connections
-            # decides for SQLAlchemy's path. Class 23 is SQLAlchemy's IntegrityError, as
+            # decides on SQLAlchemy's path. Class 23 is SQLAlchemy's IntegrityError, as
             # its own execute would have raised it.
-            kind = IntegrityError if sqlstate.startswith("23") else DBAPIError
+            kind = IntegrityError if exc.sqlstate.startswith("23") else DBAPIError
             raise kind(sql, None, exc, hide_parameters=True) from exc
-        pooled.invalidate(exc if isinstance(exc, Exception) else None)
-        if isinstance(exc, Exception):
-            raise DBAPIError(sql, None, exc, hide_parameters=True,
-                             connection_invalidated=True) from exc
-        raise
+        # Lost, timed out, an outage, or in a state the driver would not go on from: away
+        # with the connection, and the request is answered as in an outage (503). Only a
+        # value the driver could not encode (its client-side DataError) is our fault (500).
+        pooled.invalidate(exc)
+        raise DBAPIError(sql, None, exc, hide_parameters=True,
+                         connection_invalidated=not isinstance(exc, ValueError)) from exc
     finally:
         # Back to the pool (its reset has nothing to roll back), or away when invalidated.
         await greenlet_spawn(pooled.close)
+
+
+async def _checkout(engine: AsyncEngine) -> Any:
+    """A pooled connection that is still open. One the server closed while it waited in
+    the pool (a restart, an administrator) is discarded without a round trip, as the
+    next one is tried: a restart costs no 503 per dead connection left in the pool."""
+    for _ in range(64):
+        try:
+            pooled = await engine.raw_connection()
+        except SQLAlchemyError:
+            raise  # the pool's own (a checkout timeout)
+        except Exception as exc:
+            # A failed connect arrives as the driver's error, where SQLAlchemy's Connection
+            # would have wrapped it: wrapped the same way, it is an outage (503) like theirs.
+            raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
+                                      hide_parameters=True, dialect=engine.dialect) from exc
+        driver: Any = pooled.driver_connection
+        if not driver.is_closed():
+            break
+        pooled.invalidate()
+        await greenlet_spawn(pooled.close)
+    return pooled
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

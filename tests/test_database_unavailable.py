@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import literal, select, text
+from sqlalchemy import event, func, literal, literal_column, select, text
 from sqlalchemy.exc import DBAPIError
 
 from provider.app import create_app
@@ -195,7 +195,7 @@ async def test_the_token_paths_bare_checkout_fails_as_sqlalchemy_would(
         try:
             with pytest.raises(Exception) as caught:
                 await fetchrow_autocommit(single_statement_engine(engine),
-                                          select(literal(1)), {})
+                                          select(literal(1)), {"param_1": 1})
         finally:
             await engine.dispose()
         return caught.value
@@ -209,6 +209,45 @@ async def test_the_token_paths_bare_checkout_fails_as_sqlalchemy_would(
     reason = unavailable_reason(error)
     assert reason is not None
     assert reason.sqlstate == sqlstate
+
+
+async def test_the_bare_checkout_skips_connections_the_server_closed_in_the_pool(
+    settings_keys: tuple[str, Path],
+) -> None:
+    # After a restart every pooled connection is dead: the token path's bare checkout
+    # must not spend a failed request on each of them (SQLAlchemy's own path throws the
+    # pool away on the first; ours drops each closed one before using it).
+    url, _ = settings_keys
+    engine = create_engine(url, pool_size=3, timeouts=Timeouts(connect=5.0, statement=5.0,
+                                                               pool=5.0))
+    single = single_statement_engine(engine)
+    query = select(literal(1))
+    pooled: list[Any] = []  # each connection as it goes back to the pool
+    event.listen(engine.sync_engine.pool, "checkin",
+                 lambda dbapi_connection, _record: pooled.append(dbapi_connection))
+    try:
+        held = select(func.pg_backend_pid(), func.pg_sleep(literal_column("0.2")))
+        pids = [row[0] for row in await asyncio.gather(*(
+            fetchrow_autocommit(single, held, {}) for _ in range(3)))]
+        assert len(set(pids)) == 3 and len(pooled) == 3  # the whole pool, checked in
+        other = create_engine(url, pool_size=1)  # the administrator's own connection
+        try:
+            async with other.connect() as admin:
+                for pid in pids:
+                    await admin.execute(text("SELECT pg_terminate_backend(:pid)"),
+                                        {"pid": pid})
+        finally:
+            await other.dispose()
+        # Each pooled connection learns of its end from its socket, without a round trip.
+        for _ in range(500):
+            if all(connection.driver_connection.is_closed() for connection in pooled):
+                break
+            await asyncio.sleep(0.01)
+        assert all(connection.driver_connection.is_closed() for connection in pooled)
+        for _ in range(3):
+            assert (await fetchrow_autocommit(single, query, {"param_1": 1}))[0] == 1
+    finally:
+        await engine.dispose()
 
 
 async def test_frozen_server_answers_503_within_the_connect_timeout(

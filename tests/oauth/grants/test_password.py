@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 import uuid
 
 import bcrypt
@@ -368,15 +369,15 @@ async def test_sign_in_writes_its_session_and_token_together_or_not_at_all(
     first = await login(client, oauth, user)
     # A refresh token that is already stored (a collision 256 random bits never make):
     # its insert fails, and the session inserted with it must not stay behind.
-    monkeypatch.setattr(refresh_module.secrets, "token_urlsafe",
-                        lambda _size: first["refresh_token"])
+    colliding = types.SimpleNamespace(token_urlsafe=lambda _size: first["refresh_token"])
+    monkeypatch.setattr(refresh_module, "secrets", colliding)  # this module's, no other
     response = await password_login(client, oauth, user)
     assert response.status_code == 500
     assert first["refresh_token"] not in response.text
     monkeypatch.undo()
     sessions, tokens = await _rows_of(services, user.id)
     assert len(sessions) == 1 and len(tokens) == 1
-    # The connection the failure discarded is not needed: the next sign-in works.
+    # A constraint violation is an answer, not an outage: the next sign-in works.
     await login(client, oauth, user)
     sessions, _ = await _rows_of(services, user.id)
     assert len(sessions) == 2
