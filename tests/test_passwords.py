@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import unicodedata
 
 import anyio
@@ -251,9 +250,10 @@ async def test_hashes_run_in_parallel_up_to_the_cap_and_no_further() -> None:
     running = 0
     peak = 0
     lock = threading.Lock()
+    release = threading.Event()
 
     class Watched:
-        """The real hasher, with the number of hashes in progress counted around it."""
+        """The real hasher, with the hashes in progress counted, each held until released."""
 
         def hash(self, password: str) -> str:
             nonlocal running, peak
@@ -261,14 +261,23 @@ async def test_hashes_run_in_parallel_up_to_the_cap_and_no_further() -> None:
                 running += 1
                 peak = max(peak, running)
             try:
-                time.sleep(0.05)  # long enough for the others to start, if they may
+                release.wait(10)
                 return real.hash(password)
             finally:
                 with lock:
                     running -= 1
 
     hasher._password_hash = Watched()  # type: ignore[assignment]
-    hashes = await asyncio.gather(*(hasher.hash(f"{STRONG}-{i}") for i in range(6)))
+    pending = asyncio.gather(*(hasher.hash(f"{STRONG}-{i}") for i in range(6)))
+    for _ in range(1000):  # until two hashes are held at once (a state, not a duration)
+        if running == 2:
+            break
+        await asyncio.sleep(0.01)
+    # Two at once, by two threads: the pool makes no third however many wait.
+    assert running == 2
+    assert len(hasher._executor._threads) == 2  # type: ignore[attr-defined]
+    release.set()
+    hashes = await pending
     assert peak == 2
     hasher._password_hash = real
     for i, password_hash in enumerate(hashes):
