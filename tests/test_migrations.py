@@ -341,3 +341,26 @@ def test_keys_revision_adds_its_tables_with_the_version_row(fresh_url: str) -> N
 
     command.downgrade(config, "fa58341a5b9d")
     assert inspect_db(fresh_url, table_names) == before
+
+
+FILLFACTOR_REVISION = "4b8e2f6a1c3d"
+
+
+def test_fillfactor_revision_sets_and_resets_refresh_tokens_storage(fresh_url: str) -> None:
+    """refresh_tokens gets fillfactor 90 on PostgreSQL (room for HOT rotations,
+    tests/tokens/test_storage.py); the downgrade takes it back. SQLite: nothing to do."""
+    config = config_for(fresh_url)
+
+    def options(connection: Connection) -> Any:
+        if connection.dialect.name != "postgresql":
+            return None
+        return connection.execute(text(
+            "SELECT reloptions FROM pg_class WHERE relname = 'refresh_tokens'")).scalar()
+
+    command.upgrade(config, KEYS_REVISION)  # the revision before it
+    assert inspect_db(fresh_url, options) is None
+    command.upgrade(config, FILLFACTOR_REVISION)
+    expected = ["fillfactor=90"] if fresh_url.startswith("postgresql") else None
+    assert inspect_db(fresh_url, options) == expected
+    command.downgrade(config, KEYS_REVISION)
+    assert inspect_db(fresh_url, options) is None

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from provider.audit.models import AuditEvent
 from provider.clock import Clock
+from provider.db import uuid7
 from provider.errors import ValidationFailed
 from provider.pagination import InvalidCursor, decode_cursor, encode_cursor
 
@@ -109,7 +110,7 @@ def _columns(
 def event_row(**fields: Any) -> dict[str, Any]:
     """The columns of one event (``_columns``' arguments). ``details`` name fields and
     fixed vocabulary only."""
-    return dict(zip(_COLUMNS, (uuid.uuid4(), *_columns(**fields)), strict=True))
+    return dict(zip(_COLUMNS, (uuid7(), *_columns(**fields)), strict=True))
 
 
 class AuditLog:
@@ -262,7 +263,7 @@ async def _write(conn: AsyncConnection, batch: list[tuple[Any, ...]]) -> None:
     INSERT on both sides, and every refresh queues an event), else that INSERT."""
     if conn.dialect.name != "postgresql":
         await conn.execute(insert(audit_events), [
-            dict(zip(_COLUMNS, (uuid.uuid4(), *queued), strict=True)) for queued in batch])
+            dict(zip(_COLUMNS, (uuid7(), *queued), strict=True)) for queued in batch])
         return
     driver: Any = (await conn.get_raw_connection()).driver_connection
     # Most events of a batch carry the same few details ({"grant_type": ...}).
@@ -278,5 +279,5 @@ async def _write(conn: AsyncConnection, batch: list[tuple[Any, ...]]) -> None:
             text = texts[key] = json.dumps(details)
         return text
 
-    records = [(uuid.uuid4(), *queued[:-1], as_json(queued[-1])) for queued in batch]
+    records = [(uuid7(), *queued[:-1], as_json(queued[-1])) for queued in batch]
     await driver.copy_records_to_table(audit_events.name, records=records, columns=_COLUMNS)

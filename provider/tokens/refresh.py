@@ -22,7 +22,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, bindparam, case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from provider.db import fetchrow_autocommit
+from provider.db import fetchrow_autocommit, uuid7
 from provider.metrics import REFRESH_REUSE_DETECTED
 from provider.tokens.models import LoginSession, RefreshToken
 from provider.tokens.revocation import revoke_session
@@ -81,7 +81,7 @@ _INSERT_TOKEN = insert(rt)
 def _new_session(*, user_id: uuid.UUID, client_id: str, scope: str, amr: tuple[str, ...],
                  now: datetime, absolute_ttl: timedelta, auth_time: datetime | None,
                  session_id: uuid.UUID | None) -> Session:
-    return Session(id=session_id or uuid.uuid4(), user_id=user_id, client_id=client_id,
+    return Session(id=session_id or uuid7(), user_id=user_id, client_id=client_id,
                    scope=scope, expires_at=now + absolute_ttl,
                    auth_time=auth_time or now, amr=amr)
 
@@ -95,7 +95,7 @@ def _session_row(session: Session, *, session_epoch: int, now: datetime) -> dict
 
 def _token_row(session: Session, token: str, *, now: datetime, idle_ttl: timedelta,
                parent_id: uuid.UUID | None) -> dict[str, Any]:
-    return {"id": uuid.uuid4(), "token_hash": digest(token), "session_id": session.id,
+    return {"id": uuid7(), "token_hash": digest(token), "session_id": session.id,
             "parent_id": parent_id, "issued_at": now,
             "expires_at": min(now + idle_ttl, session.expires_at), "rotated_at": None}
 
@@ -283,7 +283,7 @@ async def rotate(
         # The common case on PostgreSQL: one statement, no BEGIN/COMMIT round trips.
         token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
         row = await fetchrow_autocommit(single, _PG_ROTATE, {
-            **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid.uuid4(),
+            **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid7(),
             "p_new_hash": digest(token),
         })
         if row is not None:
@@ -308,7 +308,7 @@ async def _rotate_once(
     token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
     if conn.dialect.name == "postgresql":
         row = (await conn.execute(_PG_ROTATE, {
-            **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid.uuid4(),
+            **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid7(),
             "p_new_hash": digest(token),
         })).first()
         if row is None:

@@ -11,12 +11,12 @@ refresh token and, at our endpoints, the access token.
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, ClassVar
 
 from provider.audit.service import EventType
 from provider.audit.service import Outcome as AuditOutcome
 from provider.clients.service import ClientInfo
+from provider.db import uuid7
 from provider.oauth.authorize import is_valid_verifier, s256
 from provider.oauth.errors import InvalidGrant, InvalidRequest
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
@@ -49,7 +49,7 @@ class AuthorizationCodeGrant:
                                  "A-Z a-z 0-9 - . _ ~ (RFC 7636 §4.1).")
         settings = services.settings
         now = services.clock.now()
-        session_id = uuid.uuid4()
+        session_id = uuid7()
         async with services.engine.begin() as conn:
             redeemed = await redeem_code(
                 conn, code=code, client_id=client.client_id,

@@ -1,0 +1,149 @@
+"""Where the token path's writes land on PostgreSQL: few pages, whatever the table size.
+
+On a long-running deployment refresh_tokens and its indexes outgrow memory. A rotation
+that touches random pages then reads and dirties a page per index it writes to. Two
+things keep it to a few pages, and these tests hold them:
+- a rotation's UPDATE of the consumed token (rotated_at) stays on the token's page as a
+  heap-only tuple, so no index gets an entry for it (fillfactor 90 leaves the room);
+- sessions and refresh tokens get time-ordered ids (UUIDv7), so what is inserted now goes
+  to the right-hand end of the primary keys and of the parent_id and session_id indexes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from provider.db import create_engine, single_statement_engine, uuid7
+from provider.tokens import refresh
+from tests.conftest import migrate
+from tests.pgserver import create_database, drop_database
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CLIENT_ID = "cl_storage"
+USER_ID = uuid.uuid4()
+TTL = timedelta(days=14)
+
+
+@pytest.fixture(scope="module")
+def database(postgres_server: str | None) -> Iterator[str]:
+    if postgres_server is None:
+        pytest.skip("page layout is PostgreSQL's")
+    name = f"provider_storage_{secrets.token_hex(4)}"
+    url = create_database(postgres_server, name)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_database(postgres_server, name)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(database: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database)
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO users (id, email, profile, is_active, is_verified, is_admin,"
+            " created_at, updated_at, session_epoch) VALUES"
+            " (:id, 'storage@example.com', '{}', true, true, false, now(), now(), 0)"),
+            {"id": USER_ID})
+        await conn.execute(text(
+            "INSERT INTO clients (client_id, name, is_public, grant_types, scopes, is_active,"
+            " created_at, updated_at) VALUES (:id, 'storage', false, '[]', '[]', true,"
+            " now(), now())"), {"id": CLIENT_ID})
+    yield engine
+    await engine.dispose()
+
+
+async def sign_in(engine: AsyncEngine) -> tuple[refresh.Session, str]:
+    session, token = await refresh.start_session_at_once(
+        single_statement_engine(engine), user_id=USER_ID, client_id=CLIENT_ID,
+        scope="api", session_epoch=0, amr=("pwd",), now=datetime.now(UTC),
+        absolute_ttl=timedelta(days=30), idle_ttl=TTL)
+    assert token is not None
+    return session, token
+
+
+async def block_of(engine: AsyncEngine, token: str) -> int:
+    """The heap page the token's current row version is on."""
+    async with engine.connect() as conn:
+        ctid = (await conn.execute(
+            text("SELECT ctid::text FROM refresh_tokens WHERE token_hash = :h"),
+            {"h": refresh.digest(token)})).scalar_one()
+    return int(ctid.strip("()").split(",")[0])
+
+
+async def test_a_rotation_keeps_the_consumed_token_on_its_page(engine: AsyncEngine) -> None:
+    """Fill refresh_tokens' first pages, then rotate tokens of a filled page: each consumed
+    token's new row version stays on that page (a HOT update, no index entries). At the
+    default fillfactor of 100 the first of them moves to another page."""
+    async with engine.connect() as conn:
+        options = (await conn.execute(text(
+            "SELECT reloptions FROM pg_class WHERE relname = 'refresh_tokens'"))).scalar()
+    assert options == ["fillfactor=90"]
+
+    tokens = [(await sign_in(engine))[1] for _ in range(150)]
+    blocks = [await block_of(engine, token) for token in tokens]
+    assert blocks[-1] >= 2, "150 tokens should fill more than two pages"
+    on_first = [token for token, block in zip(tokens, blocks, strict=True) if block == 0]
+    assert len(on_first) > 40
+
+    single = single_statement_engine(engine)
+    for token in on_first[:4]:
+        rotation = await refresh.rotate(
+            engine, single, token=token, client_id=CLIENT_ID, now=datetime.now(UTC),
+            idle_ttl=TTL, reuse_grace=timedelta(0))
+        assert rotation.outcome is refresh.Outcome.ROTATED
+        assert await block_of(engine, token) == 0
+
+
+async def test_sessions_and_refresh_tokens_get_time_ordered_ids(engine: AsyncEngine) -> None:
+    first, token = await sign_in(engine)
+    time.sleep(0.002)  # a later millisecond
+    second, _ = await sign_in(engine)
+    rotation = await refresh.rotate(
+        engine, single_statement_engine(engine), token=token, client_id=CLIENT_ID,
+        now=datetime.now(UTC), idle_ttl=TTL, reuse_grace=timedelta(0))
+    assert rotation.outcome is refresh.Outcome.ROTATED
+    assert first.id.version == second.id.version == 7
+    assert first.id < second.id
+
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT id, parent_id FROM refresh_tokens WHERE session_id = :s ORDER BY issued_at,"
+            " parent_id NULLS FIRST"), {"s": first.id})).all()
+    assert len(rows) == 2
+    (first_token, no_parent), (successor, parent) = rows
+    assert no_parent is None and parent == first_token
+    assert first_token.version == successor.version == 7
+    assert first_token < successor
+
+
+async def test_uuid7_layout() -> None:
+    """RFC 9562 §5.7: 48 bits of Unix milliseconds, version 7, variant 0b10, the rest
+    random."""
+    before = time.time_ns() // 1_000_000
+    ids = [uuid7() for _ in range(1000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 1000
+    for value in ids:
+        assert value.version == 7
+        assert value.variant == uuid.RFC_4122
+        assert before <= value.int >> 80 <= after
+    # The 74 random bits vary in every position (a fixed bit would show in 1000 draws).
+    random_bits = [value.int & ((1 << 62) - 1) | ((value.int >> 64) & 0xFFF) << 62
+                   for value in ids]
+    ored = anded = random_bits[0]
+    for bits in random_bits[1:]:
+        ored |= bits
+        anded &= bits
+    assert ored == (1 << 74) - 1 and anded == 0
