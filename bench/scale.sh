@@ -39,7 +39,8 @@ RT_COUNT="${RT_COUNT:-5000}"             # refresh tokens per refresh measuremen
 ACCESS_COUNT="${ACCESS_COUNT:-500}"      # distinct access tokens (sessions, users) for /users/me
 PURGE="${PURGE:-1}"                      # 0: no purge alongside (to tell its share apart)
 PURGE_BATCH="${PURGE_BATCH:-100}"        # PROVIDER_PURGE_BATCH_SIZE (default 1000; README)
-PURGE_PAUSE="${PURGE_PAUSE:-0.02}"       # PROVIDER_PURGE_PAUSE, seconds between batches (0: full speed)
+PURGE_PAUSE="${PURGE_PAUSE:-0}"          # PROVIDER_PURGE_PAUSE, least seconds between batches
+PURGE_SHARE="${PURGE_SHARE:-0.2}"        # PROVIDER_PURGE_SHARE (its default; 1: full speed)
 PG_URL="${PG_URL:-postgresql://postgres@127.0.0.1:5432}"
 SMALL_DB="${SMALL_DB:-scale_small}"      # both dropped and re-created
 LARGE_DB="${LARGE_DB:-scale_large}"
@@ -94,7 +95,8 @@ provider_env() {  # small|large: the environment of every provider command on th
         -u PROVIDER_PASSWORD_HASH_CONCURRENCY -u PROVIDER_PURGE_INTERVAL
         DATABASE_URL="$(db_url "$1")" PROVIDER_KEYS_DIR="$OUT/keys-$1"
         PROVIDER_ISSUER="http://127.0.0.1:$port" PROVIDER_DB_POOL_SIZE="$POOL_SIZE"
-        PROVIDER_PURGE_BATCH_SIZE="$PURGE_BATCH" PROVIDER_PURGE_PAUSE="$PURGE_PAUSE")
+        PROVIDER_PURGE_BATCH_SIZE="$PURGE_BATCH" PROVIDER_PURGE_PAUSE="$PURGE_PAUSE"
+        PROVIDER_PURGE_SHARE="$PURGE_SHARE")
 }
 
 # --- metadata --------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ provider_env() {  # small|large: the environment of every provider command on th
   echo "commit: $(git -C "$REPO" rev-parse --short HEAD) (provider/ $(git -C "$REPO" diff --quiet HEAD -- provider && echo clean || echo dirty))"
   echo "host: $(hostname), $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
   echo "postgres: $(psql "$PG_URL/postgres" -XAtc 'SHOW server_version'), shared_buffers $(psql "$PG_URL/postgres" -XAtc 'SHOW shared_buffers'), autovacuum $(psql "$PG_URL/postgres" -XAtc 'SHOW autovacuum')"
-  echo "settings: USERS=$USERS REFRESH_ROWS=$REFRESH_ROWS ROUNDS=$ROUNDS wrk -t$THREADS -c$CONNECTIONS -d$DURATION (warm-up $WARMUP), $WORKERS workers, pool $POOL_SIZE, RT_COUNT=$RT_COUNT ACCESS_COUNT=$ACCESS_COUNT PURGE=$PURGE PURGE_BATCH=$PURGE_BATCH PURGE_PAUSE=$PURGE_PAUSE"
+  echo "settings: USERS=$USERS REFRESH_ROWS=$REFRESH_ROWS ROUNDS=$ROUNDS wrk -t$THREADS -c$CONNECTIONS -d$DURATION (warm-up $WARMUP), $WORKERS workers, pool $POOL_SIZE, RT_COUNT=$RT_COUNT ACCESS_COUNT=$ACCESS_COUNT PURGE=$PURGE PURGE_BATCH=$PURGE_BATCH PURGE_PAUSE=$PURGE_PAUSE PURGE_SHARE=$PURGE_SHARE"
   echo "loadavg before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/meta.txt"
 

@@ -756,8 +756,9 @@ def purge(
     """Delete dead rows: expired sessions and sessions revoked longer ago than an access
     token lives (with their refresh tokens), used or expired email codes, expired
     denylist entries, audit events older than PROVIDER_AUDIT_RETENTION. In batches of
-    PROVIDER_PURGE_BATCH_SIZE rows, resting PROVIDER_PURGE_PAUSE between them; on
-    PostgreSQL one purge runs at a time (a second one does nothing and says so)."""
+    PROVIDER_PURGE_BATCH_SIZE rows, resting between them so that it works at most
+    PROVIDER_PURGE_SHARE of the time (and at least PROVIDER_PURGE_PAUSE); on PostgreSQL
+    one purge runs at a time (a second one does nothing and says so)."""
     from provider.db import create_engine, single_statement_engine
     from provider.purge import Purger, PurgeReport
 

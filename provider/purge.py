@@ -13,12 +13,13 @@ serialised by the database anyway and the deletes are idempotent.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+from asyncio import sleep
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from time import monotonic
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, delete, func, or_, select, text
@@ -127,6 +128,7 @@ class Purger:
         self.clock = clock
         # Rest between batches (gives the token path the database's attention).
         self.pause_s = settings.purge_pause.total_seconds() if pause_s is None else pause_s
+        self.share = settings.purge_share
 
     async def run(self, *, dry_run: bool = False) -> PurgeReport:
         report = PurgeReport(dry_run=dry_run)
@@ -176,6 +178,7 @@ class Purger:
         condition = dead_sessions(cutoffs)
         size = self.settings.purge_batch_size
         while True:
+            started = monotonic()
             async with self.engine.begin() as conn:
                 doomed = list((await conn.execute(
                     select(ls.c.id).where(condition).limit(size))).scalars())
@@ -189,7 +192,7 @@ class Purger:
             report.counts["login_sessions"] += sessions.rowcount
             if len(doomed) < size:
                 return
-            await asyncio.sleep(self.pause_s)
+            await self._rest(monotonic() - started)
 
     async def _delete_batches(self, key: Any, condition: ColumnElement[bool]) -> int:
         """DELETE ... WHERE key IN (SELECT key ... LIMIT n) AND condition, until done. The
@@ -200,13 +203,17 @@ class Purger:
         total = 0
         while True:
             batch = select(key).where(condition).limit(size).scalar_subquery()
+            started = monotonic()
             async with self.single.begin() as conn:
                 deleted = (await conn.execute(
                     delete(table).where(key.in_(batch), condition))).rowcount
             total += deleted
             if deleted < size:
                 return total
-            await asyncio.sleep(self.pause_s)
+            await self._rest(monotonic() - started)
+
+    async def _rest(self, worked_s: float) -> None:
+        await sleep(rest_after(worked_s, share=self.share, pause_s=self.pause_s))
 
     async def _count(self, cutoffs: Cutoffs, report: PurgeReport) -> None:
         sessions = select(ls.c.id).where(dead_sessions(cutoffs))
@@ -231,10 +238,16 @@ class Purger:
                 report.counts[table] = int((await conn.execute(query)).scalar_one())
 
 
+def rest_after(worked_s: float, *, share: float, pause_s: float) -> float:
+    """The rest after a batch that took ``worked_s``: long enough that the purge works at
+    most ``share`` of the time, and at least ``pause_s``."""
+    return max(pause_s, worked_s * (1 - share) / share)
+
+
 async def purge_periodically(purger: Purger, interval: timedelta) -> None:
     """The opt-in in-process task: purge every ``interval``; one log line per run."""
     while True:
-        await asyncio.sleep(interval.total_seconds())
+        await sleep(interval.total_seconds())
         try:
             report = await purger.run()
         except Exception as exc:  # the database may be away: try again next time

@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     # Rest between two batches: a backlog of millions of dead rows is deleted at this
     # pace instead of at full speed beside the token path (bench/README.md, "Scale").
     purge_pause: timedelta = timedelta(0)
+    # The share of the time the purge may spend deleting: after a batch that took t, it
+    # rests t * (1 - share) / share (and at least purge_pause). A backlog then costs the
+    # token path at most this share of one database connection's time, on any host; a
+    # busier machine makes the batches slower and the rests longer with them. 1: no rest.
+    purge_share: float = Field(default=0.2, gt=0, le=1)
 
     # --- throttles that hold under concurrency (issue 7) ------------------------------
     # Client authentication failures per (client_id, client address) and per client

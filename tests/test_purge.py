@@ -26,7 +26,8 @@ from provider.audit.models import AuditEvent
 from provider.audit.service import EventType, event_row
 from provider.codes.models import EmailCode
 from provider.mfa.models import MfaToken
-from provider.purge import TABLES
+from provider import purge as purge_module
+from provider.purge import TABLES, Purger, rest_after
 from provider.services import Services, build_services
 from provider.tokens.models import (
     AuthorizationCode,
@@ -293,6 +294,43 @@ async def test_the_purge_rests_between_batches_when_asked(
     # Two dead sessions at one per batch: at least one rest between them.
     assert done["counts"]["login_sessions"] == DEAD["login_sessions"] >= 2
     assert time.monotonic() - started >= 0.2
+
+
+def test_the_rest_after_a_batch_keeps_the_purge_to_its_share() -> None:
+    assert rest_after(0.05, share=0.2, pause_s=0.0) == pytest.approx(0.2)
+    assert rest_after(0.05, share=0.5, pause_s=0.0) == pytest.approx(0.05)
+    assert rest_after(0.05, share=1.0, pause_s=0.0) == 0.0  # full speed
+    assert rest_after(0.05, share=1.0, pause_s=0.3) == 0.3  # the least rest
+    assert rest_after(0.05, share=0.2, pause_s=0.1) == pytest.approx(0.2)
+
+
+async def test_the_purge_rests_in_proportion_to_each_batch(
+    fresh: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch that is followed by another is followed by a rest of its own duration
+    times (1 - share) / share: here each batch "takes" 0.1 s on a stepped clock, so each
+    rest is 0.4 s at share 0.2, whatever the machine's speed."""
+    world = await seed(fresh)
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(purge_module, "monotonic", lambda: next(ticks) / 10)
+    rests: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        rests.append(seconds)
+
+    monkeypatch.setattr(purge_module, "sleep", sleep)
+    settings = fresh.settings.model_copy(update={"purge_batch_size": 1, "purge_share": 0.2})
+    report = await Purger(fresh.engine, fresh.single, settings, fresh.clock).run()
+
+    assert report.counts == DEAD
+    # A full batch (one row) is followed by a rest; the batch that comes back short ends
+    # its table. Sessions: 2 full + 1 empty; every other table: its dead rows + 1.
+    full_batches = sum(DEAD[table] for table in TABLES if table != "refresh_tokens")
+    assert rests == [pytest.approx(0.4)] * full_batches
+    after = await present(fresh)
+    for table in TABLES:
+        assert not world.dead_ids[table] & after[table]
+        assert world.live_ids[table] <= after[table]
 
 
 async def test_the_purge_task_runs_in_the_server_when_asked(fresh: Services) -> None:
