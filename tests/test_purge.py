@@ -21,12 +21,12 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, insert, select, text, update
 
+from provider import purge as purge_module
 from provider.app import create_app
 from provider.audit.models import AuditEvent
 from provider.audit.service import EventType, event_row
 from provider.codes.models import EmailCode
 from provider.mfa.models import MfaToken
-from provider import purge as purge_module
 from provider.purge import TABLES, Purger, rest_after
 from provider.services import Services, build_services
 from provider.tokens.models import (
