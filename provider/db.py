@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
+import secrets
 import socket
 import time
 import uuid
@@ -71,23 +71,20 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012
 
 
-_RANDOM_BITS = (1 << 74) - 1
-
-
 def uuid7() -> uuid.UUID:
     """A time-ordered row key (UUIDv7, RFC 9562 §5.7): 48 bits of Unix milliseconds, the
     version and variant, 74 random bits.
 
-    For the rows written on the token path (sessions, refresh tokens, audit events): what
-    is inserted together lands together at the right-hand end of each index over such
-    keys (the primary key, a token's ``parent_id`` and ``session_id``), a few pages that
-    stay cached, where a random UUIDv4 touches a random leaf of an index that on a
+    For the rows written on the token path (sessions, refresh tokens, audit events): a new
+    row's primary key lands at the right-hand end of its index, and a token's
+    ``parent_id`` and ``session_id`` among the keys of recent rows, a few pages that stay
+    cached, where a random UUIDv4 touches a random leaf of an index that on a
     long-running deployment no longer fits in memory. The time is not a secret: a
     session's id (``sid``) says when it began, as its ``auth_time`` does. User ids stay
     random, since ``sub`` should not tell when an account was made.
     """
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10)) & _RANDOM_BITS
+    rand = secrets.randbits(74)
     # unix_ts_ms (48) | ver 0b0111 (4) | rand_a (12) | var 0b10 (2) | rand_b (62)
     return uuid.UUID(int=(ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64
                      | 0b10 << 62 | (rand & ((1 << 62) - 1)))
