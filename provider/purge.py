@@ -170,6 +170,14 @@ class Purger:
         async with self.engine.connect() as conn, conn.begin():
             acquired = bool((await conn.execute(
                 text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": LOCK_KEY})).scalar())
+            # That statement ran on the extended protocol, whose finished portal keeps its
+            # snapshot while the transaction idles: the whole database's xmin horizon
+            # would stay where it was when the purge began, and neither VACUUM nor a
+            # page's pruning could remove a row that died during the run (the rotation's
+            # HOT updates need the latter). A statement on the simple protocol replaces
+            # that portal, and the transaction holds no snapshot.
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("SELECT 1")
             yield acquired
 
     # --- deleting ---------------------------------------------------------------------------

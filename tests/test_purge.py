@@ -333,6 +333,42 @@ async def test_the_purge_rests_in_proportion_to_each_batch(
         assert world.live_ids[table] <= after[table]
 
 
+async def test_a_resting_purge_holds_back_no_row_versions(
+    fresh: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the purge rests between batches, its lock's transaction (idle, kept open for
+    the whole run) holds no snapshot: the database's xmin horizon moves on, so VACUUM
+    and page pruning can remove what died meanwhile, such as a rotated token's old row
+    version. The lock statement's finished portal held one until a simple-protocol
+    statement replaced it."""
+    if fresh.engine.dialect.name != "postgresql":
+        pytest.skip("snapshots and the xmin horizon are PostgreSQL's")
+    await seed(fresh)
+    resting = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        resting.set()
+        await go_on.wait()
+
+    monkeypatch.setattr(purge_module, "sleep", sleep)
+    settings = fresh.settings.model_copy(update={"purge_batch_size": 1})
+    purge = asyncio.create_task(Purger(fresh.engine, fresh.single, settings,
+                                       fresh.clock).run())
+    try:
+        await asyncio.wait_for(resting.wait(), WAIT_S)
+        async with fresh.engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT state, backend_xmin::text FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"))).all()
+    finally:
+        go_on.set()
+        report = await asyncio.wait_for(purge, WAIT_S)
+    assert ("idle in transaction", None) in [tuple(row) for row in rows]  # the lock
+    assert [row for row in rows if row.backend_xmin is not None] == []
+    assert report.counts == DEAD
+
+
 async def test_the_purge_task_runs_in_the_server_when_asked(fresh: Services) -> None:
     world = await seed(fresh)
     settings = make_settings(fresh.settings.database_url, fresh.settings.keys_dir,
