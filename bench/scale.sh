@@ -28,7 +28,7 @@ PY="$VENV/bin/python"
 
 USERS="${USERS:-1000000}"               # users in the large database
 REFRESH_ROWS="${REFRESH_ROWS:-10000000}" # refresh_tokens rows grown into the large database
-ROUNDS="${ROUNDS:-2}"                    # rounds of small, large, large, small
+ROUNDS="${ROUNDS:-3}"                    # rounds of small, large, large, small
 DURATION="${DURATION:-10s}"              # wrk -d per measurement
 WARMUP="${WARMUP:-3s}"                   # unrecorded wrk run before each measurement
 CONNECTIONS="${CONNECTIONS:-32}"
