@@ -12,6 +12,7 @@ own database and every test makes its own users and clients with unique names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -163,6 +164,18 @@ def migrate(database_url: str, **options: Any) -> None:
         command.upgrade(config, "head")
         return
     run_sync(upgrade)
+
+
+@contextlib.contextmanager
+def migrated_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of the caller's own, migrated to head, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    url = create_database(server_url, name)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_database(server_url, name)
 
 
 @pytest.fixture(scope="session")

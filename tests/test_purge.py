@@ -36,10 +36,9 @@ from provider.tokens.models import (
     RevokedAccessToken,
 )
 from provider.web.models import BrowserSession
-from tests.conftest import make_settings, migrate
+from tests.conftest import make_settings, migrate, migrated_database
 from tests.factories import Factory
 from tests.helpers import bearer, login, refresh
-from tests.pgserver import create_database, drop_database
 from tests.test_cli import COMMAND, Cli
 
 NOTHING = dict.fromkeys(TABLES, 0)
@@ -63,13 +62,8 @@ def fresh_url(request: pytest.FixtureRequest, postgres_server: str | None,
         return
     if postgres_server is None:
         pytest.skip("no PostgreSQL available")
-    name = f"provider_purge_{secrets.token_hex(4)}"
-    url = create_database(postgres_server, name)
-    try:
-        migrate(url)
+    with migrated_database(postgres_server, "provider_purge") as url:
         yield url
-    finally:
-        drop_database(postgres_server, name)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

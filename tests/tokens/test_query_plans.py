@@ -30,8 +30,7 @@ from provider.tokens import refresh as refresh_sql
 from provider.tokens import revocation
 from provider.tokens.jwt import AccessClaims
 from provider.users.models import User
-from tests.conftest import migrate
-from tests.pgserver import create_database, drop_database
+from tests.conftest import migrated_database
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -53,13 +52,8 @@ NOW = datetime.now(UTC)
 def big_database(postgres_server: str | None) -> Iterator[str]:
     if postgres_server is None:
         pytest.skip("query plans are PostgreSQL's")
-    name = f"provider_plans_{secrets.token_hex(4)}"
-    url = create_database(postgres_server, name)
-    try:
-        migrate(url)
+    with migrated_database(postgres_server, "provider_plans") as url:
         yield url
-    finally:
-        drop_database(postgres_server, name)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

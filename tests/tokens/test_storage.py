@@ -12,7 +12,6 @@ things keep it to a few pages, and these tests hold them:
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,8 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from provider.db import create_engine, single_statement_engine, uuid7
 from provider.tokens import refresh
 from provider.tokens.models import RefreshToken
-from tests.conftest import migrate
-from tests.pgserver import create_database, drop_database
+from tests.conftest import migrated_database
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -40,13 +38,8 @@ TTL = timedelta(days=14)
 def database(postgres_server: str | None) -> Iterator[str]:
     if postgres_server is None:
         pytest.skip("page layout is PostgreSQL's")
-    name = f"provider_storage_{secrets.token_hex(4)}"
-    url = create_database(postgres_server, name)
-    try:
-        migrate(url)
+    with migrated_database(postgres_server, "provider_storage") as url:
         yield url
-    finally:
-        drop_database(postgres_server, name)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -6,7 +6,6 @@ Each test gets a database of its own (here the admins are the only ones)."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,10 +14,9 @@ import pytest
 import pytest_asyncio
 
 from provider.app import create_app
-from tests.conftest import make_settings, migrate
+from tests.conftest import make_settings, migrate, migrated_database
 from tests.factories import Factory, TestUser
 from tests.helpers import assert_problem, bearer, login
-from tests.pgserver import create_database, drop_database
 
 LAST_ADMIN = ("last_active_admin", "The change would leave no active admin.")
 
@@ -33,13 +31,8 @@ def fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     server = request.getfixturevalue("postgres_server")
     if server is None:
         pytest.skip("no PostgreSQL available")
-    name = f"provider_admins_{secrets.token_hex(4)}"
-    url = create_database(server, name)
-    try:
-        migrate(url)
+    with migrated_database(server, "provider_admins") as url:
         yield url
-    finally:
-        drop_database(server, name)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
