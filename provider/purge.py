@@ -183,24 +183,45 @@ class Purger:
     # --- deleting ---------------------------------------------------------------------------
 
     async def _delete_sessions(self, cutoffs: Cutoffs, report: PurgeReport) -> None:
+        """Dead sessions, ``batch_size`` at a time, each batch after its refresh tokens,
+        which go at most ``batch_size`` per statement too: a session refreshed all day
+        has hundreds, and a batch of such sessions in one statement was one long burst of
+        work beside the token path. A dead session stays dead (expiry and revocation are
+        final), so its tokens may go over several statements; a purge stopped midway
+        leaves dead sessions with fewer tokens, and the next one finishes them."""
         condition = dead_sessions(cutoffs)
         size = self.settings.purge_batch_size
         while True:
-            started = monotonic()
-            async with self.engine.begin() as conn:
+            async with self.single.begin() as conn:
                 doomed = list((await conn.execute(
                     select(ls.c.id).where(condition).limit(size))).scalars())
-                if not doomed:
-                    return
-                # Explicitly, to count them; ON DELETE CASCADE would take them anyway.
-                tokens = await conn.execute(delete(rt).where(rt.c.session_id.in_(doomed)))
-                sessions = await conn.execute(
-                    delete(ls).where(ls.c.id.in_(doomed), condition))
-            report.counts["refresh_tokens"] += tokens.rowcount
-            report.counts["login_sessions"] += sessions.rowcount
+            if not doomed:
+                return
+            # Explicitly, to count them; ON DELETE CASCADE would take them anyway.
+            tokens = select(rt.c.id).where(rt.c.session_id.in_(doomed)).limit(size)
+            while True:
+                deleted = await self._delete(delete(rt).where(rt.c.id.in_(
+                    tokens.scalar_subquery())))
+                report.counts["refresh_tokens"] += deleted
+                if deleted < size:
+                    break
+            report.counts["login_sessions"] += await self._delete(
+                delete(ls).where(ls.c.id.in_(doomed), condition),
+                then_rest=len(doomed) == size)
             if len(doomed) < size:
                 return
+
+    async def _delete(self, statement: Any, *, then_rest: bool | None = None) -> int:
+        """One DELETE in a transaction of its own, then a rest if ``then_rest``; by default
+        when it deleted a whole batch (so that more is likely to follow)."""
+        started = monotonic()
+        async with self.single.begin() as conn:
+            deleted = int((await conn.execute(statement)).rowcount)
+        if then_rest is None:
+            then_rest = deleted >= self.settings.purge_batch_size
+        if then_rest:
             await self._rest(monotonic() - started)
+        return deleted
 
     async def _delete_batches(self, key: Any, condition: ColumnElement[bool]) -> int:
         """DELETE ... WHERE key IN (SELECT key ... LIMIT n) AND condition, until done. The
@@ -211,14 +232,10 @@ class Purger:
         total = 0
         while True:
             batch = select(key).where(condition).limit(size).scalar_subquery()
-            started = monotonic()
-            async with self.single.begin() as conn:
-                deleted = (await conn.execute(
-                    delete(table).where(key.in_(batch), condition))).rowcount
+            deleted = await self._delete(delete(table).where(key.in_(batch), condition))
             total += deleted
             if deleted < size:
                 return total
-            await self._rest(monotonic() - started)
 
     async def _rest(self, worked_s: float) -> None:
         await sleep(rest_after(worked_s, share=self.share, pause_s=self.pause_s))

@@ -317,10 +317,11 @@ async def test_the_purge_rests_in_proportion_to_each_batch(
     report = await Purger(fresh.engine, fresh.single, settings, fresh.clock).run()
 
     assert report.counts == DEAD
-    # A full batch (one row) is followed by a rest; the batch that comes back short ends
-    # its table. Sessions: 2 full + 1 empty; every other table: its dead rows + 1.
-    full_batches = sum(DEAD[table] for table in TABLES if table != "refresh_tokens")
-    assert rests == [pytest.approx(0.4)] * full_batches
+    # Each statement deletes one row at most; one that deleted its full batch (one row)
+    # is followed by a rest, one that came back short ends its loop. The dead sessions'
+    # refresh tokens too go one per statement (not all of a batch's sessions' at once):
+    # one rest per dead row of every table.
+    assert rests == [pytest.approx(0.4)] * sum(DEAD.values())
     after = await present(fresh)
     for table in TABLES:
         assert not world.dead_ids[table] & after[table]
