@@ -9,10 +9,12 @@ session. On PostgreSQL the common case rotates in one statement in autocommit.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import json
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,13 +34,41 @@ rt = cast(Table, RefreshToken.__table__)
 ls = cast(Table, LoginSession.__table__)
 users = cast(Table, User.__table__)
 
-# 256 bits of entropy (RFC 6749 §10.10 asks for at most 2^-128 guessing odds).
+# A refresh token is 6 bytes of its issue time (Unix milliseconds) and 32 random bytes,
+# 256 bits of entropy (RFC 6749 §10.10 asks for at most 2^-128 guessing odds), in
+# base64url: 51 characters. Tokens issued before this format are 43 random characters.
 REFRESH_TOKEN_BYTES = 32
+_ISSUED_BYTES = 6
+REFRESH_TOKEN_LENGTH = 51
 MAX_REFRESH_TOKEN_LENGTH = 256
 
 
+def new_refresh_token() -> str:
+    issued = (time.time_ns() // 1_000_000).to_bytes(_ISSUED_BYTES, "big")
+    raw = issued + secrets.token_bytes(REFRESH_TOKEN_BYTES)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
 def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8")).digest()
+    """The token's key in ``refresh_tokens.token_hash`` (unique): 32 bytes.
+
+    Of a token in today's format, its issue time and the first 26 bytes (208 bits) of
+    its SHA-256: keys sort by issue time, so a new token's key goes to the right-hand end
+    of the index and a live token's among recent keys, pages that stay in memory. A bare
+    SHA-256, random, put each insert on a random leaf of an index that a long-running
+    deployment cannot keep in memory: a page read, and a full-page image in the WAL after
+    every checkpoint (6-8 KB of WAL per rotation on the scale benchmark's large database,
+    against 1.2 KB on the small one). Of an older token, its whole SHA-256, as it was
+    stored. The time is no secret: the token's holder is told when it was issued anyway.
+    """
+    hashed = hashlib.sha256(token.encode("utf-8")).digest()
+    if len(token) != REFRESH_TOKEN_LENGTH:
+        return hashed
+    try:
+        issued = base64.b64decode(token[:8], altchars=b"-_", validate=True)
+    except ValueError:  # not base64url: no key it could match
+        return hashed
+    return issued + hashed[:32 - _ISSUED_BYTES]
 
 
 @dataclass(frozen=True)
@@ -131,7 +161,7 @@ async def issue_refresh_token(
     idle_ttl: timedelta,
     parent_id: uuid.UUID | None = None,
 ) -> str:
-    token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+    token = new_refresh_token()
     await conn.execute(_INSERT_TOKEN, _token_row(session, token, now=now, idle_ttl=idle_ttl,
                                                  parent_id=parent_id))
     return token
@@ -179,7 +209,7 @@ async def start_session_at_once(
     params["s_amr"] = json.dumps(row["amr"])
     token = None
     if idle_ttl is not None:
-        token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+        token = new_refresh_token()
         params.update({f"t_{name}": value for name, value in _token_row(
             session, token, now=now, idle_ttl=idle_ttl, parent_id=None).items()})
     await fetchrow_autocommit(single, _PG_SIGN_IN[token is not None], params)
@@ -281,7 +311,7 @@ async def rotate(
     params = {"p_token_hash": digest(token), "p_client_id": client_id, "p_now": now}
     if check is None and single is not engine:
         # The common case on PostgreSQL: one statement, no BEGIN/COMMIT round trips.
-        token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+        token = new_refresh_token()
         row = await fetchrow_autocommit(single, _PG_ROTATE, {
             **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid7(),
             "p_new_hash": digest(token),
@@ -305,7 +335,7 @@ async def _rotate_once(
 ) -> Rotation | None:
     """The rotation inside ``conn``'s transaction, or None when the token did not
     qualify (nothing written)."""
-    token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+    token = new_refresh_token()
     if conn.dialect.name == "postgresql":
         row = (await conn.execute(_PG_ROTATE, {
             **params, "p_idle_expires_at": now + idle_ttl, "p_new_id": uuid7(),

@@ -12,6 +12,8 @@ things keep it to a few pages, and these tests hold them:
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -123,6 +125,48 @@ async def test_sessions_and_refresh_tokens_get_time_ordered_ids(engine: AsyncEng
     assert no_parent is None and parent == first_token
     assert first_token.version == successor.version == 7
     assert first_token < successor
+
+
+async def test_refresh_token_keys_follow_issue_time_and_older_tokens_still_rotate(
+    engine: AsyncEngine,
+) -> None:
+    """A token's key in the token_hash index begins with its issue time, so new keys go to
+    the index's right-hand end; a token of the earlier format (43 random characters, its
+    key a bare SHA-256) is still found, rotated, and succeeded by one of today's."""
+    first, token = await sign_in(engine)
+    time.sleep(0.002)
+    _, later = await sign_in(engine)
+    assert len(token) == len(later) == refresh.REFRESH_TOKEN_LENGTH
+    assert refresh.digest(token) < refresh.digest(later)
+    issued_ms = int.from_bytes(refresh.digest(token)[:6])
+    assert abs(issued_ms - time.time_ns() // 1_000_000) < 60_000
+    assert refresh.digest(token)[6:] == hashlib.sha256(token.encode()).digest()[:26]
+
+    old = secrets.token_urlsafe(32)  # as tokens were issued before
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO refresh_tokens (id, token_hash, session_id, issued_at, expires_at)"
+            " VALUES (:id, :h, :s, now(), now() + interval '1 day')"),
+            {"id": uuid.uuid4(), "h": hashlib.sha256(old.encode()).digest(), "s": first.id})
+    assert refresh.digest(old) == hashlib.sha256(old.encode()).digest()
+    rotation = await refresh.rotate(
+        engine, single_statement_engine(engine), token=old, client_id=CLIENT_ID,
+        now=datetime.now(UTC), idle_ttl=TTL, reuse_grace=timedelta(0))
+    assert rotation.outcome is refresh.Outcome.ROTATED
+    assert rotation.refresh_token is not None
+    assert len(rotation.refresh_token) == refresh.REFRESH_TOKEN_LENGTH
+
+
+async def test_a_malformed_token_of_todays_length_is_just_unknown(
+    engine: AsyncEngine,
+) -> None:
+    for junk in ("!" * 51, "é" * 51):  # no issue time to read: the bare digest
+        assert refresh.digest(junk) == hashlib.sha256(junk.encode()).digest()
+    for junk in ("!" * 51, "é" * 51, "A" * 50 + "="):
+        rotation = await refresh.rotate(
+            engine, single_statement_engine(engine), token=junk, client_id=CLIENT_ID,
+            now=datetime.now(UTC), idle_ttl=TTL, reuse_grace=timedelta(0))
+        assert rotation.outcome is refresh.Outcome.INVALID
 
 
 async def test_uuid7_layout() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 import uuid
 
 import bcrypt
@@ -369,8 +368,7 @@ async def test_sign_in_writes_its_session_and_token_together_or_not_at_all(
     first = await login(client, oauth, user)
     # A refresh token that is already stored (a collision 256 random bits never make):
     # its insert fails, and the session inserted with it must not stay behind.
-    colliding = types.SimpleNamespace(token_urlsafe=lambda _size: first["refresh_token"])
-    monkeypatch.setattr(refresh_module, "secrets", colliding)  # this module's, no other
+    monkeypatch.setattr(refresh_module, "new_refresh_token", lambda: first["refresh_token"])
     response = await password_login(client, oauth, user)
     assert response.status_code == 500
     assert first["refresh_token"] not in response.text
