@@ -192,11 +192,14 @@ class Purger:
         condition = dead_sessions(cutoffs)
         size = self.settings.purge_batch_size
         while True:
+            started = monotonic()
             async with self.single.begin() as conn:
                 doomed = list((await conn.execute(
                     select(ls.c.id).where(condition).limit(size))).scalars())
             if not doomed:
                 return
+            # Finding them is work too (a scan that prunes the pages it passes).
+            await self._rest(monotonic() - started)
             # Explicitly, to count them; ON DELETE CASCADE would take them anyway.
             tokens = select(rt.c.id).where(rt.c.session_id.in_(doomed)).limit(size)
             while True:
