@@ -287,22 +287,27 @@ async def _checkout(engine: AsyncEngine) -> Any:
     """A pooled connection that is still open. One the server closed while it waited in
     the pool (a restart, an administrator) is discarded without a round trip, as the
     next one is tried: a restart costs no 503 per dead connection left in the pool."""
-    for _ in range(64):
-        try:
-            pooled = await engine.raw_connection()
-        except SQLAlchemyError:
-            raise  # the pool's own (a checkout timeout)
-        except Exception as exc:
-            # A failed connect arrives as the driver's error, where SQLAlchemy's Connection
-            # would have wrapped it: wrapped the same way, it is an outage (503) like theirs.
-            raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
-                                      hide_parameters=True, dialect=engine.dialect) from exc
+    for _ in range(63):
+        pooled = await _raw_connection(engine)
         driver: Any = pooled.driver_connection
         if not driver.is_closed():
-            break
+            return pooled
         pooled.invalidate()
         await greenlet_spawn(pooled.close)
-    return pooled
+    # Still closed after so many (a new connection never is): the statement says why.
+    return await _raw_connection(engine)
+
+
+async def _raw_connection(engine: AsyncEngine) -> Any:
+    try:
+        return await engine.raw_connection()
+    except SQLAlchemyError:
+        raise  # the pool's own (a checkout timeout)
+    except Exception as exc:
+        # A failed connect arrives as the driver's error, where SQLAlchemy's Connection
+        # would have wrapped it: wrapped the same way, it is an outage (503) like theirs.
+        raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
+                                  hide_parameters=True, dialect=engine.dialect) from exc
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
