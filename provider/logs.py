@@ -68,7 +68,11 @@ _second: list[Any] = [None, ""]  # the last second formatted, and its text
 
 class AccessRecord(logging.LogRecord):
     """The access line's record, made without LogRecord's per-record work (caller, thread
-    and process names), which on the token path cost more than formatting the line."""
+    and process names), which on the token path cost more than formatting the line.
+
+    It holds the request's values as they were when the answer completed; the message
+    and the fields are made from them only when the line is formatted, which
+    AccessLineHandler does in batches, off the request's way."""
 
     # What formatters may ask of a record and an access line does not know.
     pathname = filename = module = funcName = ""
@@ -76,16 +80,54 @@ class AccessRecord(logging.LogRecord):
     exc_info = exc_text = stack_info = None
     thread = threadName = process = processName = taskName = None
     relativeCreated = 0.0
+    name = ACCESS_LOGGER
+    levelno = logging.INFO
+    levelname = "INFO"
+    args = None
 
-    def __init__(self, message: str, fields: dict[str, Any]) -> None:
-        self.name = ACCESS_LOGGER
-        self.levelno = logging.INFO
-        self.levelname = "INFO"
-        self.msg = message
-        self.args = None
-        self.created = time.time()
-        self.msecs = (self.created % 1) * 1000
-        self.fields = fields
+    def __init__(self, method: str, route: str, status: int, duration_s: float,
+                 client_address: str, client_id: str | None, user_id: str | None,
+                 request_id: str) -> None:
+        self.created = created = time.time()
+        self.msecs = (created % 1) * 1000
+        self.values = (method, route, status, duration_s, client_address, client_id,
+                       user_id, request_id)
+        self._msg: str | None = None
+        self._fields: dict[str, Any] | None = None
+
+    # msg and fields are made when first asked for (by the formatter, in the batch);
+    # either may be replaced, as logging's own handlers may do to a record's msg.
+    @property
+    def msg(self) -> str:
+        if self._msg is None:
+            method, route, status = self.values[:3]
+            self._msg = f"{method} {route} {status}"
+        return self._msg
+
+    @msg.setter
+    def msg(self, value: str) -> None:
+        self._msg = value
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        if self._fields is None:
+            (method, route, status, duration_s, address, client_id, user_id,
+             request_id) = self.values
+            self._fields = {
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(duration_s * 1000, 3),
+                "client_address": address,
+                "client_id": client_id,
+                "user_id": user_id,
+                "request_id": request_id,
+            }
+        return self._fields
+
+    @fields.setter
+    def fields(self, value: dict[str, Any]) -> None:
+        self._fields = value
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -165,11 +207,15 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     access line's record directly (``access_writer``), past logging's per-record route
     (logger, hierarchy, filters, handler lock and emit), which cost as much as the line.
 
-    Lines are written in batches: at most ``FLUSH_S`` after the first of a batch (a timer
-    on the running event loop), at once when ``MAX_LINES`` wait, and at exit (logging's
-    shutdown flushes every handler). A write per line was the largest single cost of an
-    access line; what a crash can lose is the last ``FLUSH_S`` of access lines (README,
-    "Logs"). A record that arrives through logging takes the same way.
+    Lines are formatted and written in batches: at most ``FLUSH_S`` after the first of a
+    batch (a timer on the running event loop), at once when ``MAX_LINES`` wait, and at
+    exit (logging's shutdown flushes every handler). A request only leaves its record
+    (``AccessRecord``, plain values): formatted one by one between requests, the line
+    cost a third of the JWKS answer's CPU; a batch formats its lines in one go
+    (bench/README.md, "The access line, formatted in batches"). A write per line was the
+    largest single cost before that. What a crash can lose is the last ``FLUSH_S`` of
+    access lines (README, "Logs"). A record that arrives through logging takes the same
+    way, formatted when it arrives.
     """
 
     FLUSH_S = 0.05
@@ -177,10 +223,13 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
-        self._lines: list[str] = []
+        self._lines: list[str | AccessRecord] = []
 
     def write(self, record: logging.LogRecord) -> None:
-        line = self.format(record)
+        # An access record's values are fixed: it is formatted with its batch. Any other
+        # record now, while what its message refers to is as it was.
+        line: str | AccessRecord = record if type(record) is AccessRecord \
+            else self.format(record)
         with self.lock:  # type: ignore[union-attr]
             # Under the lock that flush() swaps the batch under: a line appended by one
             # thread while another writes the batch out is never lost.
@@ -202,12 +251,22 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            lines, self._lines = self._lines, []
-            if lines and self.stream is not None:
+            batch, self._lines = self._lines, []
+            if batch and self.stream is not None:
+                lines = [self._format(item) for item in batch]
                 lines.append("")
                 self.stream.write(self.terminator.join(lines))
             if self.stream is not None and hasattr(self.stream, "flush"):
                 self.stream.flush()
+
+    def _format(self, item: str | AccessRecord) -> str:
+        if type(item) is str:
+            return item
+        try:
+            return self.format(item)  # type: ignore[arg-type]
+        except Exception:
+            self.handleError(item)  # type: ignore[arg-type]
+            return ""
 
 
 def flush_access_lines() -> None:

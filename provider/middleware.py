@@ -227,18 +227,11 @@ class EdgeMiddleware:
         method: str = scope["method"]
         observe_request(route, method, status, duration)
         if access_log.isEnabledFor(logging.INFO):
-            record = AccessRecord(f"{method} {route} {status}", {
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(duration * 1000, 3),
-                "client_address": (client_address(Request(scope), self.settings)
-                                   if self.settings.trusted_proxies
-                                   else _peer(scope)),
-                "client_id": context.client_id,
-                "user_id": context.user_id,
-                "request_id": context.request_id,
-            })
+            record = AccessRecord(
+                method, route, status, duration,
+                (client_address(Request(scope), self.settings) if self.settings.trusted_proxies
+                 else _peer(scope)),
+                context.client_id, context.user_id, context.request_id)
             write = access_writer(access_log)
             if write is not None:
                 write(record)

@@ -3,8 +3,12 @@ cannot mint, and the database-unavailable count (real refused connections)."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
+import logging.handlers
+import queue
 import socket
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from pydantic import ValidationError
 
 from provider.app import create_app
-from provider.logs import JsonFormatter, RequestContext, TextFormatter, close_request, open_request
+from provider.logs import (
+    AccessLineHandler,
+    AccessRecord,
+    JsonFormatter,
+    RequestContext,
+    TextFormatter,
+    close_request,
+    open_request,
+)
 from provider.metrics import REQUEST_DURATION, observe_request, sync
 from provider.settings import Settings
 from tests.conftest import make_settings
@@ -61,6 +73,91 @@ def test_application_lines_carry_the_request_id_in_both_formats() -> None:
         "request_id": "req-1"}
     assert as_text.endswith("ERROR provider.accounts: mail not sent request_id=req-1")
     assert "request_id" not in json.loads(JsonFormatter().format(_record("outside")))
+
+
+def _access(request_id: str = "rid-1", client_id: str | None = "cl_1") -> AccessRecord:
+    return AccessRecord("POST", "/oauth/token", 200, 0.0012345, "192.0.2.7", client_id, None,
+                        request_id)
+
+
+def test_access_lines_are_formatted_with_their_batch_other_lines_when_logged() -> None:
+    stream = io.StringIO()
+    handler = AccessLineHandler(stream)
+    formatted: list[str] = []
+
+    class Recording(TextFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            formatted.append(record.getMessage())
+            return super().format(record)
+
+    handler.setFormatter(Recording())
+    state = ["before"]
+
+    async def requests() -> None:
+        handler.write(_access())
+        handler.write(logging.LogRecord("provider.accounts", logging.INFO, __file__, 1,
+                                        "state %s", (state,), None))
+        state[0] = "after"
+        # The access line waits for its batch; the other line was formatted as logged.
+        assert formatted == ["state ['before']"]
+        assert stream.getvalue() == ""
+        handler.flush()
+
+    asyncio.run(requests())
+    assert formatted == ["state ['before']", "POST /oauth/token 200"]
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith(" INFO provider.access: POST /oauth/token 200 method=POST "
+                          "route=/oauth/token status=200 duration_ms=1.234 "
+                          "client_address=192.0.2.7 client_id=cl_1 request_id=rid-1")
+    assert second.endswith(" INFO provider.accounts: state ['before']")
+
+
+def test_an_access_line_has_every_field_in_json_nulls_included() -> None:
+    record = _access(client_id=None)
+    line = json.loads(JsonFormatter().format(record))
+    assert line == {"time": line["time"], "level": "info", "logger": "provider.access",
+                    "message": "POST /oauth/token 200", "method": "POST",
+                    "route": "/oauth/token", "status": 200, "duration_ms": 1.234,
+                    "client_address": "192.0.2.7", "client_id": None, "user_id": None,
+                    "request_id": "rid-1"}
+    assert line["time"].endswith("Z") and len(line["time"]) == len("2026-01-01T00:00:00.000Z")
+
+
+def test_a_batch_line_that_fails_to_format_loses_only_itself() -> None:
+    stream = io.StringIO()
+    handler = AccessLineHandler(stream)
+    failed: list[logging.LogRecord] = []
+
+    class Failing(TextFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            if record.getMessage().startswith("POST") and \
+                    getattr(record, "values", ())[-1:] == ("bad",):
+                raise ValueError("cannot format")
+            return super().format(record)
+
+    handler.setFormatter(Failing())
+    handler.handleError = failed.append  # type: ignore[assignment]
+
+    async def requests() -> None:
+        for request_id in ("rid-1", "bad", "rid-3"):
+            handler.write(_access(request_id))
+        handler.flush()
+
+    asyncio.run(requests())
+    assert [r.values[-1] for r in failed] == ["bad"]  # type: ignore[attr-defined]
+    lines = stream.getvalue().splitlines()
+    assert [line.rsplit("request_id=", 1)[1] for line in lines if line] == ["rid-1", "rid-3"]
+
+
+def test_logging_own_handlers_may_rewrite_an_access_record() -> None:
+    # QueueHandler.prepare() replaces a record's msg and args, as other handlers may.
+    handler = logging.handlers.QueueHandler(queue.Queue())
+    handler.setFormatter(TextFormatter())
+    prepared = handler.prepare(_access())
+    assert prepared.msg.endswith("POST /oauth/token 200 method=POST route=/oauth/token "
+                                 "status=200 duration_ms=1.234 client_address=192.0.2.7 "
+                                 "client_id=cl_1 request_id=rid-1")
+    assert prepared.getMessage() == prepared.msg
 
 
 def test_a_client_cannot_mint_method_labels() -> None:
