@@ -105,8 +105,10 @@ class EdgeMiddleware:
         # Resource servers may cache the JWKS this long (PROVIDER_JWKS_MAX_AGE): a new key
         # is published at least that long before it signs (provider.keys).
         max_age = int(settings.jwks_max_age.total_seconds())
+        # Its own caching, so none of no-store; the API's security headers after it.
         self.jwks_headers = ((b"content-type", b"application/json"),
-                             (b"cache-control", f"public, max-age={max_age}".encode()))
+                             (b"cache-control", f"public, max-age={max_age}".encode()),
+                             *self.api_headers)
         # CORS lives inside this layer: with it configured, every answer goes through it.
         self.fast_paths = not settings.cors_origins
 
@@ -168,13 +170,18 @@ class EdgeMiddleware:
                 await self._limited(scope, receive, send_wrapped, _token)
             elif path == JWKS_PATH and method == "GET" and self.fast_paths:
                 # The most requested document, pre-serialised: answered here, without the
-                # router and the endpoint's request/response machinery around it.
+                # router and the endpoint's request/response machinery around it, with
+                # the headers send_wrapped would give it, put together once.
                 scope["endpoint"] = jwks
                 body = scope["app"].state.services.keys.jwks_json()
-                await send_wrapped({"type": "http.response.start", "status": 200,
-                                    "headers": [*self.jwks_headers,
-                                                (b"content-length", str(len(body)).encode())]})
-                await send_wrapped({"type": "http.response.body", "body": body})
+                status = 200
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [*self.jwks_headers,
+                                        (b"content-length", str(len(body)).encode()),
+                                        request_id_header]})
+                await send({"type": "http.response.body", "body": body})
+                logged = True
+                self._finish(scope, context, 200, started)
             elif method in ("GET", "HEAD"):  # no body to limit: the cheap path
                 await self.app(scope, receive, send_wrapped)
             else:
