@@ -129,6 +129,45 @@ class AccessRecord(logging.LogRecord):
     def fields(self, value: dict[str, Any]) -> None:
         self._fields = value
 
+    @property
+    def is_pristine(self) -> bool:
+        """Neither its message nor its fields were replaced: the lines below are its."""
+        return self._msg is None and self._fields is None
+
+    def json_line(self, time_text: str) -> str:
+        """The line JsonFormatter makes of it, written out: what its encoder does with the
+        entry (same keys, order, separators and escaping), at a third of the cost."""
+        method, route, status, duration_s, address, client_id, user_id, request_id = \
+            self.values
+        return (f'{{"time": "{time_text}", "level": "info", "logger": "{ACCESS_LOGGER}", '
+                f'"message": {_json_str(f"{method} {route} {status}")}, '
+                f'"method": {_json_str(method)}, "route": {_json_str(route)}, '
+                f'"status": {int(status)}, '
+                f'"duration_ms": {float(round(duration_s * 1000, 3))!r}, '
+                f'"client_address": {_json_str(address)}, '
+                f'"client_id": {_json_str_or_null(client_id)}, '
+                f'"user_id": {_json_str_or_null(user_id)}, '
+                f'"request_id": {_json_str(request_id)}}}')
+
+    def text_line(self, time_text: str) -> str:
+        """The line TextFormatter makes of it, written out (None fields left out)."""
+        method, route, status, duration_s, address, client_id, user_id, request_id = \
+            self.values
+        return (f"{time_text} INFO {ACCESS_LOGGER}: {method} {route} {status} "
+                f"method={method} route={route} status={status} "
+                f"duration_ms={round(duration_s * 1000, 3)} client_address={address}"
+                f"{'' if client_id is None else f' client_id={client_id}'}"
+                f"{'' if user_id is None else f' user_id={user_id}'}"
+                f" request_id={request_id}")
+
+
+# The JSON encoder's own string escaping (C), as JSONEncoder(ensure_ascii=False) uses it.
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _json_str_or_null(value: str | None) -> str:
+    return "null" if value is None else _json_str(value)
+
 
 def _timestamp(record: logging.LogRecord) -> str:
     """ISO 8601 in UTC with milliseconds; the seconds' text is reused within a second."""
@@ -153,6 +192,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the request's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if type(record) is AccessRecord and record.is_pristine:
+            return record.json_line(_timestamp(record))
         entry: dict[str, Any] = {
             "time": _timestamp(record),
             "level": record.levelname.lower(),
@@ -187,6 +228,8 @@ class TextFormatter(logging.Formatter):
         return f"{cached[1]},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
+        if type(record) is AccessRecord and record.is_pristine:
+            return record.text_line(self.formatTime(record))
         line = (f"{self.formatTime(record)} {record.levelname} {record.name}: "
                 f"{record.getMessage()}")
         extra = " ".join([f"{k}={v}" for k, v in _fields(record).items() if v is not None])

@@ -123,6 +123,28 @@ def test_an_access_line_has_every_field_in_json_nulls_included() -> None:
     assert line["time"].endswith("Z") and len(line["time"]) == len("2026-01-01T00:00:00.000Z")
 
 
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()],
+                         ids=["json", "text"])
+def test_an_access_line_written_out_is_the_formatters_own(formatter: logging.Formatter) -> None:
+    # The formatters write access lines out directly; the generic way (taken by a record
+    # whose fields were replaced, here by themselves) must give the same text.
+    odd = 'a "quoted" \\ back\nslash, é, \x01, \u2028'
+    records = [
+        _access(),
+        _access(client_id=None),
+        AccessRecord("GET", "<unmatched>", 404, 0.0, "unknown", None, "4f1c-user", "rid"),
+        AccessRecord("OTHER", odd, 503, 12.3456789, odd, odd, odd, odd),
+        AccessRecord("POST", "/oauth/token", 200, 1e-7, "2001:db8::1", "cl_x", None, "r"),
+    ]
+    for record in records:
+        written_out = formatter.format(record)
+        assert record.is_pristine
+        record.fields = record.fields
+        assert formatter.format(record) == written_out
+        if isinstance(formatter, JsonFormatter):
+            assert json.loads(written_out)["route"] == record.values[1]
+
+
 def test_a_batch_line_that_fails_to_format_loses_only_itself() -> None:
     stream = io.StringIO()
     handler = AccessLineHandler(stream)
