@@ -132,6 +132,9 @@ class EdgeMiddleware:
         started = perf_counter()
         context = RequestContext(self._request_id(scope))
         path: str = scope["path"]
+        if path == JWKS_PATH and self.fast_paths and scope["method"] == "GET":
+            await self._jwks(scope, send, context, started)
+            return
         is_docs = path in DOCS_PAGES or path.startswith(DOCS_PREFIX)
         extra = (self.docs_headers if is_docs else
                  self.page_headers if path in WEB_PAGES else self.api_headers)
@@ -168,20 +171,6 @@ class EdgeMiddleware:
             method = scope["method"]
             if path == TOKEN_PATH and method == "POST" and self.fast_paths:
                 await self._limited(scope, receive, send_wrapped, _token)
-            elif path == JWKS_PATH and method == "GET" and self.fast_paths:
-                # The most requested document, pre-serialised: answered here, without the
-                # router and the endpoint's request/response machinery around it, with
-                # the headers send_wrapped would give it, put together once.
-                scope["endpoint"] = jwks
-                body = scope["app"].state.services.keys.jwks_json()
-                status = 200
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [*self.jwks_headers,
-                                        (b"content-length", str(len(body)).encode()),
-                                        request_id_header]})
-                await send({"type": "http.response.body", "body": body})
-                logged = True
-                self._finish(scope, context, 200, started)
             elif method in ("GET", "HEAD"):  # no body to limit: the cheap path
                 await self.app(scope, receive, send_wrapped)
             else:
@@ -195,6 +184,25 @@ class EdgeMiddleware:
         if not logged:
             self._finish(scope, context, status, started)
         close_request(token)
+
+    async def _jwks(self, scope: Scope, send: Send, context: RequestContext,
+                    started: float) -> None:
+        """``GET /.well-known/jwks.json``, the most requested document, pre-serialised:
+        answered here, without the router and the endpoint's request/response machinery,
+        with the headers send_wrapped would give it, put together once. Nothing is logged
+        while it is answered, so the request's context is not opened either."""
+        scope["endpoint"] = jwks
+        try:
+            body = scope["app"].state.services.keys.jwks_json()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [*self.jwks_headers,
+                                    (b"content-length", str(len(body)).encode()),
+                                    (b"x-request-id", context.request_id.encode())]})
+            await send({"type": "http.response.body", "body": body})
+        except BaseException:
+            self._finish(scope, context, 500, started)
+            raise
+        self._finish(scope, context, 200, started)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send,
                        app: ASGIApp | None = None) -> None:
