@@ -70,9 +70,11 @@ class AccessRecord(logging.LogRecord):
     """The access line's record, made without LogRecord's per-record work (caller, thread
     and process names), which on the token path cost more than formatting the line.
 
-    It holds the request's values as they were when the answer completed; the message
-    and the fields are made from them only when the line is formatted, which
-    AccessLineHandler does in batches, off the request's way."""
+    It holds the request's values as they were when the answer completed (of the types
+    the middleware gives them); ``msg`` and ``fields`` are made from them when first
+    asked for, which our formatters do in the batch, off the request's way, and only for
+    a record that takes logging's usual way (``materialize``).
+    """
 
     # What formatters may ask of a record and an access line does not know.
     pathname = filename = module = funcName = ""
@@ -92,28 +94,17 @@ class AccessRecord(logging.LogRecord):
         self.msecs = (created % 1) * 1000
         self.values = (method, route, status, duration_s, client_address, client_id,
                        user_id, request_id)
-        self._msg: str | None = None
-        self._fields: dict[str, Any] | None = None
 
-    # msg and fields are made when first asked for (by the formatter, in the batch);
-    # either may be replaced, as logging's own handlers may do to a record's msg.
-    @property
-    def msg(self) -> str:
-        if self._msg is None:
+    def __getattr__(self, name: str) -> Any:
+        # Only for what the instance does not hold yet: msg and fields, made once and
+        # kept (so they may be replaced, as logging's own handlers do to msg).
+        if name == "msg":
             method, route, status = self.values[:3]
-            self._msg = f"{method} {route} {status}"
-        return self._msg
-
-    @msg.setter
-    def msg(self, value: str) -> None:
-        self._msg = value
-
-    @property
-    def fields(self) -> dict[str, Any]:
-        if self._fields is None:
+            value: Any = f"{method} {route} {status}"
+        elif name == "fields":
             (method, route, status, duration_s, address, client_id, user_id,
              request_id) = self.values
-            self._fields = {
+            value = {
                 "method": method,
                 "route": route,
                 "status": status,
@@ -123,16 +114,25 @@ class AccessRecord(logging.LogRecord):
                 "user_id": user_id,
                 "request_id": request_id,
             }
-        return self._fields
-
-    @fields.setter
-    def fields(self, value: dict[str, Any]) -> None:
-        self._fields = value
+        else:
+            raise AttributeError(name)
+        self.__dict__[name] = value
+        return value
 
     @property
     def is_pristine(self) -> bool:
-        """Neither its message nor its fields were replaced: the lines below are its."""
-        return self._msg is None and self._fields is None
+        """Neither msg nor fields was asked for or replaced: the lines below are its."""
+        held = self.__dict__
+        return "msg" not in held and "fields" not in held
+
+    def materialize(self) -> AccessRecord:
+        """Every attribute in the record's own ``__dict__``, as a LogRecord has them, for
+        logging's usual way: %-style formats, SocketHandler and the like read it."""
+        held = self.__dict__
+        for name in _RECORD_ATTRIBUTES:
+            if name not in held:
+                held[name] = getattr(self, name)
+        return self
 
     def json_line(self, time_text: str) -> str:
         """The line JsonFormatter makes of it, written out: what its encoder does with the
@@ -160,6 +160,11 @@ class AccessRecord(logging.LogRecord):
                 f"{'' if user_id is None else f' user_id={user_id}'}"
                 f" request_id={request_id}")
 
+
+_RECORD_ATTRIBUTES = ("name", "msg", "args", "levelname", "levelno", "pathname", "filename",
+                      "module", "exc_info", "exc_text", "stack_info", "lineno", "funcName",
+                      "relativeCreated", "thread", "threadName", "processName", "process",
+                      "taskName", "fields")
 
 # The JSON encoder's own string escaping (C), as JSONEncoder(ensure_ascii=False) uses it.
 _json_str: Callable[[str], str] = json.encoder.encode_basestring
@@ -257,8 +262,8 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     cost a third of the JWKS answer's CPU; a batch formats its lines in one go
     (bench/README.md, "The access line, formatted in batches"). A write per line was the
     largest single cost before that. What a crash can lose is the last ``FLUSH_S`` of
-    access lines (README, "Logs"). A record that arrives through logging takes the same
-    way, formatted when it arrives.
+    access lines (README, "Logs"). A record that arrives through logging (``emit``) is
+    formatted when it arrives, and joins the same batch.
     """
 
     FLUSH_S = 0.05
@@ -269,10 +274,21 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: list[str | AccessRecord] = []
 
     def write(self, record: logging.LogRecord) -> None:
-        # An access record's values are fixed: it is formatted with its batch. Any other
-        # record now, while what its message refers to is as it was.
-        line: str | AccessRecord = record if type(record) is AccessRecord \
-            else self.format(record)
+        """A record from the middleware (``access_writer``): an access record waits for
+        its batch unformatted (its values are fixed), anything else is formatted now."""
+        self._append(record if type(record) is AccessRecord else self.format(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Through logging, other handlers and filters may see (and change) the record
+        # after this one: formatted now, as it is.
+        try:
+            if type(record) is AccessRecord:
+                record.materialize()
+            self._append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def _append(self, line: str | AccessRecord) -> None:
         with self.lock:  # type: ignore[union-attr]
             # Under the lock that flush() swaps the batch under: a line appended by one
             # thread while another writes the batch out is never lost.
@@ -286,12 +302,6 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         elif waiting >= self.MAX_LINES:
             self.flush()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.write(record)
-        except Exception:
-            self.handleError(record)
-
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             batch, self._lines = self._lines, []
@@ -303,12 +313,14 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.flush()
 
     def _format(self, item: str | AccessRecord) -> str:
-        if type(item) is str:
+        if isinstance(item, str):
             return item
         try:
-            return self.format(item)  # type: ignore[arg-type]
+            if type(self.formatter) not in (TextFormatter, JsonFormatter):
+                item.materialize()  # another formatter may read the record's __dict__
+            return self.format(item)
         except Exception:
-            self.handleError(item)  # type: ignore[arg-type]
+            self.handleError(item)
             return ""
 
 

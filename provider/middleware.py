@@ -189,18 +189,22 @@ class EdgeMiddleware:
                     started: float) -> None:
         """``GET /.well-known/jwks.json``, the most requested document, pre-serialised:
         answered here, without the router and the endpoint's request/response machinery,
-        with the headers send_wrapped would give it, put together once. Nothing is logged
-        while it is answered, so the request's context is not opened either."""
+        with the headers send_wrapped would give it, put together once. Nothing logs while
+        it is answered, so the request's logging context is opened only if it fails."""
         scope["endpoint"] = jwks
+        status = 500
         try:
             body = scope["app"].state.services.keys.jwks_json()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [*self.jwks_headers,
                                     (b"content-length", str(len(body)).encode()),
                                     (b"x-request-id", context.request_id.encode())]})
+            status = 200
             await send({"type": "http.response.body", "body": body})
         except BaseException:
-            self._finish(scope, context, 500, started)
+            self._finish(scope, context, status, started)
+            # As on the other paths: the server's line about this error carries the id.
+            open_request(context)
             raise
         self._finish(scope, context, 200, started)
 
@@ -251,7 +255,7 @@ class EdgeMiddleware:
             if write is not None:
                 write(record)
             else:
-                access_log.handle(record)
+                access_log.handle(record.materialize())
 
 
 async def _token(scope: Scope, receive: Receive, send: Send) -> None:

@@ -87,7 +87,9 @@ def test_access_lines_are_formatted_with_their_batch_other_lines_when_logged() -
 
     class Recording(TextFormatter):
         def format(self, record: logging.LogRecord) -> str:
-            formatted.append(record.getMessage())
+            # Without asking an access record for its msg: it is written out (text_line).
+            formatted.append(f"access {record.values[-1]}" if type(record) is AccessRecord
+                             else record.getMessage())
             return super().format(record)
 
     handler.setFormatter(Recording())
@@ -104,7 +106,7 @@ def test_access_lines_are_formatted_with_their_batch_other_lines_when_logged() -
         handler.flush()
 
     asyncio.run(requests())
-    assert formatted == ["state ['before']", "POST /oauth/token 200"]
+    assert formatted == ["state ['before']", "access rid-1"]
     first, second = stream.getvalue().splitlines()
     assert first.endswith(" INFO provider.access: POST /oauth/token 200 method=POST "
                           "route=/oauth/token status=200 duration_ms=1.234 "
@@ -169,6 +171,46 @@ def test_a_batch_line_that_fails_to_format_loses_only_itself() -> None:
     assert [r.values[-1] for r in failed] == ["bad"]  # type: ignore[attr-defined]
     lines = stream.getvalue().splitlines()
     assert [line.rsplit("request_id=", 1)[1] for line in lines if line] == ["rid-1", "rid-3"]
+
+
+def test_an_access_record_taking_loggings_usual_way_has_what_a_log_record_has() -> None:
+    # %-style formats and SocketHandler/makeLogRecord read the record's __dict__.
+    record = _access().materialize()
+    plain = logging.Formatter("%(levelname)s %(name)s %(msg)s: %(message)s (%(lineno)d)")
+    assert plain.format(record) == ("INFO provider.access POST /oauth/token 200: "
+                                    "POST /oauth/token 200 (0)")
+    rebuilt = logging.makeLogRecord(dict(record.__dict__))
+    assert (rebuilt.name, rebuilt.levelno, rebuilt.getMessage()) == (
+        "provider.access", logging.INFO, "POST /oauth/token 200")
+    assert rebuilt.fields["request_id"] == "rid-1"  # type: ignore[attr-defined]
+    # The handler of `provider serve` given another formatter by a user's logging set-up.
+    stream = io.StringIO()
+    handler = AccessLineHandler(stream)
+    handler.setFormatter(plain)
+
+    async def request() -> None:
+        handler.write(_access())
+        handler.flush()
+
+    asyncio.run(request())
+    assert stream.getvalue() == ("INFO provider.access POST /oauth/token 200: "
+                                 "POST /oauth/token 200 (0)\n")
+
+
+def test_an_access_record_through_logging_is_formatted_as_it_arrives() -> None:
+    stream = io.StringIO()
+    handler = AccessLineHandler(stream)
+    handler.setFormatter(TextFormatter())
+    record = _access()
+
+    async def request() -> None:
+        handler.handle(record)  # logging's way (emit), not the middleware's
+        record.msg = "changed by a later handler"
+        handler.flush()
+
+    asyncio.run(request())
+    assert " INFO provider.access: POST /oauth/token 200 method=POST" in stream.getvalue()
+    assert "changed" not in stream.getvalue()
 
 
 def test_logging_own_handlers_may_rewrite_an_access_record() -> None:
