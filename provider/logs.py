@@ -306,13 +306,15 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             batch, self._lines = self._lines, []
             if batch and self.stream is not None:
-                lines = [self._format(item) for item in batch]
+                lines = [line for line in map(self._format, batch) if line is not None]
                 lines.append("")
                 self.stream.write(self.terminator.join(lines))
             if self.stream is not None and hasattr(self.stream, "flush"):
                 self.stream.flush()
 
-    def _format(self, item: str | AccessRecord) -> str:
+    def _format(self, item: str | AccessRecord) -> str | None:
+        """The item's line; None for a record that could not be formatted (reported
+        through handleError, as logging reports a failed emit: not silently)."""
         if isinstance(item, str):
             return item
         try:
@@ -321,7 +323,7 @@ class AccessLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return self.format(item)
         except Exception:
             self.handleError(item)
-            return ""
+            return None
 
 
 def flush_access_lines() -> None:

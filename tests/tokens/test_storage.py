@@ -13,17 +13,20 @@ things keep it to a few pages, and these tests hold them:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from provider import db as db_module
 from provider.db import create_engine, single_statement_engine, uuid7
 from provider.tokens import refresh
 from provider.tokens.models import RefreshToken
@@ -105,9 +108,14 @@ async def test_a_rotation_keeps_the_consumed_token_on_its_page(engine: AsyncEngi
         assert await block_of(engine, token) == 0
 
 
-async def test_sessions_and_refresh_tokens_get_time_ordered_ids(engine: AsyncEngine) -> None:
+async def test_sessions_and_refresh_tokens_get_time_ordered_ids(
+        engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each id a millisecond after the last, by the id maker's own clock (the machine's
+    # may stand still or step between two sign-ins).
+    ticks = itertools.count(time.time_ns() // 1_000_000)
+    monkeypatch.setattr(db_module, "time", SimpleNamespace(
+        time_ns=lambda: next(ticks) * 1_000_000))
     first, token = await sign_in(engine)
-    time.sleep(0.002)  # a later millisecond
     second, _ = await sign_in(engine)
     rotation = await refresh.rotate(
         engine, single_statement_engine(engine), token=token, client_id=CLIENT_ID,
@@ -128,18 +136,23 @@ async def test_sessions_and_refresh_tokens_get_time_ordered_ids(engine: AsyncEng
 
 
 async def test_refresh_token_keys_follow_issue_time_and_older_tokens_still_rotate(
-    engine: AsyncEngine,
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A token's key in the token_hash index begins with its issue time, so new keys go to
     the index's right-hand end; a token of the earlier format (43 random characters, its
     key a bare SHA-256) is still found, rotated, and succeeded by one of today's."""
     first, token = await sign_in(engine)
-    time.sleep(0.002)
-    _, later = await sign_in(engine)
-    assert len(token) == len(later) == refresh.REFRESH_TOKEN_LENGTH
-    assert refresh.digest(token) < refresh.digest(later)
     issued_ms = int.from_bytes(refresh.digest(token)[:6])
     assert abs(issued_ms - time.time_ns() // 1_000_000) < 60_000
+    # The next one issued 5 ms later by the token module's clock (not the machine's,
+    # which may stand still or step between two sign-ins).
+    later_ns = (issued_ms + 5) * 1_000_000
+    monkeypatch.setattr(refresh, "time", SimpleNamespace(time_ns=lambda: later_ns))
+    _, later = await sign_in(engine)
+    monkeypatch.undo()
+    assert len(token) == len(later) == refresh.REFRESH_TOKEN_LENGTH
+    assert int.from_bytes(refresh.digest(later)[:6]) == issued_ms + 5
+    assert refresh.digest(token) < refresh.digest(later)
     assert refresh.digest(token)[6:] == hashlib.sha256(token.encode()).digest()[:26]
 
     old = secrets.token_urlsafe(32)  # as tokens were issued before
