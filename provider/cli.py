@@ -166,6 +166,7 @@ def serve(
     """Serve the HTTP API with uvicorn."""
     import uvicorn
 
+    from provider import wire
     from provider.logs import logging_config
 
     current = settings()
@@ -190,7 +191,7 @@ def serve(
     with workers_skip_main(), metrics_directory():
         uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
                     workers=workers, access_log=False, proxy_headers=False,
-                    server_header=False,
+                    server_header=False, http=wire.PROTOCOL,
                     log_config=logging_config(current.effective_log_format),
                     # uvicorn kills a worker that has not answered its supervisor within
                     # this (5 s by default): on a busy host, start-up alone can take
