@@ -91,7 +91,16 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
 
 
 def sync() -> None:
-    """Hand the requests counted since the last sync to prometheus_client."""
+    """Hand the requests and token responses counted since the last sync to
+    prometheus_client."""
+    if _issued_pending:
+        issued = list(_issued_pending.items())
+        _issued_pending.clear()
+        for grant_type, count in issued:
+            child = _issued.get(grant_type)
+            if child is None:
+                child = _issued[grant_type] = TOKENS_ISSUED.labels(grant_type)
+            child.inc(count)
     if not _pending:
         return
     pending = list(_pending.items())
@@ -121,14 +130,13 @@ async def sync_periodically(interval_s: float = SYNC_INTERVAL_S) -> None:
 
 
 _issued: dict[str, Counter] = {}
+_issued_pending: dict[str, int] = {}
 
 
 def count_tokens_issued(grant_type: str) -> None:
-    """One token response of a registered grant type (the child is looked up once)."""
-    child = _issued.get(grant_type)
-    if child is None:
-        child = _issued[grant_type] = TOKENS_ISSUED.labels(grant_type)
-    child.inc()
+    """One token response of a registered grant type, counted like a request: here, and
+    published by ``sync()``."""
+    _issued_pending[grant_type] = _issued_pending.get(grant_type, 0) + 1
 
 
 def render() -> bytes:

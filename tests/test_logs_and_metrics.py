@@ -28,7 +28,7 @@ from provider.logs import (
     close_request,
     open_request,
 )
-from provider.metrics import REQUEST_DURATION, observe_request, sync
+from provider.metrics import REQUEST_DURATION, count_tokens_issued, observe_request, sync
 from provider.settings import Settings
 from tests.conftest import make_settings
 
@@ -260,6 +260,18 @@ def test_batched_requests_publish_what_observe_would() -> None:
     assert ours == theirs and len(ours) == len(REQUEST_DURATION._upper_bounds) + 2
     sync()  # nothing pending: nothing counted twice
     assert REGISTRY.get_sample_value("provider_http_requests_total", labels) == len(durations)
+
+
+def test_token_responses_are_counted_at_the_sync() -> None:
+    labels = {"grant_type": "test_grant"}
+    before = REGISTRY.get_sample_value("provider_tokens_issued_total", labels) or 0.0
+    for _ in range(3):
+        count_tokens_issued("test_grant")
+    assert (REGISTRY.get_sample_value("provider_tokens_issued_total", labels) or 0.0) == before
+    sync()
+    assert REGISTRY.get_sample_value("provider_tokens_issued_total", labels) == before + 3
+    sync()  # nothing pending: nothing counted twice
+    assert REGISTRY.get_sample_value("provider_tokens_issued_total", labels) == before + 3
 
 
 async def test_database_unavailable_answers_are_counted(settings_keys: tuple[str, Path]) -> None:
