@@ -44,17 +44,28 @@ def machine_busy() -> tuple[float, float]:
     return (sum(fields[:8]) - idle) / ticks, sum(fields[:8]) / ticks
 
 
+def source_tree(path: str) -> str:
+    """An absolute tree holding the provider package: anything else would silently
+    import the installed one, and the A/B would measure one tree twice."""
+    tree_path = Path(path).resolve()
+    if not (tree_path / "provider" / "__init__.py").is_file():
+        raise SystemExit(f"{path}: no provider package there")
+    return str(tree_path)
+
+
 def serve(tree_path: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
     venv = Path(sys.executable).parent
-    process = subprocess.Popen(
-        ["timeout", "--kill-after=10", "600", str(venv / "provider"), "serve",
-         "--host", "127.0.0.1", "--port", str(PORT), "--workers", "2"],
-        env={**env, "PYTHONPATH": tree_path}, cwd=cwd, stdout=subprocess.DEVNULL,
-        stderr=open(cwd / "server.log", "ab"), start_new_session=True)
+    with open(cwd / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            ["timeout", "--kill-after=10", "600", str(venv / "provider"), "serve",
+             "--host", "127.0.0.1", "--port", str(PORT), "--workers", "2"],
+            env={**env, "PYTHONPATH": tree_path}, cwd=cwd, stdout=subprocess.DEVNULL,
+            stderr=log, start_new_session=True)
     for _ in range(240):
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/.well-known/jwks.json", timeout=2)
-            return process
+            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/.well-known/jwks.json",
+                                        timeout=2):
+                return process
         except OSError:
             if process.poll() is not None:
                 log = cwd / "server.log"
@@ -80,9 +91,9 @@ def wrk(url: str, seconds: float, script: str | None, env: dict[str, str]) -> in
     out = subprocess.run([*args, url], env=env, capture_output=True, text=True,
                          check=True).stdout
     match = re.search(r"(\d+) requests in", out)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses|Socket errors", out)
     if not match or errors:
-        raise SystemExit(f"wrk: no count or non-2xx answers:\n{out}")
+        raise SystemExit(f"wrk: no count, or failed answers:\n{out}")
     return int(match.group(1))
 
 
@@ -115,13 +126,16 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
 
+    trees = {"A": source_tree(args.a), "B": source_tree(args.b)}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, str(HERE / "seed.py"), "setup", "--db-url", args.db_url,
                     "--keys-dir", str(work / "keys"), "--out", str(work / "bench.json")],
                    cwd=work, check=True, stdout=subprocess.DEVNULL)
     config = json.loads((work / "bench.json").read_text())
-    env = {**os.environ, "DATABASE_URL": args.db_url, "PROVIDER_KEYS_DIR": str(work / "keys"),
+    # As run.sh: the caller's PROVIDER_* settings stay out of the servers.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PROVIDER_")},
+           "DATABASE_URL": args.db_url, "PROVIDER_KEYS_DIR": str(work / "keys"),
            "PROVIDER_ISSUER": f"http://127.0.0.1:{PORT}",
            "FORM_BODY": config["client_credentials_form"], "BASIC_AUTH": config["basic_auth"]}
     base = f"http://127.0.0.1:{PORT}"
@@ -133,7 +147,7 @@ def main() -> None:
     order = [side for pair in range(args.pairs) for side in (("A", "B") if pair % 2 == 0
                                                              else ("B", "A"))]
     for number, side in enumerate(order, 1):
-        process = serve(args.a if side == "A" else args.b, env, work)
+        process = serve(trees[side], env, work)
         try:
             for endpoint in chosen:
                 url, script = endpoints[endpoint]

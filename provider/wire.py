@@ -12,7 +12,9 @@ The head is never held past the moment uvicorn has nothing more to send:
 - a HEAD request, whose answer has no body write, is not held at all;
 - ``100 Continue`` (written while the app reads the body) is sent at once;
 - a response that stops after its head (the app failed, the client left) ends with
-  uvicorn closing the transport, which sends the head first.
+  uvicorn closing the transport, which sends the head first;
+- a 400 for unparsable bytes that follow a request on the same connection goes after
+  that request's head.
 
 ``provider serve`` runs with it (``uvicorn.run(http=...)``); it is not an ASGI layer, so
 an app mounted elsewhere gets uvicorn's own.
@@ -44,7 +46,11 @@ class HeldHead:
         head = self._head
         if head is not None:
             self._head = None
-            self._transport.writelines((head, data))
+            if data:
+                self._transport.writelines((head, data))
+            else:  # an empty body (a 204, a redirect): an empty buffer has no place in
+                # writelines (CPython 3.12's selector transport would keep it forever)
+                self._transport.write(head)
         elif self._fresh and data != CONTINUE:
             self._fresh = False
             self._head = data
@@ -71,6 +77,14 @@ class HeldHead:
 
 class OneWriteProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, each response cycle writing through a HeldHead."""
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers bytes it cannot parse on the connection's own transport, and
+        # closes it: a head held for the answer in progress goes first, as it would have.
+        held = getattr(self.cycle, "transport", None)
+        if isinstance(held, HeldHead):
+            held.flush()
+        super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         previous = self.cycle

@@ -5,6 +5,7 @@ the connection's real transport is wrapped only to count what is written to it."
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,12 +14,32 @@ from typing import Any
 
 import pytest
 import uvicorn
+import uvloop
 
 from provider.wire import CONTINUE, PROTOCOL, HeldHead, OneWriteProtocol
 
 READ_TIMEOUT_S = 30.0  # a bound on a hang, not a measure
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+# `provider serve` runs on uvloop; under another server the protocol meets asyncio's own
+# transports (whose writelines differs). Each server test runs on both.
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+
+
+def on_both_loops(test: Callable[..., Awaitable[None]]) -> Any:
+    """The async test, run to completion on a fresh loop of each kind."""
+    def run(loop: str, **kwargs: Any) -> None:
+        with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+            runner.run(test(**kwargs))  # type: ignore[arg-type]
+
+    signature = inspect.signature(test)
+    run.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+        inspect.Parameter("loop", inspect.Parameter.KEYWORD_ONLY),
+        *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+          for p in signature.parameters.values())])
+    run.__name__, run.__qualname__, run.__doc__ = test.__name__, test.__qualname__, test.__doc__
+    return pytest.mark.parametrize("loop", list(LOOPS))(run)
 
 
 class Counted:
@@ -90,6 +111,7 @@ def request(method: str = "GET", path: str = "/", extra: bytes = b"") -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: test\r\n".encode() + extra + b"\r\n"
 
 
+@on_both_loops
 async def test_each_answer_is_one_write_on_a_kept_alive_connection() -> None:
     calls: list[tuple[str, bytes]] = []
     async with serving(hello, counting_protocol(calls)) as port:
@@ -104,6 +126,7 @@ async def test_each_answer_is_one_write_on_a_kept_alive_connection() -> None:
     assert all(data.endswith(b'\r\n\r\n{"keys":[]}') for _, data in calls)
 
 
+@on_both_loops
 async def test_pipelined_requests_get_their_answers_in_order() -> None:
     async def path_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = scope["path"].encode()
@@ -121,6 +144,7 @@ async def test_pipelined_requests_get_their_answers_in_order() -> None:
     assert [kind for kind, _ in calls] == ["writelines"] * 3
 
 
+@on_both_loops
 async def test_a_head_answer_is_not_held() -> None:
     """A HEAD answer has no body write: its head goes out alone, at once."""
     calls: list[tuple[str, bytes]] = []
@@ -137,6 +161,7 @@ async def test_a_head_answer_is_not_held() -> None:
     assert [kind for kind, _ in calls] == ["write", "writelines"]
 
 
+@on_both_loops
 async def test_continue_goes_out_before_the_body_is_read() -> None:
     """``Expect: 100-continue``: the client sends its body only after the interim answer,
     so holding that back would hang both ends."""
@@ -165,6 +190,7 @@ async def test_continue_goes_out_before_the_body_is_read() -> None:
 
 
 @pytest.mark.parametrize("ending", ["raises", "returns"])
+@on_both_loops
 async def test_a_head_without_its_body_goes_out_when_the_connection_closes(
         ending: str) -> None:
     """The app stops after its head: uvicorn closes the connection, and the head is
@@ -185,6 +211,7 @@ async def test_a_head_without_its_body_goes_out_when_the_connection_closes(
     assert [kind for kind, _ in calls] == ["write"]
 
 
+@on_both_loops
 async def test_a_streamed_answer_sends_its_head_with_the_first_part() -> None:
     gate = asyncio.Event()
 
@@ -210,6 +237,7 @@ async def test_a_streamed_answer_sends_its_head_with_the_first_part() -> None:
     assert calls == [("writelines", head + b"01234"), ("write", b"56789")]
 
 
+@on_both_loops
 async def test_a_chunked_answer_is_whole() -> None:
     async def no_length(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -223,6 +251,58 @@ async def test_a_chunked_answer_is_whole() -> None:
     assert received.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"transfer-encoding: chunked\r\n" in received
     assert received.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+
+
+@on_both_loops
+async def test_an_empty_body_goes_out_with_its_head_and_the_connection_goes_on() -> None:
+    async def no_content(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/empty":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await hello(scope, receive, send)
+
+    calls: list[tuple[str, bytes]] = []
+    async with serving(no_content, counting_protocol(calls)) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request(path="/empty"))
+        empty = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
+        writer.write(request())
+        _, body = await answer(reader)
+        # Connection: close after an empty answer: it closes (nothing left in a buffer).
+        writer.write(request(path="/empty", extra=b"Connection: close\r\n"))
+        last = await asyncio.wait_for(reader.read(), READ_TIMEOUT_S)  # to EOF
+        writer.close()
+    assert empty.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert body == b'{"keys":[]}'
+    assert last.startswith(b"HTTP/1.1 204 No Content\r\n") and last.endswith(b"\r\n\r\n")
+    assert [kind for kind, _ in calls] == ["write", "writelines", "write"]
+
+
+@on_both_loops
+async def test_unparsable_bytes_are_answered_after_the_held_head() -> None:
+    """A 400 for garbage sent behind a request whose answer has begun: the answer's head
+    first, then the 400, then the connection closes."""
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow_body(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        started.set()
+        await gate.wait()
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serving(slow_body, OneWriteProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request())
+        await asyncio.wait_for(started.wait(), READ_TIMEOUT_S)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        received = await asyncio.wait_for(reader.read(), READ_TIMEOUT_S)  # to EOF
+        writer.close()
+        gate.set()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 2" in head
+    assert rest.startswith(b"HTTP/1.1 400 Bad Request\r\n")
 
 
 class Recording:
