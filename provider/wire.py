@@ -48,8 +48,9 @@ class HeldHead:
             self._head = None
             if data:
                 self._transport.writelines((head, data))
-            else:  # an empty body (a 204, a redirect): an empty buffer has no place in
-                # writelines (CPython 3.12's selector transport would keep it forever)
+            else:  # an empty body (a 204, a redirect): never an empty buffer in
+                # writelines, which CPython's selector transport keeps for ever from 3.12
+                # (python/cpython#155888)
                 self._transport.write(head)
         elif self._fresh and data != CONTINUE:
             self._fresh = False
