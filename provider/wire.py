@@ -16,6 +16,10 @@ The head is never held past the moment uvicorn has nothing more to send:
 - a 400 for unparsable bytes that follow a request on the same connection goes after
   that request's head.
 
+The price: an answer streamed in parts sends nothing, not even its head, until its first
+part is ready. Ours are whole but for the API docs' static files, whose first part is a
+read from disk.
+
 ``provider serve`` runs with it (``uvicorn.run(http=...)``); it is not an ASGI layer, so
 an app mounted elsewhere gets uvicorn's own.
 """
