@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+from asyncpg.pgproto.pgproto import UUID as _AsyncpgUUID  # type: ignore[import-untyped]
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect, ExceptionContext, make_url
 from sqlalchemy.exc import (
@@ -88,6 +89,24 @@ def uuid7() -> uuid.UUID:
     # unix_ts_ms (48) | ver 0b0111 (4) | rand_a (12) | var 0b10 (2) | rand_b (62)
     return uuid.UUID(int=(ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64
                      | 0b10 << 62 | (rand & ((1 << 62) - 1)))
+
+
+def uuid7s(count: int) -> list[uuid.UUID]:
+    """``count`` ids laid out as ``uuid7()``'s, for rows written together (the audit
+    trail's COPY): one millisecond and one draw from the OS for all of them, each made
+    from its 16 bytes as asyncpg's own UUID (a ``uuid.UUID``, built in C), at a fifth of
+    the cost of ``uuid7()`` each."""
+    ms = (time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF
+    prefix = ms.to_bytes(6, "big")
+    drawn = secrets.token_bytes(10 * count)
+    ids: list[uuid.UUID] = []
+    for at in range(0, 10 * count, 10):
+        # ver 0b0111 and 4 of rand_a's 12 bits | 8 more | var 0b10 and 6 of rand_b's 62
+        # | 56 more: the same 74 random bits as uuid7()
+        ids.append(_AsyncpgUUID(prefix + bytes((0x70 | drawn[at] & 0x0F, drawn[at + 1],
+                                                0x80 | drawn[at + 2] & 0x3F))
+                                + drawn[at + 3:at + 10]))
+    return ids
 
 
 def async_url(url: str) -> str:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from provider.audit.models import AuditEvent
 from provider.clock import Clock
-from provider.db import uuid7
+from provider.db import uuid7, uuid7s
 from provider.errors import ValidationFailed
 from provider.pagination import InvalidCursor, decode_cursor, encode_cursor
 
@@ -98,19 +98,42 @@ NO_CONTEXT = RequestContext()
 def _columns(
     *, event: EventType, actor: str, now: datetime, outcome: Outcome = Outcome.SUCCESS,
     subject_user_id: uuid.UUID | None = None, client_id: str | None = None,
-    context: RequestContext = NO_CONTEXT, details: dict[str, Any] | None = None,
+    context: RequestContext = NO_CONTEXT, details: Any,
 ) -> tuple[Any, ...]:
-    """An event's columns in table order, all but ``id`` (``_COLUMNS[1:]``)."""
+    """An event's columns in table order, all but ``id`` (``_COLUMNS[1:]``); ``details``
+    as given (a dict for a row, its JSON text for the queue)."""
     address, agent = context.address, context.user_agent
     return (now, event.value, outcome.value, actor[:64], subject_user_id, client_id,
             address[:64] if address else None, agent[:USER_AGENT_MAX] if agent else None,
-            details or {})
+            details)
 
 
-def event_row(**fields: Any) -> dict[str, Any]:
+def event_row(*, details: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
     """The columns of one event (``_columns``' arguments). ``details`` name fields and
     fixed vocabulary only."""
-    return dict(zip(_COLUMNS, (uuid7(), *_columns(**fields)), strict=True))
+    return dict(zip(_COLUMNS, (uuid7(), *_columns(details=details or {}, **fields)),
+                    strict=True))
+
+
+# Most queued events carry the same few details ({"grant_type": ...}): their JSON text,
+# made once. Bounded: details that differ every time (a session id) are not kept.
+_details_texts: dict[tuple[Any, ...], str] = {}
+DETAILS_TEXTS_MAX = 256
+
+
+def _details_json(details: dict[str, Any] | None) -> str:
+    if not details:
+        return "{}"
+    try:
+        key = tuple(details.items())
+        text = _details_texts.get(key)
+    except TypeError:  # an unhashable value
+        return json.dumps(details)
+    if text is None:
+        text = json.dumps(details)
+        if len(_details_texts) < DETAILS_TEXTS_MAX:
+            _details_texts[key] = text
+    return text
 
 
 class AuditLog:
@@ -123,7 +146,7 @@ class AuditLog:
         self._clock = clock
         self._flush_interval_s = flush_interval_s
         # Events as ``_columns`` makes them: the id and the JSON are made when written.
-        self._queue: deque[tuple[Any, ...]] = deque(maxlen=max_queued)
+        self._queue: deque[tuple[Any, ...]] = deque(maxlen=max_queued)  # _columns' tuples
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
@@ -132,11 +155,15 @@ class AuditLog:
 
     # --- writing ----------------------------------------------------------------------
 
-    def record(self, event: EventType, *, actor: str, **fields: Any) -> None:
+    def record(self, event: EventType, *, actor: str, details: dict[str, Any] | None = None,
+               **fields: Any) -> None:
         """Queue an event; the background task writes it within about a second."""
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1  # deque(maxlen) drops the oldest on append
-        self._queue.append(_columns(event=event, actor=actor, now=self._clock.now(), **fields))
+        # Plain values only (the details as JSON text): nothing for the garbage collector
+        # to follow while the event waits for its batch.
+        self._queue.append(_columns(event=event, actor=actor, now=self._clock.now(),
+                                    details=_details_json(details), **fields))
         if len(self._queue) >= FLUSH_BATCH:
             self._wake.set()
 
@@ -263,21 +290,11 @@ async def _write(conn: AsyncConnection, batch: list[tuple[Any, ...]]) -> None:
     INSERT on both sides, and every refresh queues an event), else that INSERT."""
     if conn.dialect.name != "postgresql":
         await conn.execute(insert(audit_events), [
-            dict(zip(_COLUMNS, (uuid7(), *queued), strict=True)) for queued in batch])
+            dict(zip(_COLUMNS, (uuid7(), *queued[:-1], json.loads(queued[-1])), strict=True))
+            for queued in batch])
         return
     driver: Any = (await conn.get_raw_connection()).driver_connection
-    # Most events of a batch carry the same few details ({"grant_type": ...}).
-    texts: dict[tuple[Any, ...], str] = {}
-
-    def as_json(details: dict[str, Any]) -> str:
-        try:
-            key = tuple(details.items())
-            text = texts.get(key)
-        except TypeError:  # an unhashable value
-            return json.dumps(details)
-        if text is None:
-            text = texts[key] = json.dumps(details)
-        return text
-
-    records = [(uuid7(), *queued[:-1], as_json(queued[-1])) for queued in batch]
+    # The details column takes the queued JSON text as it is.
+    records = [(event_id, *queued) for event_id, queued in zip(uuid7s(len(batch)), batch,
+                                                                strict=True)]
     await driver.copy_records_to_table(audit_events.name, records=records, columns=_COLUMNS)

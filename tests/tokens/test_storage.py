@@ -17,7 +17,7 @@ import itertools
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -27,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from provider import db as db_module
-from provider.db import create_engine, single_statement_engine, uuid7
+from provider.db import create_engine, single_statement_engine, uuid7, uuid7s
 from provider.tokens import refresh
 from provider.tokens.models import RefreshToken
 from tests.conftest import migrated_database
@@ -182,14 +182,18 @@ async def test_a_malformed_token_of_todays_length_is_just_unknown(
         assert rotation.outcome is refresh.Outcome.INVALID
 
 
-async def test_uuid7_layout() -> None:
+@pytest.mark.parametrize("make", [lambda n: [uuid7() for _ in range(n)], uuid7s],
+                         ids=["uuid7", "uuid7s"])
+async def test_uuid7_layout(make: Callable[[int], list[uuid.UUID]]) -> None:
     """RFC 9562 §5.7: 48 bits of Unix milliseconds, version 7, variant 0b10, the rest
-    random."""
+    random; one at a time or many together (the audit trail's batches)."""
     before = time.time_ns() // 1_000_000
-    ids = [uuid7() for _ in range(1000)]
+    ids = make(1000)
     after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 1000
     for value in ids:
+        assert isinstance(value, uuid.UUID)
+        assert uuid.UUID(str(value)) == value and uuid.UUID(bytes=value.bytes) == value
         assert value.version == 7
         assert value.variant == uuid.RFC_4122
         assert before <= value.int >> 80 <= after

@@ -1,0 +1,68 @@
+"""The audit trail's queue, written on both databases: events queued on the token path
+arrive with their details, ids and times (PostgreSQL's COPY, SQLite's INSERT)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from provider.audit.models import AuditEvent
+from provider.audit.service import AuditLog, EventType, Outcome, RequestContext
+from provider.clock import SystemClock
+from provider.db import create_engine
+from tests.conftest import migrate, migrated_database
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest, postgres_server: str | None,
+             tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'audit.db'}"
+        migrate(url)
+        yield url
+        return
+    if postgres_server is None:
+        pytest.skip("no PostgreSQL server")
+    with migrated_database(postgres_server, "provider_audit_queue") as url:
+        yield url
+
+
+async def test_queued_events_are_written_with_their_details(database: str) -> None:
+    engine = create_engine(database)
+    try:
+        log = AuditLog(engine, SystemClock())
+        user_id = uuid.uuid4()
+        before = datetime.now(UTC)
+        context = RequestContext("192.0.2.7", "agent/1.0")
+        for n in range(3):  # the same details each time: their text is made once
+            log.record(EventType.TOKEN_ISSUED, actor="cl_a", client_id="cl_a",
+                       context=context, details={"grant_type": "client_credentials"})
+            log.record(EventType.LOGIN, actor="cl_a", client_id="cl_a",
+                       outcome=Outcome.FAILURE, subject_user_id=user_id, context=context,
+                       details={"method": "password", "reason": f"r{n}", "n": [n]})
+        log.record(EventType.LOGOUT, actor="cl_a")
+        assert await log.flush() == 7
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(AuditEvent.__table__))).mappings().all()
+    finally:
+        await engine.dispose()
+    assert len(rows) == 7 and len({row["id"] for row in rows}) == 7
+    for row in rows:
+        assert row["id"].version == 7
+        assert before <= row["occurred_at"].replace(tzinfo=UTC) <= datetime.now(UTC)
+    issued = [row for row in rows if row["type"] == "token.issued"]
+    assert [row["details"] for row in issued] == [{"grant_type": "client_credentials"}] * 3
+    assert {(row["address"], row["user_agent"], row["outcome"]) for row in issued} == {
+        ("192.0.2.7", "agent/1.0", "success")}
+    logins = sorted((row for row in rows if row["type"] == "login"),
+                    key=lambda row: row["details"]["reason"])
+    assert [row["details"] for row in logins] == [
+        {"method": "password", "reason": f"r{n}", "n": [n]} for n in range(3)]
+    assert {row["subject_user_id"] for row in logins} == {user_id}
+    [logout] = [row for row in rows if row["type"] == "logout"]
+    assert logout["details"] == {} and logout["address"] is None
