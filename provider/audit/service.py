@@ -116,23 +116,28 @@ def event_row(*, details: dict[str, Any] | None = None, **fields: Any) -> dict[s
 
 
 # Most queued events carry the same few details ({"grant_type": ...}): their JSON text,
-# made once. Bounded: details that differ every time (a session id) are not kept.
+# made once. Only details of strings (and None) are kept, so that equal keys mean equal
+# text (1, 1.0 and True are one dict key, and would be one here); the store is emptied
+# when full, so that details that differ every time (a session id) cannot keep the
+# common ones out.
 _details_texts: dict[tuple[Any, ...], str] = {}
 DETAILS_TEXTS_MAX = 256
 
 
 def _details_json(details: dict[str, Any] | None) -> str:
+    """The details as JSON text. A value JSON cannot hold is written as its str(): an
+    event is never refused, and never fails the request that records it."""
     if not details:
         return "{}"
-    try:
-        key = tuple(details.items())
-        text = _details_texts.get(key)
-    except TypeError:  # an unhashable value
-        return json.dumps(details)
+    if not all(type(name) is str and (type(value) is str or value is None)
+               for name, value in details.items()):
+        return json.dumps(details, default=str)
+    key = tuple(details.items())
+    text = _details_texts.get(key)
     if text is None:
-        text = json.dumps(details)
-        if len(_details_texts) < DETAILS_TEXTS_MAX:
-            _details_texts[key] = text
+        if len(_details_texts) >= DETAILS_TEXTS_MAX:
+            _details_texts.clear()
+        text = _details_texts[key] = json.dumps(details)
     return text
 
 

@@ -12,7 +12,13 @@ import pytest
 from sqlalchemy import select
 
 from provider.audit.models import AuditEvent
-from provider.audit.service import AuditLog, EventType, Outcome, RequestContext
+from provider.audit.service import (
+    DETAILS_TEXTS_MAX,
+    AuditLog,
+    EventType,
+    Outcome,
+    RequestContext,
+)
 from provider.clock import SystemClock
 from provider.db import create_engine
 from tests.conftest import migrate, migrated_database
@@ -66,3 +72,28 @@ async def test_queued_events_are_written_with_their_details(database: str) -> No
     assert {row["subject_user_id"] for row in logins} == {user_id}
     [logout] = [row for row in rows if row["type"] == "logout"]
     assert logout["details"] == {} and logout["address"] is None
+
+
+async def test_details_are_written_as_given(database: str) -> None:
+    """Values that are one dict key (1, 1.0, True) keep their own JSON; a value JSON
+    cannot hold is written as text instead of failing the request; details that change
+    every time fill the store of texts and are still written right."""
+    engine = create_engine(database)
+    marker = uuid.uuid4()
+    try:
+        log = AuditLog(engine, SystemClock())
+        given: list[dict[str, object]] = [{"n": 1}, {"n": True}, {"n": 1.0}, {"n": "1"},
+                                          {"id": marker}]
+        given += [{"session_id": str(n)} for n in range(DETAILS_TEXTS_MAX + 10)]
+        given += [{"n": "1"}, {"session_id": "0"}]
+        for number, details in enumerate(given):
+            log.record(EventType.TOKEN_REVOKED, actor=f"a{number:04d}", details=details)
+        assert await log.flush() == len(given)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(AuditEvent.__table__))).mappings().all()
+    finally:
+        await engine.dispose()
+    written = [row["details"] for row in sorted(rows, key=lambda row: row["actor"])]
+    expected = [*given[:4], {"id": str(marker)}, *given[5:]]
+    assert written == expected
+    assert [type(d["n"]) for d in written[:4]] == [int, bool, float, str]
