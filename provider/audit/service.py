@@ -129,9 +129,9 @@ def _details_json(details: dict[str, Any] | None) -> str:
     event is never refused, and never fails the request that records it."""
     if not details:
         return "{}"
-    if not all(type(name) is str and (type(value) is str or value is None)
-               for name, value in details.items()):
-        return json.dumps(details, default=str)
+    for name, value in details.items():  # (a loop: cheaper than all() over a generator)
+        if type(name) is not str or (type(value) is not str and value is not None):
+            return json.dumps(details, default=str)
     key = tuple(details.items())
     text = _details_texts.get(key)
     if text is None:
