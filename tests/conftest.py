@@ -178,6 +178,23 @@ def migrated_database(server_url: str, prefix: str) -> Iterator[str]:
         drop_database(server_url, name)
 
 
+@contextlib.contextmanager
+def own_database(kind: str, postgres_server: str | None, directory: Path,
+                 prefix: str) -> Iterator[str]:
+    """A migrated database of the caller's own, ``kind`` "sqlite" (a file in
+    ``directory``) or "postgresql" (skipped when there is no server; with
+    PROVIDER_TEST_REQUIRE_POSTGRES=1 the session has stopped before that)."""
+    if kind == "sqlite":
+        url = f"sqlite:///{directory / prefix}.db"
+        migrate(url)
+        yield url
+        return
+    if postgres_server is None:
+        pytest.skip("no PostgreSQL available")
+    with migrated_database(postgres_server, prefix) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def migrated(database_url: str) -> str:
     migrate(database_url)

@@ -36,7 +36,7 @@ from provider.tokens.models import (
     RevokedAccessToken,
 )
 from provider.web.models import BrowserSession
-from tests.conftest import make_settings, migrate, migrated_database
+from tests.conftest import make_settings, own_database
 from tests.factories import Factory
 from tests.helpers import bearer, login, refresh
 from tests.test_cli import COMMAND, Cli
@@ -55,14 +55,7 @@ BASE_URL = "http://127.0.0.1:8000"
 def fresh_url(request: pytest.FixtureRequest, postgres_server: str | None,
               tmp_path: Path) -> Iterator[str]:
     """A migrated database of the test's own: purge counts are exact only there."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/purge.db"
-        migrate(url)
-        yield url
-        return
-    if postgres_server is None:
-        pytest.skip("no PostgreSQL available")
-    with migrated_database(postgres_server, "provider_purge") as url:
+    with own_database(request.param, postgres_server, tmp_path, "provider_purge") as url:
         yield url
 
 

@@ -150,8 +150,9 @@ class AuditLog:
         self._engine = engine
         self._clock = clock
         self._flush_interval_s = flush_interval_s
-        # Events as ``_columns`` makes them: the id and the JSON are made when written.
-        self._queue: deque[tuple[Any, ...]] = deque(maxlen=max_queued)  # _columns' tuples
+        # Events as ``_columns`` makes them, details as JSON text; the id is made when
+        # the batch is written.
+        self._queue: deque[tuple[Any, ...]] = deque(maxlen=max_queued)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()

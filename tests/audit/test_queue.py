@@ -21,20 +21,14 @@ from provider.audit.service import (
 )
 from provider.clock import SystemClock
 from provider.db import create_engine
-from tests.conftest import migrate, migrated_database
+from tests.conftest import own_database
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def database(request: pytest.FixtureRequest, postgres_server: str | None,
              tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'audit.db'}"
-        migrate(url)
-        yield url
-        return
-    if postgres_server is None:
-        pytest.skip("no PostgreSQL server")
-    with migrated_database(postgres_server, "provider_audit_queue") as url:
+    with own_database(request.param, postgres_server, tmp_path,
+                      "provider_audit_queue") as url:
         yield url
 
 
