@@ -52,6 +52,7 @@ from provider.services import build_services
 from provider.settings import Settings
 from provider.users.admin_router import router as admin_users_router
 from provider.users.router import router as users_router
+from provider.web import pages
 from provider.web.router import router as web_router
 
 log = logging.getLogger("provider")
@@ -202,6 +203,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("database unavailable (%s %s): %s", request.method, request.url.path,
                   reason)
         DATABASE_UNAVAILABLE.inc()
+        if pages.is_page(request.url.path):
+            return pages.unavailable()
         if request.url.path.startswith("/oauth/"):
             return await oauth_error(request, TemporarilyUnavailable())
         return ServiceUnavailable("The database is unavailable. Try again shortly.").response()
@@ -216,6 +219,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def throttle_unavailable(request: Request, exc: ThrottleUnavailable) -> Response:
         # Fail closed: without its throttle a request could guess without limit (README).
         log.error("rate-limit storage unavailable: %s", exc)
+        if pages.is_page(request.url.path):
+            return pages.unavailable()
         if request.url.path.startswith("/oauth/"):
             return await oauth_error(request, TemporarilyUnavailable())
         return ServiceUnavailable(
@@ -241,6 +246,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         # With hide_parameters on every engine, a database error logged here carries its
         # statement but none of its values.
         log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+        if pages.is_page(request.url.path):
+            return pages.internal_error()
         return InternalError().response()
 
     app.add_exception_handler(Exception, unexpected)

@@ -49,6 +49,14 @@ async def test_database_down_answers_503(keys_dir: Path) -> None:
             ready = await http.get("/readyz")
             forgot = await http.post("/auth/verify-email", json={
                 "email": "a@example.com", "code": "123456"})
+            # The pages of the authorization code flow are read by a person.
+            pages = [
+                await http.get("/oauth/authorize", params={
+                    "response_type": "code", "client_id": "cl_x", "state": "s",
+                    "redirect_uri": "https://client.example.com/callback",
+                    "code_challenge": "x" * 43, "code_challenge_method": "S256"}),
+                await http.get("/oauth/logout", params={"client_id": "cl_x"}),
+            ]
 
     assert token.status_code == 503
     assert token.json() == {
@@ -68,6 +76,14 @@ async def test_database_down_answers_503(keys_dir: Path) -> None:
         "code": "service_unavailable",
         "detail": "The database is unavailable. Try again shortly.",
     }
+    for page in pages:
+        assert page.status_code == 503, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert page.headers["retry-after"] == "5"
+        assert page.headers["cache-control"] == "no-store"
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert "The service is unavailable right now." in page.text
+        assert "location" not in page.headers  # never to the client: it was not checked
 
 
 # --- a server that refuses in PostgreSQL's own words --------------------------------------

@@ -65,5 +65,26 @@ def render(template: str, *, status: int = 200, form_targets: Iterable[str] = ()
     })
 
 
-def message(title: str, text: str, *, status: int = 200) -> HTMLResponse:
-    return render("message.html", status=status, title=title, message=text)
+def message(title: str, text: str, *, status: int = 200,
+            headers: dict[str, str] | None = None) -> HTMLResponse:
+    return render("message.html", status=status, headers=headers, title=title,
+                  message=text)
+
+
+def is_page(path: str) -> bool:
+    """Whether a request to ``path`` is a browser's, to be answered with a page."""
+    return path in WEB_PAGES
+
+
+def unavailable() -> HTMLResponse:
+    """A page's answer when the database or the rate-limit service is out: a person
+    reads it, so it is a page, not JSON; nothing is redirected to the client (its
+    redirect URI could not be checked)."""
+    return message("Try again shortly",
+                   "The service is unavailable right now. Try again in a few seconds.",
+                   status=503, headers={"Retry-After": "5"})
+
+
+def internal_error() -> HTMLResponse:
+    return message("Something went wrong",
+                   "The server could not handle this request. Try again later.", status=500)

@@ -23,6 +23,10 @@ from provider.web.pages import (
 router = APIRouter(tags=["oauth"])
 
 HTML = {"text/html": {"schema": {"type": "string"}}}
+# The database or the rate-limit service is out (provider.app's handlers).
+UNAVAILABLE_PAGE = {"description": "Error page: try again shortly (see Retry-After)",
+                    "content": HTML, "headers": {"Retry-After": {
+                        "schema": {"type": "integer"}, "description": "Seconds"}}}
 
 
 def _query(name: str, description: str, *, required: bool = False,
@@ -81,7 +85,8 @@ def _services(request: Request) -> Services:
     responses={302: {"description": "Back to the client: code or error"},
                200: {"description": "Login or consent page", "content": HTML},
                400: {"description": "Error page (unknown client, bad redirect_uri)",
-                     "content": HTML}},
+                     "content": HTML},
+               503: UNAVAILABLE_PAGE},
     openapi_extra=AUTHORIZE_DOC,
 )
 async def authorize(request: Request) -> Response:
@@ -130,6 +135,7 @@ LOGOUT_RESPONSES: dict[int | str, dict[str, Any]] = {
     302: {"description": "Signed out: back to post_logout_redirect_uri (with state)"},
     200: {"description": "Confirmation page, or signed out", "content": HTML},
     400: {"description": "Error page (bad hint, unregistered redirect)", "content": HTML},
+    503: UNAVAILABLE_PAGE,
 }
 
 

@@ -360,7 +360,16 @@ async def test_redis_stopped_gives_503_and_service_resumes_when_it_returns(
                         extra_env={"PROVIDER_REDIS_URL": redis.url,
                                    "PROVIDER_REDIS_TIMEOUT": "PT1S"}) as live:
             machine = machine_client(live)
+            (user, _) = live.create_account()
+            web = live.cli_json("clients", "create", "--name", "web", "--grant",
+                                "authorization_code", "--redirect-uri",
+                                "https://client.example.com/callback", "--first-party",
+                                "--scope", "openid")
             async with live.http() as http:
+                login_page = await Browser(http).authorize(
+                    Authorization(web["client_id"], scope="openid"))
+                assert login_page.status_code == 200, login_page.text
+                fields = hidden_fields(login_page)
                 async def token() -> httpx.Response:
                     return await http.post(
                         "/oauth/token", auth=(machine.client_id, machine.client_secret),
@@ -383,6 +392,18 @@ async def test_redis_stopped_gives_503_and_service_resumes_when_it_returns(
                 assert problem.headers["content-type"] == "application/problem+json"
                 assert problem.json()["code"] == "service_unavailable"
                 assert problem.headers["retry-after"]
+                # The login page is read by a person: a page, not JSON, and no redirect
+                # to the client.
+                page = await http.post("/oauth/authorize/login",
+                                       data={**fields, "username": user.email,
+                                             "password": user.password})
+                assert page.status_code == 503, page.text
+                assert page.headers["content-type"].startswith("text/html")
+                assert page.headers["retry-after"] == "5"
+                assert page.headers["cache-control"] == "no-store"
+                assert "default-src 'none'" in page.headers["content-security-policy"]
+                assert "The service is unavailable right now." in page.text
+                assert "location" not in page.headers
                 # What needs no throttle keeps answering.
                 assert (await http.get("/.well-known/jwks.json")).status_code == 200
 

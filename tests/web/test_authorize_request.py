@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from provider.web.flow import Flow
 from tests.factories import Factory
 from tests.web.helpers import CALLBACK, Authorization, Browser, is_page, query_of
 
@@ -266,3 +267,22 @@ async def test_oversized_requests_get_an_error_page(client: httpx.AsyncClient,
     page = await client.post("/oauth/authorize/login", content=b"x=" + b"y" * 20_000,
                              headers={"content-type": "application/x-www-form-urlencoded"})
     assert page.status_code == 400
+
+
+async def test_a_fault_on_a_page_is_a_page_without_its_details(
+    client: httpx.AsyncClient, app_client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("secret-detail-of-the-fault")
+
+    monkeypatch.setattr(Flow, "authorize", broken)
+    page = await Browser(client).authorize(Authorization(app_client))
+    assert page.status_code == 500
+    assert page.headers["content-type"].startswith("text/html")
+    assert is_page(page, "Something went wrong"), page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "secret-detail-of-the-fault" not in page.text
+    assert "Traceback" not in page.text
+    # With the fault gone, the page is back.
+    monkeypatch.undo()
+    assert (await Browser(client).authorize(Authorization(app_client))).status_code == 200
