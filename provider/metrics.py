@@ -9,14 +9,28 @@ ASGI server) the metrics are the process's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
+import resource
+import time
 from bisect import bisect_left
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# prometheus_client picks its mode when it is imported, by this variable (so do we).
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_DIR_ENV))
 
 # --- requests (provider.middleware) -----------------------------------------------------
 
@@ -58,6 +72,83 @@ DATABASE_UNAVAILABLE = Counter(
     "Requests answered 503 because the database was unavailable",
 )
 
+# --- the processes themselves (multiprocess mode) ------------------------------------------
+
+# prometheus_client's process collector reads only the process it runs in and is not part
+# of a multiprocess exposition, so under `provider serve` each worker publishes its own at
+# every sync: memory, open files and start time per live worker (a `pid` label; a worker
+# that has gone is dropped at the next scrape), and the CPU time of every worker the
+# server has had, summed (a restarted worker's seconds are not lost). One process alone is
+# covered by prometheus_client's own collector, under the same names.
+if MULTIPROCESS:
+    PROCESS_CPU = Counter("process_cpu_seconds_total",
+                          "User and system CPU time of the server's workers, in seconds",
+                          registry=None)
+    PROCESS_MEMORY = Gauge("process_resident_memory_bytes",
+                           "Resident memory of each worker, in bytes",
+                           multiprocess_mode="liveall", registry=None)
+    PROCESS_FDS = Gauge("process_open_fds", "Open file descriptors of each worker",
+                        multiprocess_mode="liveall", registry=None)
+    PROCESS_START = Gauge("process_start_time_seconds",
+                          "Start time of each worker, in seconds since the epoch",
+                          multiprocess_mode="liveall", registry=None)
+_PAGE_SIZE = resource.getpagesize()
+_IMPORTED_MONOTONIC = time.monotonic()
+_PROC_SELF = Path("/proc/self")
+_cpu_published = 0.0
+_started = False
+_LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def _publish_process() -> None:
+    """This worker's figures, for the next scrape of any worker (Linux's /proc; where it
+    is missing, the CPU time alone)."""
+    global _cpu_published, _started
+    times = os.times()
+    cpu = times.user + times.system
+    PROCESS_CPU.inc(cpu - _cpu_published)
+    _cpu_published = cpu
+    if not _started:
+        _started = True
+        PROCESS_START.set(_start_time())
+    with contextlib.suppress(OSError):
+        PROCESS_MEMORY.set(int((_PROC_SELF / "statm").read_text().split()[1]) * _PAGE_SIZE)
+        PROCESS_FDS.set(len(os.listdir(_PROC_SELF / "fd")))
+
+
+def _start_time() -> float:
+    """When this process started, in seconds since the epoch, as prometheus_client's own
+    collector reads it (/proc: ticks since boot, plus the boot time)."""
+    try:
+        # The fields after the command's closing parenthesis; starttime is the 22nd.
+        stat = (_PROC_SELF / "stat").read_text().rpartition(")")[2].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").open()
+                    if line.startswith("btime "))
+        return boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time() - time.monotonic() + _IMPORTED_MONOTONIC
+
+
+def _forget_gone_processes(directory: str) -> None:
+    """Drop the per-worker gauges of workers that are no longer running (a worker that
+    crashed or was replaced); their counters stay, as counters must."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        match = _LIVE_FILE.fullmatch(name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match[1]), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):  # another worker was first
+                os.remove(os.path.join(directory, name))
+        except PermissionError:
+            pass  # running, as another user
+
+
 # Methods outside this set share one label value: a client cannot mint label values.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
@@ -91,8 +182,10 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
 
 
 def sync() -> None:
-    """Hand the requests and token responses counted since the last sync to
-    prometheus_client."""
+    """Hand the requests and token responses counted since the last sync, and in
+    multiprocess mode this process's own figures, to prometheus_client."""
+    if MULTIPROCESS:
+        _publish_process()
     if _issued_pending:
         issued = list(_issued_pending.items())
         _issued_pending.clear()
@@ -142,8 +235,15 @@ def count_tokens_issued(grant_type: str) -> None:
 def render() -> bytes:
     """The Prometheus text exposition of every process (or of this one)."""
     sync()
-    if os.environ.get(MULTIPROC_DIR_ENV):
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    if directory:
+        _forget_gone_processes(directory)
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
+
+
+if MULTIPROCESS:
+    # Created above with 0 in the shared files: a scrape must not see a worker at 0 bytes.
+    _publish_process()

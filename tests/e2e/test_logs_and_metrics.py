@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import re
 import secrets
+import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +259,9 @@ async def settled_scrape(http: httpx.AsyncClient) -> Samples:
     counts over every second, so two scrapes a sync interval apart that agree (but for
     the scrapes themselves) have seen everything."""
     def without_scrapes(samples: Samples) -> Samples:
-        return {key: v for key, v in samples.items() if ("route", "/metrics") not in key[1]}
+        # The processes' own figures (CPU, memory) move by themselves.
+        return {key: v for key, v in samples.items()
+                if ("route", "/metrics") not in key[1] and not key[0].startswith("process_")}
 
     previous = await scrape(http)
     for _ in range(20):
@@ -397,6 +403,70 @@ async def test_metrics_need_the_token(two_workers: LiveServer) -> None:
                             "error_description": "The metrics token is not valid."}
     assert right.status_code == 200
     assert METRICS_TOKEN not in two_workers.log()
+
+
+def worker_pids(server: LiveServer) -> set[int]:
+    """The server's worker processes (multiprocessing's spawned children), from /proc."""
+    assert server.process is not None
+    pids = set()
+    for children in Path(f"/proc/{server.process.pid}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.add(int(pid))
+    return pids
+
+
+def reported_pids(samples: Samples) -> set[int]:
+    return {int(dict(labels)["pid"]) for name, labels in samples
+            if name == "process_resident_memory_bytes"}
+
+
+async def scrape_until(http: httpx.AsyncClient, condition: Callable[[Samples], bool],
+                       what: str) -> Samples:
+    deadline = time.monotonic() + 30
+    while True:
+        samples = await scrape(http)
+        if condition(samples):
+            return samples
+        assert time.monotonic() < deadline, f"never {what}: {reported_pids(samples)}"
+        await asyncio.sleep(0.2)
+
+
+async def test_every_worker_reports_its_process_and_a_gone_one_is_dropped(
+    request: pytest.FixtureRequest, keys_dir: Path, e2e_dir: Path,
+) -> None:
+    """prometheus_client's process metrics do not cover a multiprocess exposition: each
+    worker publishes its own, with its pid; one that is killed is dropped, and the CPU
+    seconds it used stay counted."""
+    database_url = str(request.getfixturevalue("migrated"))
+    with LiveServer(database_url=database_url, keys_dir=keys_dir,
+                    rundir=e2e_dir / "process-metrics", workers=2,
+                    extra_env={"PROVIDER_METRICS_TOKEN": METRICS_TOKEN}) as server:
+        workers = worker_pids(server)
+        assert len(workers) == 2, workers
+        async with fresh_connection(server) as http:
+            first = await scrape_until(http, lambda s: reported_pids(s) == workers,
+                                       "both workers reported")
+            for pid in map(str, workers):
+                assert value(first, "process_resident_memory_bytes", pid=pid) > 10 * 2**20
+                assert value(first, "process_open_fds", pid=pid) >= 3
+                started = value(first, "process_start_time_seconds", pid=pid)
+                assert time.time() - 600 < started <= time.time()
+            cpu_before = value(first, "process_cpu_seconds_total")
+            assert cpu_before > 0.1  # two interpreters' start-up at least
+
+            gone = min(workers)
+            os.kill(gone, signal.SIGKILL)  # uvicorn starts another in its place
+
+            def replaced(samples: Samples) -> bool:
+                pids = reported_pids(samples)
+                return gone not in pids and len(pids) == 2
+
+            after = await scrape_until(http, replaced, "the killed worker dropped")
+            assert reported_pids(after) == worker_pids(server)
+            # A counter: the killed worker's seconds are still in the sum.
+            assert value(after, "process_cpu_seconds_total") >= cpu_before
 
 
 def test_production_refuses_public_metrics(json_server: LiveServer) -> None:
