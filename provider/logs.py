@@ -2,7 +2,8 @@
 
 provider.middleware opens a RequestContext for each request; every line logged while the
 request runs (deferred mail and account work included) carries its request id. Log lines
-name users and clients by id and never carry a token, code, password or secret.
+name users and clients by id and never carry a token, code, password or secret, nor the
+values a database error quotes (``WithholdDatabaseValues``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import copy
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -193,6 +195,39 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {"request_id": context.request_id} if context is not None else {}
 
 
+# PostgreSQL's DETAIL line of a constraint error quotes the row ("Key (email)=(ada@...)
+# already exists.", "Failing row contains (...)"), and the driver's and SQLAlchemy's
+# errors carry it into every traceback of them, whatever hide_parameters hides.
+_DETAIL = re.compile(r"^([ \t]*DETAIL:[ \t]*)(.*)$", re.MULTILINE)
+_KEY_COLUMNS = re.compile(r"Key \(([^)]*)\)=")
+_TRACEBACKS = logging.Formatter()
+
+
+def withhold_database_values(text: str) -> str:
+    """``text`` with the values of every DETAIL line withheld (a key's columns stay)."""
+    if "DETAIL:" not in text:
+        return text
+
+    def withheld(match: re.Match[str]) -> str:
+        key = _KEY_COLUMNS.match(match[2])
+        shown = f"Key ({key[1]})=(...)" if key else "..."
+        return f"{match[1]}{shown} [values withheld]"
+
+    return _DETAIL.sub(withheld, text)
+
+
+class WithholdDatabaseValues(logging.Filter):
+    """On every handler but the access lines': a record's traceback is formatted once,
+    here, without the values a database error quotes; every formatter then writes that
+    text (logging's own and uvicorn's use ``exc_text`` when it is set)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = withhold_database_values(
+                _TRACEBACKS.formatException(record.exc_info))
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the request's fields."""
 
@@ -206,8 +241,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **_fields(record),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
         return _ENCODER.encode(entry)
 
 
@@ -374,8 +411,15 @@ def logging_config(log_format: LogFormat) -> dict[str, Any]:
                                            "propagate": False}
     config["loggers"]["provider"] = {"handlers": ["provider"], "level": "INFO",
                                      "propagate": False}
-    # The access lines: the same stream and format, written straight (AccessLineHandler).
-    config["handlers"]["access"] = {**config["handlers"]["provider"],
+    # Third parties' warnings and errors (SQLAlchemy's pool, asyncio) through ours too.
+    config["root"] = {"handlers": ["provider"], "level": "WARNING"}
+    config.setdefault("filters", {})["withhold"] = {
+        "()": "provider.logs.WithholdDatabaseValues"}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", ()), "withhold"]
+    # The access lines: the same stream and format, written straight (AccessLineHandler);
+    # they never carry a traceback, and need no filter.
+    config["handlers"]["access"] = {**config["handlers"]["provider"], "filters": [],
                                     "class": "provider.logs.AccessLineHandler"}
     config["loggers"][ACCESS_LOGGER] = {"handlers": ["access"], "level": "INFO",
                                         "propagate": False}

@@ -10,6 +10,8 @@ import logging
 import logging.handlers
 import queue
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +291,59 @@ async def test_database_unavailable_answers_are_counted(settings_keys: tuple[str
     assert response.status_code == 503, response.text
     assert response.json()["error"] == "temporarily_unavailable"
     assert REGISTRY.get_sample_value("provider_database_unavailable_total") == before + 1
+
+
+WITHHELD_SCRIPT = r'''
+import asyncio, logging, logging.config, sys
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from provider.db import create_engine
+from provider.logs import logging_config
+
+logging.config.dictConfig(logging_config(sys.argv[2]))
+
+async def main():
+    engine = create_engine(sys.argv[1])
+    async with engine.connect() as conn:
+        await conn.execute(text("CREATE TEMP TABLE t (email text PRIMARY KEY, n int NOT NULL)"))
+        await conn.execute(text("INSERT INTO t VALUES ('ada@example.com', 1)"))
+        await conn.commit()
+        for values in ({"email": "ada@example.com", "n": 2},
+                       {"email": "bob@example.com", "n": None}):
+            try:
+                # Bound, as every statement of ours: the engine hides parameters.
+                await conn.execute(text("INSERT INTO t VALUES (:email, :n)"), values)
+            except IntegrityError as exc:
+                # As the app's catch-all, uvicorn and a third party would log it.
+                logging.getLogger("provider.app").error("unhandled error", exc_info=exc)
+                logging.getLogger("uvicorn.error").error("Exception in ASGI application",
+                                                         exc_info=exc)
+                logging.getLogger("sqlalchemy.pool").error("during reset", exc_info=exc)
+            await conn.rollback()
+    await engine.dispose()
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_logged_database_errors_withhold_the_values_they_quote(
+    log_format: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL's DETAIL line quotes the row ("Key (email)=(ada@...) already exists"):
+    whoever logs the error with its traceback (our handler, uvicorn, a third party),
+    the values stay out of the log, and the key's columns stay in."""
+    run = subprocess.run([sys.executable, "-c", WITHHELD_SCRIPT, postgres_url, log_format],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    log = run.stderr
+    assert log.count("UniqueViolationError") >= 3, log
+    assert log.count("NotNullViolationError") >= 3, log
+    assert "Key (email)=(...) [values withheld]" in log
+    assert "DETAIL:  ... [values withheld]" in log  # "Failing row contains (...)"
+    assert "ada@example.com" not in log
+    assert "bob@example.com" not in log
+    if log_format == "json":
+        lines = [json.loads(line) for line in log.splitlines()]
+        assert len(lines) == 6
+        assert all("[values withheld]" in line["exception"] for line in lines)
