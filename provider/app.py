@@ -36,7 +36,12 @@ from provider.errors import (
 from provider.keys.service import NoSigningKey
 from provider.keys.store import KeyStoreError
 from provider.logs import flush_access_lines
-from provider.metrics import DATABASE_UNAVAILABLE, OAUTH_ERRORS, sync_periodically
+from provider.metrics import (
+    DATABASE_UNAVAILABLE,
+    OAUTH_ERRORS,
+    RATE_LIMIT_UNAVAILABLE,
+    sync_periodically,
+)
 from provider.metrics import sync as sync_metrics
 from provider.mfa.router import admin_router as admin_mfa_router
 from provider.mfa.router import router as mfa_router
@@ -219,6 +224,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def throttle_unavailable(request: Request, exc: ThrottleUnavailable) -> Response:
         # Fail closed: without its throttle a request could guess without limit (README).
         log.error("rate-limit storage unavailable: %s", exc)
+        RATE_LIMIT_UNAVAILABLE.inc()
         if pages.is_page(request.url.path):
             return pages.unavailable()
         if request.url.path.startswith("/oauth/"):

@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -188,7 +188,9 @@ def serve(
     os.environ.setdefault("PROVIDER_PASSWORD_HASH_CONCURRENCY",
                           str(max(1, (os.cpu_count() or 1) // workers)))
     # uvicorn's access log is off: provider.middleware writes ours.
-    with workers_skip_main(), metrics_directory():
+    # One process is its own metrics; workers share theirs through a directory.
+    shared = metrics_directory() if workers > 1 else nullcontext()
+    with workers_skip_main(), shared:
         uvicorn.run("provider.app:create_app", factory=True, host=host, port=port,
                     workers=workers, access_log=False, proxy_headers=False,
                     server_header=False, http=wire.PROTOCOL,
@@ -222,8 +224,10 @@ def workers_skip_main() -> Iterator[None]:
 def metrics_directory() -> Iterator[Path]:
     """A fresh PROMETHEUS_MULTIPROC_DIR for this server's processes, removed when it
     stops: one scrape of any worker then counts every worker's requests, and counts of an
-    earlier run never come back. Set before prometheus_client is imported (so not
-    imported from provider.metrics here): that selects its multiprocess mode."""
+    earlier run never come back. prometheus_client picks its mode when it is imported:
+    the spawned workers import it afresh and see this directory; this process already
+    has, in its own mode, so a single in-process worker goes without one (its metrics
+    are its own)."""
     path = Path(tempfile.mkdtemp(prefix="provider-metrics-"))
     previous = os.environ.get(MULTIPROC_DIR_ENV)
     os.environ[MULTIPROC_DIR_ENV] = str(path)

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,36 +195,89 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {"request_id": context.request_id} if context is not None else {}
 
 
-# PostgreSQL's DETAIL line of a constraint error quotes the row ("Key (email)=(ada@...)
-# already exists.", "Failing row contains (...)"), and the driver's and SQLAlchemy's
-# errors carry it into every traceback of them, whatever hide_parameters hides.
-_DETAIL = re.compile(r"^([ \t]*DETAIL:[ \t]*)(.*)$", re.MULTILINE)
+# What a database error quotes of the data, which the driver's and SQLAlchemy's errors
+# carry into every traceback and repr of them, whatever hide_parameters hides:
+# PostgreSQL's DETAIL line ("Key (email)=(ada@...) already exists.", "Failing row
+# contains (...)"), its "invalid input syntax for type uuid: "..."", and asyncpg's
+# "invalid input for query argument $1: '...'". An error's own ``detail`` is withheld
+# exactly (a value may span lines); what is left, line by line (a repr's escaped line
+# ends too).
+_LINE_REST = r"(?:(?!\\n)[^\n])*"
+_DETAIL = re.compile(r"(DETAIL:[ \t]*)(" + _LINE_REST + ")")
+_INPUT = re.compile(r"(invalid input (?:syntax |value )?for [^:\n]*: )(" + _LINE_REST + ")")
 _KEY_COLUMNS = re.compile(r"Key \(([^)]*)\)=")
+_ARGUMENT = "invalid input for query argument"
 _TRACEBACKS = logging.Formatter()
 
 
-def withhold_database_values(text: str) -> str:
-    """``text`` with the values of every DETAIL line withheld (a key's columns stay)."""
-    if "DETAIL:" not in text:
-        return text
+def _withheld_detail(detail: str) -> str:
+    key = _KEY_COLUMNS.match(detail)
+    return f"Key ({key[1]})=(...) [values withheld]" if key else "... [values withheld]"
 
-    def withheld(match: re.Match[str]) -> str:
-        key = _KEY_COLUMNS.match(match[2])
-        shown = f"Key ({key[1]})=(...)" if key else "..."
-        return f"{match[1]}{shown} [values withheld]"
 
-    return _DETAIL.sub(withheld, text)
+def _error_details(error: BaseException | None) -> set[str]:
+    """The ``detail`` of every database error in ``error``'s chain (causes, contexts,
+    SQLAlchemy's ``orig``, the members of exception groups)."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    stack = [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        detail = getattr(current, "detail", None)
+        if isinstance(detail, str) and detail:
+            found.add(detail)
+        if str(current).startswith(_ARGUMENT) and current.__cause__ is not None:
+            # asyncpg could not encode a value: its codec's own error quotes it ("invalid
+            # UUID 'ada@...'"), and is the cause.
+            found.add(str(current.__cause__))
+        stack += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+        if isinstance(current, BaseExceptionGroup):
+            stack += current.exceptions
+    return found
+
+
+def withhold_database_values(text: str, details: Iterable[str] = ()) -> str:
+    """``text`` without the data a database error quotes (a key's columns stay);
+    ``details``: the errors' own DETAIL texts, withheld wherever they appear."""
+    for detail in details:
+        withheld = _withheld_detail(detail)
+        text = text.replace(repr(detail)[1:-1], withheld)  # inside a repr
+        # As printed, its lines perhaps indented (an exception group's "  | ").
+        lines = re.compile(r"\n[ \t|]*".join(map(re.escape, detail.split("\n"))))
+        text = lines.sub(withheld.replace("\\", r"\\"), text)
+    if "DETAIL:" in text:
+        text = _DETAIL.sub(lambda m: m[1] + (
+            m[2] if m[2].endswith("[values withheld]") else _withheld_detail(m[2])), text)
+    if "invalid input" in text:
+        text = _INPUT.sub(r"\1... [values withheld]", text)
+    return text
 
 
 class WithholdDatabaseValues(logging.Filter):
-    """On every handler but the access lines': a record's traceback is formatted once,
-    here, without the values a database error quotes; every formatter then writes that
-    text (logging's own and uvicorn's use ``exc_text`` when it is set)."""
+    """On every handler but the access lines': a record's traceback, formatted once here,
+    and the message of a warning or an error, without the data a database error quotes.
+    Every formatter then writes that text (logging's own and uvicorn's use ``exc_text``
+    when it is set; a traceback another handler formatted first is withheld here too)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        errors: list[BaseException | None] = [
+            arg for arg in (record.args if isinstance(record.args, tuple) else ())
+            if isinstance(arg, BaseException)]
+        if isinstance(record.exc_info, tuple):
+            errors.append(record.exc_info[1])
+        details = {detail for error in errors for detail in _error_details(error)}
         if record.exc_info and not record.exc_text:
-            record.exc_text = withhold_database_values(
-                _TRACEBACKS.formatException(record.exc_info))
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = withhold_database_values(record.exc_text, details)
+        if record.levelno >= logging.WARNING:
+            message = record.getMessage()
+            withheld = withhold_database_values(message, details)
+            if withheld != message:
+                record.msg, record.args = withheld, None
         return True
 
 

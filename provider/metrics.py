@@ -71,6 +71,10 @@ DATABASE_UNAVAILABLE = Counter(
     "provider_database_unavailable_total",
     "Requests answered 503 because the database was unavailable",
 )
+RATE_LIMIT_UNAVAILABLE = Counter(
+    "provider_rate_limit_unavailable_total",
+    "Requests answered 503 because the rate-limit storage (Redis) was unavailable",
+)
 
 # --- the processes themselves (multiprocess mode) ------------------------------------------
 
@@ -95,22 +99,24 @@ if MULTIPROCESS:
 _PAGE_SIZE = resource.getpagesize()
 _IMPORTED_MONOTONIC = time.monotonic()
 _PROC_SELF = Path("/proc/self")
+# The CPU seconds this process has published so far, and which process that was: a child
+# forked after the import (a preloading server) starts again from its own zero.
 _cpu_published = 0.0
-_started = False
+_published_by = 0
 _LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
 
 
 def _publish_process() -> None:
     """This worker's figures, for the next scrape of any worker (Linux's /proc; where it
     is missing, the CPU time alone)."""
-    global _cpu_published, _started
+    global _cpu_published, _published_by
+    if _published_by != os.getpid():
+        _published_by, _cpu_published = os.getpid(), 0.0
+        PROCESS_START.set(_start_time())
     times = os.times()
     cpu = times.user + times.system
-    PROCESS_CPU.inc(cpu - _cpu_published)
-    _cpu_published = cpu
-    if not _started:
-        _started = True
-        PROCESS_START.set(_start_time())
+    PROCESS_CPU.inc(max(0.0, cpu - _cpu_published))
+    _cpu_published = max(cpu, _cpu_published)
     with contextlib.suppress(OSError):
         PROCESS_MEMORY.set(int((_PROC_SELF / "statm").read_text().split()[1]) * _PAGE_SIZE)
         PROCESS_FDS.set(len(os.listdir(_PROC_SELF / "fd")))
@@ -140,13 +146,25 @@ def _forget_gone_processes(directory: str) -> None:
         match = _LIVE_FILE.fullmatch(name)
         if match is None:
             continue
-        try:
-            os.kill(int(match[1]), 0)
-        except ProcessLookupError:
+        if _has_exited(int(match[1])):
             with contextlib.suppress(FileNotFoundError):  # another worker was first
                 os.remove(os.path.join(directory, name))
-        except PermissionError:
-            pass  # running, as another user
+
+
+def _has_exited(pid: int) -> bool:
+    """Gone, or a zombie its parent has not reaped yet (uvicorn reaps a dead worker only
+    when it next checks on them all)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # running, as another user
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
 
 
 # Methods outside this set share one label value: a client cannot mint label values.
@@ -235,8 +253,9 @@ def count_tokens_issued(grant_type: str) -> None:
 def render() -> bytes:
     """The Prometheus text exposition of every process (or of this one)."""
     sync()
+    # The mode prometheus_client chose when it was imported, not the variable now.
     directory = os.environ.get(MULTIPROC_DIR_ENV)
-    if directory:
+    if MULTIPROCESS and directory:
         _forget_gone_processes(directory)
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -294,9 +294,9 @@ async def test_database_unavailable_answers_are_counted(settings_keys: tuple[str
 
 
 WITHHELD_SCRIPT = r'''
-import asyncio, logging, logging.config, sys
+import asyncio, gc, logging, logging.config, sys
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 from provider.db import create_engine
 from provider.logs import logging_config
 
@@ -308,19 +308,44 @@ async def main():
         await conn.execute(text("CREATE TEMP TABLE t (email text PRIMARY KEY, n int NOT NULL)"))
         await conn.execute(text("INSERT INTO t VALUES ('ada@example.com', 1)"))
         await conn.commit()
-        for values in ({"email": "ada@example.com", "n": 2},
-                       {"email": "bob@example.com", "n": None}):
+        statements = [
+            ("INSERT INTO t VALUES (:v, 2)", "ada@example.com"),          # unique key
+            ("INSERT INTO t VALUES (:v, NULL)", "bob\nnext-line@example.com"),  # not null
+            ("SELECT CAST(:v AS uuid)", "carol-secret"),          # asyncpg cannot encode
+            ("SELECT CAST(CAST(:v AS text) AS uuid)", "dave-secret"),  # PostgreSQL refuses
+        ]
+        for statement, value in statements:
             try:
                 # Bound, as every statement of ours: the engine hides parameters.
-                await conn.execute(text("INSERT INTO t VALUES (:email, :n)"), values)
-            except IntegrityError as exc:
+                await conn.execute(text(statement), {"v": value})
+            except DBAPIError as exc:
                 # As the app's catch-all, uvicorn and a third party would log it.
                 logging.getLogger("provider.app").error("unhandled error", exc_info=exc)
                 logging.getLogger("uvicorn.error").error("Exception in ASGI application",
                                                          exc_info=exc)
                 logging.getLogger("sqlalchemy.pool").error("during reset", exc_info=exc)
+                group = ExceptionGroup("in a task group", [exc])
+                logging.getLogger("provider.app").error("group", exc_info=group)
+                logging.getLogger("provider.app").warning("as text: %s / %r", exc, exc)
+                driver = exc.orig.__cause__  # asyncpg's own, its DETAIL in its text
+                logging.getLogger("provider.app").warning("driver: %s", driver)
+                # A traceback some other handler formatted before ours.
+                app = logging.getLogger("provider.app")
+                record = app.makeRecord("provider.app", logging.ERROR, "s", 1, "earlier",
+                                        None, (type(exc), exc, exc.__traceback__))
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+                app.handle(record)
+                last = exc
             await conn.rollback()
     await engine.dispose()
+
+    async def fails():
+        raise last
+
+    task = asyncio.ensure_future(fails())
+    await asyncio.sleep(0)
+    del task
+    gc.collect()  # asyncio: "Task exception was never retrieved", with its repr
 
 asyncio.run(main())
 '''
@@ -337,13 +362,18 @@ def test_logged_database_errors_withhold_the_values_they_quote(
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     log = run.stderr
-    assert log.count("UniqueViolationError") >= 3, log
-    assert log.count("NotNullViolationError") >= 3, log
+    assert log.count("UniqueViolationError") >= 5, log
+    assert log.count("NotNullViolationError") >= 5, log
+    assert "Task exception was never retrieved" in log
     assert "Key (email)=(...) [values withheld]" in log
     assert "DETAIL:  ... [values withheld]" in log  # "Failing row contains (...)"
-    assert "ada@example.com" not in log
-    assert "bob@example.com" not in log
+    assert "invalid input syntax for type uuid: ... [values withheld]" in log
+    assert "invalid input for query argument $1: ... [values withheld]" in log
+    for value in ("ada@example.com", "next-line@example.com", "carol-secret", "dave-secret"):
+        assert value not in log, value
     if log_format == "json":
         lines = [json.loads(line) for line in log.splitlines()]
-        assert len(lines) == 6
-        assert all("[values withheld]" in line["exception"] for line in lines)
+        assert len(lines) == 4 * 7 + 1
+        tracebacks = [line["exception"] for line in lines if "exception" in line]
+        assert len(tracebacks) == 4 * 5 + 1
+        assert all("[values withheld]" in traceback for traceback in tracebacks)

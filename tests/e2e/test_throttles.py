@@ -404,6 +404,11 @@ async def test_redis_stopped_gives_503_and_service_resumes_when_it_returns(
                 assert "default-src 'none'" in page.headers["content-security-policy"]
                 assert "The service is unavailable right now." in page.text
                 assert "location" not in page.headers
+                # Each of those answers counted: 3 tokens, the problem, the page.
+                # (One worker: the process's own metrics, prometheus_client's included.)
+                scraped = (await http.get("/metrics")).text
+                assert "provider_rate_limit_unavailable_total 5.0" in scraped, scraped
+                assert "process_resident_memory_bytes" in scraped
                 # What needs no throttle keeps answering.
                 assert (await http.get("/.well-known/jwks.json")).status_code == 200
 
