@@ -49,6 +49,19 @@ def is_page(response: httpx.Response, title: str) -> bool:
             and f"<h1>{title}</h1>" in response.text)
 
 
+def assert_unavailable_page(response: httpx.Response) -> None:
+    """A page's answer to an outage: 503 with Retry-After, a page for a person (not
+    JSON), uncached, under the pages' CSP, and no way back to the client (whose redirect
+    URI could not be checked)."""
+    assert response.status_code == 503, response.text
+    assert is_page(response, "Try again shortly"), response.text
+    assert response.headers["retry-after"] == "5"
+    assert response.headers["cache-control"] == "no-store"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert "The service is unavailable right now." in response.text
+    assert "location" not in response.headers
+
+
 @dataclass
 class Authorization:
     """One authorization request's parameters and PKCE verifier."""
