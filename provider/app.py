@@ -202,17 +202,23 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
         return from_http_exception(exc).response()
 
+    async def unavailable(request: Request, service: str) -> Response:
+        """A 503 with Retry-After in the caller's terms: a page for the browser's pages,
+        temporarily_unavailable (RFC 6749 §5.2) for the rest of /oauth/, else a problem."""
+        if pages.is_page(request.url.path):
+            return pages.unavailable()
+        if request.url.path.startswith("/oauth/"):
+            return await oauth_error(request, TemporarilyUnavailable())
+        return ServiceUnavailable(f"The {service} is unavailable. Try again shortly."
+                                  ).response()
+
     async def database_unavailable(request: Request, reason: Unavailable) -> Response:
         # Down, restarting, frozen, out of connections: a client should retry, not see a
         # 500. An outage is expected: one line per failed request, no traceback.
         log.error("database unavailable (%s %s): %s", request.method, request.url.path,
                   reason)
         DATABASE_UNAVAILABLE.inc()
-        if pages.is_page(request.url.path):
-            return pages.unavailable()
-        if request.url.path.startswith("/oauth/"):
-            return await oauth_error(request, TemporarilyUnavailable())
-        return ServiceUnavailable("The database is unavailable. Try again shortly.").response()
+        return await unavailable(request, "database")
 
     async def database_error(request: Request, exc: Exception) -> Response:
         reason = unavailable_reason(exc)
@@ -225,12 +231,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         # Fail closed: without its throttle a request could guess without limit (README).
         log.error("rate-limit storage unavailable: %s", exc)
         RATE_LIMIT_UNAVAILABLE.inc()
-        if pages.is_page(request.url.path):
-            return pages.unavailable()
-        if request.url.path.startswith("/oauth/"):
-            return await oauth_error(request, TemporarilyUnavailable())
-        return ServiceUnavailable(
-            "The rate-limit service is unavailable. Try again shortly.").response()
+        return await unavailable(request, "rate-limit service")
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(_request: Request, _exc: ClientDisconnect) -> Response:

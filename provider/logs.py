@@ -454,7 +454,6 @@ def logging_config(log_format: LogFormat) -> dict[str, Any]:
             "handlers": {"provider": {"class": "logging.StreamHandler",
                                       "formatter": "provider",
                                       "stream": "ext://sys.stderr"}},
-            "root": {"handlers": ["provider"], "level": "WARNING"},
             "loggers": {
                 "uvicorn": {"handlers": ["provider"], "level": "INFO", "propagate": False},
                 "uvicorn.error": {"level": "INFO"},
@@ -464,7 +463,8 @@ def logging_config(log_format: LogFormat) -> dict[str, Any]:
                                            "propagate": False}
     config["loggers"]["provider"] = {"handlers": ["provider"], "level": "INFO",
                                      "propagate": False}
-    # Third parties' warnings and errors (SQLAlchemy's pool, asyncio) through ours too.
+    # Third parties' warnings and errors (SQLAlchemy's pool, asyncio) through ours, in
+    # both formats.
     config["root"] = {"handlers": ["provider"], "level": "WARNING"}
     config.setdefault("filters", {})["withhold"] = {
         "()": "provider.logs.WithholdDatabaseValues"}

@@ -126,8 +126,7 @@ def _start_time() -> float:
     """When this process started, in seconds since the epoch, as prometheus_client's own
     collector reads it (/proc: ticks since boot, plus the boot time)."""
     try:
-        # The fields after the command's closing parenthesis; starttime is the 22nd.
-        stat = (_PROC_SELF / "stat").read_text().rpartition(")")[2].split()
+        stat = _stat_fields("self")  # starttime is the 22nd field
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").open()
                     if line.startswith("btime "))
         return boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
@@ -161,10 +160,16 @@ def _has_exited(pid: int) -> bool:
     except PermissionError:
         return False  # running, as another user
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        state = _stat_fields(pid)[0]
     except (OSError, IndexError):
         return False
     return state in ("Z", "X")
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat's fields from the 3rd (the state) on: those after the command's
+    closing parenthesis, as the command itself may hold spaces and parentheses."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
 # Methods outside this set share one label value: a client cannot mint label values.

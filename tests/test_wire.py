@@ -99,12 +99,15 @@ async def answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, body
 
 
-async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    body = b'{"keys":[]}'
+async def send_whole(send: Any, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+    """A 200 with a content-length, its head and its body sent as an app sends them."""
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send_whole(send, b'{"keys":[]}', (b"content-type", b"application/json"))
 
 
 def request(method: str = "GET", path: str = "/", extra: bytes = b"") -> bytes:
@@ -129,10 +132,7 @@ async def test_each_answer_is_one_write_on_a_kept_alive_connection() -> None:
 @on_both_loops
 async def test_pipelined_requests_get_their_answers_in_order() -> None:
     async def path_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = scope["path"].encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_whole(send, scope["path"].encode())
 
     calls: list[tuple[str, bytes]] = []
     async with serving(path_echo, counting_protocol(calls)) as port:
@@ -172,9 +172,7 @@ async def test_continue_goes_out_before_the_body_is_read() -> None:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_whole(send, body)
 
     calls: list[tuple[str, bytes]] = []
     async with serving(echo, counting_protocol(calls)) as port:

@@ -21,6 +21,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.responses import HTMLResponse
 
+from provider.errors import ServiceUnavailable
+
 TEMPLATES = Path(__file__).parent / "templates"
 PRODUCT = "provider"
 AUTHORIZE_PATH = "/oauth/authorize"
@@ -82,7 +84,7 @@ def unavailable() -> HTMLResponse:
     redirect URI could not be checked)."""
     return message("Try again shortly",
                    "The service is unavailable right now. Try again in a few seconds.",
-                   status=503, headers={"Retry-After": "5"})
+                   status=503, headers=ServiceUnavailable().headers())
 
 
 def internal_error() -> HTMLResponse:
