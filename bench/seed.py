@@ -70,9 +70,9 @@ PROVIDER = str(Path(sys.executable).parent / "provider")
 BENCH_EMAIL = "bench-user@example.com"
 BENCH_PASSWORD = "bench-Quiet-Harbor-Lantern-42"  # not a secret: a throwaway bench user
 # No `openid`: the refresh and password grants then sign one JWT, as the yardstick does.
-USER_SCOPE = "profile email api"
+USER_SCOPE = "profile email account api"
 # `api` is what client_credentials can get (user scopes are refused for a client).
-CLIENT_SCOPES = "openid profile email api"
+CLIENT_SCOPES = "openid profile email account api"
 EXPECTED_ARGON2 = "$argon2id$v=19$m=19456,t=2,p=1$"
 
 

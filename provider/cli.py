@@ -615,10 +615,12 @@ def clients_ensure_dev() -> None:
     `make run` can show them again. It may use the password grant and the authorization
     code flow with PKCE, whose redirect URI is Swagger UI's
     PROVIDER_ISSUER/docs/oauth2-redirect.html (registered on an existing dev client
-    too). First-party: no consent screen. Not for production.
+    too), with the scopes openid, profile, email, account and admin (`account` is added
+    to an existing dev client too). First-party: no consent screen. Not for production.
     """
     from provider.clients.service import create_client, get_client
     from provider.docs import SWAGGER_REDIRECT_PATH
+    from provider.oauth.scopes import ACCOUNT
 
     current = settings()
     if current.env == "production":
@@ -646,12 +648,14 @@ def clients_ensure_dev() -> None:
                 missing = [g for g in grants if g not in client.grant_types]
                 if missing:
                     client.grant_types = [*client.grant_types, *missing]
+                if ACCOUNT not in client.scopes:
+                    client.scopes = [*client.scopes, ACCOUNT]
                 client.is_first_party = True
                 await session.flush()
                 return dict(saved)
         client, secret = await create_client(
             session, name="Swagger UI (development)", grant_types=grants,
-            scopes=["openid profile email admin"], is_public=False, now=SystemClock().now(),
+            scopes=["openid profile email account admin"], is_public=False, now=SystemClock().now(),
             grant_rules=CLIENT_GRANT_RULES, redirect_uris=[redirect_uri],
             is_first_party=True,
         )

@@ -27,7 +27,7 @@ from provider.oauth.errors import (
     InvalidToken,
     MissingToken,
 )
-from provider.oauth.scopes import ADMIN, DESCRIPTIONS
+from provider.oauth.scopes import ACCOUNT, ADMIN, DESCRIPTIONS
 from provider.services import Services
 from provider.settings import Settings
 from provider.tokens.jwt import AccessClaims, TokenRejected
@@ -164,6 +164,18 @@ async def get_current_user(claims: ClaimsDep, session: SessionDep) -> User:
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_account_user(claims: ClaimsDep, user: CurrentUser) -> User:
+    """The account API (/users/me...) is the user's own: a token needs the ``account``
+    scope, so an app granted only to read the user (openid, profile, email) cannot
+    change the account, its password or its second factor."""
+    if ACCOUNT not in claims.scope:
+        raise InsufficientScope(ACCOUNT)
+    return user
+
+
+AccountUser = Annotated[User, Depends(get_account_user)]
 
 
 async def get_admin_user(claims: ClaimsDep, user: CurrentUser) -> User:

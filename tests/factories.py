@@ -80,7 +80,7 @@ class Factory:
         self,
         *,
         grants: tuple[str, ...] = ("password", "refresh_token"),
-        scopes: str = "openid profile email admin",
+        scopes: str = "openid profile email account admin",
         public: bool = False,
         name: str = "test client",
         redirect_uris: tuple[str, ...] = (),
@@ -101,7 +101,7 @@ class Factory:
     async def code_client(
         self, *, redirect_uris: tuple[str, ...] = ("https://client.example.com/callback",),
         first_party: bool = False, public: bool = False,
-        scopes: str = "openid profile email admin", name: str = "Example App",
+        scopes: str = "openid profile email account admin", name: str = "Example App",
         post_logout_redirect_uris: tuple[str, ...] = ("https://client.example.com/bye",),
     ) -> TestClient:
         """A client of the authorization code flow (with refresh tokens)."""

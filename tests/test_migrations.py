@@ -364,3 +364,68 @@ def test_fillfactor_revision_sets_and_resets_refresh_tokens_storage(fresh_url: s
     assert inspect_db(fresh_url, options) == expected
     command.downgrade(config, KEYS_REVISION)
     assert inspect_db(fresh_url, options) is None
+
+
+ACCOUNT_SCOPE_REVISION = "8c2d5e7f3a41"
+
+
+def test_account_scope_revision_keeps_first_party_apps_on_the_account_api(
+        fresh_url: str) -> None:
+    """The account API needs `account` from this revision on: clients trusted as
+    first-party (password grant, or is_first_party) are allowed it, and their live
+    sessions get it; third-party clients and ended sessions are left as they were."""
+    config = config_for(fresh_url)
+    command.upgrade(config, "4b8e2f6a1c3d")  # the revision before
+    users, clients, sessions = (Base.metadata.tables[name]
+                                for name in ("users", "clients", "login_sessions"))
+    expired = AT + timedelta(days=1)
+    rows = {  # session id: client, scope, revoked_at, expires_at
+        uuid.UUID(int=1): ("cl_password", "openid profile", None, FAMILY_END),
+        uuid.UUID(int=2): ("cl_password", "", None, FAMILY_END),
+        uuid.UUID(int=3): ("cl_password", "openid", LATER, FAMILY_END),
+        uuid.UUID(int=4): ("cl_password", "openid", None, expired),
+        uuid.UUID(int=5): ("cl_first", "openid account", None, FAMILY_END),
+        uuid.UUID(int=6): ("cl_third", "openid email", None, FAMILY_END),
+        uuid.UUID(int=7): ("cl_first", "accounts", None, FAMILY_END),
+    }
+
+    def seed(connection: Connection) -> None:
+        connection.execute(insert(users).values(id=OLD_USER, email="old@example.com",
+                                                created_at=AT, updated_at=AT))
+        for client_id, grants, scopes, first_party in (
+                ("cl_password", ["password", "refresh_token"], ["openid", "profile"], False),
+                ("cl_first", ["authorization_code"], ["openid", "account"], True),
+                ("cl_third", ["authorization_code", "refresh_token"], ["openid", "email"],
+                 False)):
+            connection.execute(insert(clients).values(
+                client_id=client_id, name=client_id, grant_types=grants, scopes=scopes,
+                is_first_party=first_party, created_at=AT, updated_at=AT))
+        for session_id, (client_id, scope, revoked_at, expires_at) in rows.items():
+            connection.execute(insert(sessions).values(
+                id=session_id, user_id=OLD_USER, client_id=client_id, scope=scope, amr=["pwd"],
+                auth_time=AT, created_at=AT, expires_at=expires_at, session_epoch=0,
+                revoked_at=revoked_at))
+        connection.commit()
+
+    inspect_db(fresh_url, seed)
+    command.upgrade(config, ACCOUNT_SCOPE_REVISION)
+    assert dict(inspect_db(fresh_url, lambda c: c.execute(
+        select(clients.c.client_id, clients.c.scopes)).all())) == {
+        "cl_password": ["openid", "profile", "account"],
+        "cl_first": ["openid", "account"],
+        "cl_third": ["openid", "email"],
+    }
+    assert dict(inspect_db(fresh_url, lambda c: c.execute(
+        select(sessions.c.id, sessions.c.scope)).all())) == {
+        uuid.UUID(int=1): "openid profile account",
+        uuid.UUID(int=2): "account",
+        uuid.UUID(int=3): "openid",  # revoked
+        uuid.UUID(int=4): "openid",  # expired
+        uuid.UUID(int=5): "openid account",
+        uuid.UUID(int=6): "openid email",  # third party
+        uuid.UUID(int=7): "accounts account",  # a lookalike is not the scope
+    }
+    # The downgrade keeps the rows (the previous code ignores the scope).
+    command.downgrade(config, "4b8e2f6a1c3d")
+    command.upgrade(config, "head")
+    assert inspect_db(fresh_url, schema_drift) == []

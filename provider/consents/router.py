@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Response
 from provider.audit.service import EventType
 from provider.consents import service
 from provider.consents.schemas import ConsentList, ConsentRead
-from provider.deps import CurrentUser, RequestContextDep, ServicesDep, SessionDep
+from provider.deps import AccountUser, RequestContextDep, ServicesDep, SessionDep
 from provider.errors import NotFound, Problem
 from provider.responses import BEARER_ERRORS
 
@@ -22,7 +22,7 @@ class ConsentNotFound(NotFound):
 
 
 @router.get("/users/me/consents", response_model=ConsentList, responses=BEARER_ERRORS)
-async def list_my_consents(user: CurrentUser, session: SessionDep) -> ConsentList:
+async def list_my_consents(user: AccountUser, session: SessionDep) -> ConsentList:
     """The third-party applications you allowed to access your account, and what."""
     items = await service.list_consents(await session.connection(), user.id)
     return ConsentList(items=[ConsentRead(client_id=c.client_id, client_name=c.client_name,
@@ -36,7 +36,7 @@ async def list_my_consents(user: CurrentUser, session: SessionDep) -> ConsentLis
                                 "consent_not_found: no consent or session with this client"}})
 async def withdraw_my_consent(
     client_id: Annotated[str, Path(max_length=128, description="The application's client_id")],
-    user: CurrentUser, session: SessionDep, services: ServicesDep,
+    user: AccountUser, session: SessionDep, services: ServicesDep,
     context: RequestContextDep,
 ) -> Response:
     """Withdraw the consent: the application's refresh tokens of yours stop working, and

@@ -17,9 +17,9 @@ from provider.audit.service import EventType
 from provider.codes.service import InvalidCode
 from provider.deps import (
     AccountsDep,
+    AccountUser,
     AdminUser,
     ClaimsDep,
-    CurrentUser,
     RequestContextDep,
     ServicesDep,
     SessionDep,
@@ -79,7 +79,7 @@ def _answers() -> Iterator[None]:
 
 @router.post("/users/me/mfa/totp", response_model=TotpEnrolment,
              responses={**BEARER_ERRORS, **problems(409, 503)})
-async def start_totp_enrolment(user: CurrentUser, session: SessionDep,
+async def start_totp_enrolment(user: AccountUser, session: SessionDep,
                                services: ServicesDep) -> TotpEnrolment:
     """Start (or restart) TOTP enrolment: a new pending secret, its otpauth URI and QR
     code. Nothing changes at sign-in until it is confirmed with a code."""
@@ -93,7 +93,7 @@ async def start_totp_enrolment(user: CurrentUser, session: SessionDep,
 
 @router.post("/users/me/mfa/totp/confirm", response_model=RecoveryCodes,
              responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
-async def confirm_totp(body: TotpCode, user: CurrentUser, claims: ClaimsDep,
+async def confirm_totp(body: TotpCode, user: AccountUser, claims: ClaimsDep,
                        background: BackgroundTasks, accounts: AccountsDep,
                        session: SessionDep, services: ServicesDep,
                        context: RequestContextDep) -> RecoveryCodes:
@@ -111,7 +111,7 @@ async def confirm_totp(body: TotpCode, user: CurrentUser, claims: ClaimsDep,
 
 @router.post("/users/me/mfa/recovery-codes", response_model=RecoveryCodes,
              responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
-async def regenerate_recovery_codes(body: TotpCode, user: CurrentUser, claims: ClaimsDep,
+async def regenerate_recovery_codes(body: TotpCode, user: AccountUser, claims: ClaimsDep,
                                     background: BackgroundTasks, accounts: AccountsDep,
                                     session: SessionDep, services: ServicesDep,
                                     context: RequestContextDep) -> RecoveryCodes:
@@ -131,7 +131,7 @@ async def regenerate_recovery_codes(body: TotpCode, user: CurrentUser, claims: C
 
 @router.delete("/users/me/mfa/totp", status_code=204, response_class=Response,
                responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
-async def disable_totp(body: DisableTotp, user: CurrentUser, claims: ClaimsDep,
+async def disable_totp(body: DisableTotp, user: AccountUser, claims: ClaimsDep,
                        background: BackgroundTasks, accounts: AccountsDep,
                        session: SessionDep, services: ServicesDep,
                        context: RequestContextDep) -> Response:

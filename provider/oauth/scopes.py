@@ -14,6 +14,7 @@ OPENID = "openid"
 PROFILE = "profile"
 EMAIL = "email"
 ADMIN = "admin"
+ACCOUNT = "account"
 OFFLINE_ACCESS = "offline_access"
 
 # The scopes we define, with what they grant (shown in Swagger UI's Authorize dialog).
@@ -21,11 +22,13 @@ DESCRIPTIONS: dict[str, str] = {
     OPENID: "OpenID Connect: adds an ID token",
     PROFILE: "Your username and profile",
     EMAIL: "Your email address",
+    ACCOUNT: "Manage your account (/users/me): profile, email, password, two-step "
+             "verification, consents",
     ADMIN: "Administer users and clients (admins only)",
 }
 STANDARD_SCOPES: tuple[str, ...] = tuple(DESCRIPTIONS)
 # Scopes that only mean something for a user, never for a client acting for itself.
-USER_ONLY_SCOPES = frozenset({OPENID, PROFILE, EMAIL, ADMIN, OFFLINE_ACCESS})
+USER_ONLY_SCOPES = frozenset({OPENID, PROFILE, EMAIL, ACCOUNT, ADMIN, OFFLINE_ACCESS})
 
 
 def parse_scope(raw: str | None) -> list[str] | None:

@@ -9,8 +9,8 @@ from fastapi import APIRouter, BackgroundTasks, Request, Response
 from provider.audit.service import EventType
 from provider.deps import (
     AccountsDep,
+    AccountUser,
     ClaimsDep,
-    CurrentUser,
     RequestContextDep,
     ServicesDep,
     SessionDep,
@@ -100,13 +100,13 @@ async def reset_password(body: ResetPassword, background: BackgroundTasks,
 
 
 @router.get("/users/me", response_model=UserRead, responses=BEARER_ERRORS)
-async def read_me(user: CurrentUser) -> UserRead:
+async def read_me(user: AccountUser) -> UserRead:
     return UserRead.model_validate(user)
 
 
 @router.patch("/users/me", response_model=UserUpdated,
               responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
-async def update_me(body: UserUpdate, user: CurrentUser, claims: ClaimsDep,
+async def update_me(body: UserUpdate, user: AccountUser, claims: ClaimsDep,
                     background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
                     services: ServicesDep, context: RequestContextDep) -> UserUpdated:
     fields = body.model_fields_set
@@ -129,7 +129,7 @@ async def update_me(body: UserUpdate, user: CurrentUser, claims: ClaimsDep,
 
 @router.post("/users/me/email/confirm", response_model=UserRead,
              responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
-async def confirm_email(body: ConfirmEmail, user: CurrentUser, claims: ClaimsDep,
+async def confirm_email(body: ConfirmEmail, user: AccountUser, claims: ClaimsDep,
                         background: BackgroundTasks, accounts: AccountsDep,
                         session: SessionDep, services: ServicesDep,
                         context: RequestContextDep) -> UserRead:
@@ -143,7 +143,7 @@ async def confirm_email(body: ConfirmEmail, user: CurrentUser, claims: ClaimsDep
 
 @router.post("/users/me/password", status_code=204, response_class=Response,
              responses={**BEARER_ERRORS, **problems(400, 422, 429, 503)})
-async def change_password(body: ChangePassword, user: CurrentUser, claims: ClaimsDep,
+async def change_password(body: ChangePassword, user: AccountUser, claims: ClaimsDep,
                           background: BackgroundTasks, accounts: AccountsDep,
                           session: SessionDep, services: ServicesDep,
                           context: RequestContextDep) -> Response:
@@ -158,7 +158,7 @@ async def change_password(body: ChangePassword, user: CurrentUser, claims: Claim
 
 @router.delete("/users/me", status_code=204, response_class=Response,
                responses={**BEARER_ERRORS, **problems(400, 422, 429, 503)})
-async def delete_me(body: DeleteAccount, user: CurrentUser, claims: ClaimsDep,
+async def delete_me(body: DeleteAccount, user: AccountUser, claims: ClaimsDep,
                     background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
                     services: ServicesDep, context: RequestContextDep) -> Response:
     await accounts.delete_account(session, mailbox_for(background, accounts), user,

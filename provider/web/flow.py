@@ -46,7 +46,7 @@ from provider.oauth.errors import (
     SlowDown,
 )
 from provider.oauth.grants.password import check_credentials
-from provider.oauth.scopes import ADMIN, EMAIL, OPENID, PROFILE, resolve_scope
+from provider.oauth.scopes import ACCOUNT, ADMIN, EMAIL, OPENID, PROFILE, resolve_scope
 from provider.oidc.logout import LogoutError, parse_logout
 from provider.tokens.authorization_codes import CodeGrant, issue_code
 from provider.tokens.revocation import revoke_session_of
@@ -65,6 +65,8 @@ SCOPE_WORDS = {
     OPENID: "Know who you are (your account's id)",
     PROFILE: "See your username and profile",
     EMAIL: "See your email address",
+    ACCOUNT: ("Manage your account: change your profile, email and password, turn two-step "
+              "verification on or off, and delete the account"),
     ADMIN: "Administer users and applications with your admin rights",
 }
 RESET_DOCS = "/docs#/accounts/forgot_password_auth_forgot_password_post"

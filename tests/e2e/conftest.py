@@ -212,7 +212,8 @@ class LiveServer:
     def cli_json(self, *args: str) -> dict[str, Any]:
         return _one_json_object(self.cli(*args, "--json"))
 
-    def create_account(self, *, client_name: str = "e2e", scope: str = "openid profile email",
+    def create_account(self, *, client_name: str = "e2e",
+                       scope: str = "openid profile email account",
                        password: str = DEFAULT_PASSWORD) -> tuple[User, OAuthClient]:
         """A verified user and a confidential password + refresh_token client, made with
         `provider users create` and `provider clients create` (run side by side)."""

@@ -25,10 +25,10 @@ PARALLEL = 6
 
 async def _tokens(pair: ServerPair, factory: Factory, count: int) -> list[str]:
     """Access tokens of ``count`` fresh users."""
-    client = await factory.client(scopes="openid profile email")
+    client = await factory.client(scopes="openid profile email account")
     users = [await factory.user() for _ in range(count)]
     async with pair[0].http() as http:
-        return [(await login(http, client, user, scope="profile email"))["access_token"]
+        return [(await login(http, client, user, scope="profile email account"))["access_token"]
                 for user in users]
 
 

@@ -94,7 +94,7 @@ async def sign_in(server: LiveServer, client: OAuthClient, user: User) -> httpx.
     async with server.http() as http:
         return await http.post("/oauth/token", auth=client.auth, data={
             "grant_type": "password", "username": user.email, "password": user.password,
-            "scope": "openid profile"})
+            "scope": "openid profile account"})
 
 
 async def refresh(server: LiveServer, client: OAuthClient, token: str) -> httpx.Response:

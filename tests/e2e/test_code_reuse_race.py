@@ -39,7 +39,7 @@ async def redeem(server: LiveServer, client: OAuthClient, request: Authorization
 
 async def fresh_code(browser: Browser, client: OAuthClient, user: TestUser
                      ) -> tuple[Authorization, str]:
-    request = Authorization(client.client_id)
+    request = Authorization(client.client_id, scope="openid profile email account")
     page = await browser.authorize(request)
     if page.status_code == 200:  # the first trial signs in; later ones use the session
         page = await browser.follow(await browser.login(page, user.email, user.password))

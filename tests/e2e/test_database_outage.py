@@ -123,7 +123,7 @@ class Load:
                 if refresh_token is None:
                     got = await self._send(http, "login", "POST", "/oauth/token",
                                            auth=self.client.auth, data={
-                                               "grant_type": "password", "scope": "openid",
+                                               "grant_type": "password", "scope": "openid account",
                                                "username": self.user.email,
                                                "password": self.user.password})
                 else:
@@ -258,7 +258,7 @@ def kill_connections(cluster: ThrowawayCluster) -> None:
 async def test_outages_under_load_answer_503_and_service_resumes(
     outage_server: LiveServer, own_postgres: ThrowawayCluster
 ) -> None:
-    user, client = outage_server.create_account(scope="openid profile email")
+    user, client = outage_server.create_account(scope="openid profile email account")
     log_start = len(outage_server.log())
     load = Load(outage_server, user, client)
     tasks = [asyncio.create_task(load.worker(n)) for n in range(LOAD_WORKERS)]

@@ -96,13 +96,13 @@ async def test_authlib_password_grant_and_refresh_verify_with_pyjwt(
 
     async with AsyncOAuth2Client(
         client_id=oauth_client.client_id, client_secret=oauth_client.client_secret,
-        token_endpoint_auth_method=auth_method, scope="openid profile email",
+        token_endpoint_auth_method=auth_method, scope="openid profile email account",
         event_hooks={"request": [record]}, trust_env=False, timeout=30.0,
     ) as oauth:
         token = await oauth.fetch_token(token_endpoint, grant_type="password",
                                         username=user.email, password=user.password)
         assert token["token_type"] == "Bearer"
-        assert token["scope"] == "openid profile email"
+        assert token["scope"] == "openid profile email account"
         assert sent[-1].url == token_endpoint
         # The client authenticated the way it was told to, and only that way.
         body = sent[-1].content.decode()
@@ -116,7 +116,7 @@ async def test_authlib_password_grant_and_refresh_verify_with_pyjwt(
         claims = verify_access_token(jwks, token["access_token"], issuer=issuer,
                                      client_id=oauth_client.client_id)
         assert claims["sub"] == user.id
-        assert claims["scope"] == "openid profile email"
+        assert claims["scope"] == "openid profile email account"
         id_claims = verify_id_token(jwks, token["id_token"], issuer=issuer,
                                     client_id=oauth_client.client_id)
         assert id_claims["sub"] == user.id

@@ -81,7 +81,7 @@ async def test_a_whole_flow_logs_json_lines_and_no_secret(
     server = json_server
     email = unique_email("logs")
     client = server.cli_json("clients", "create", "--name", "logs", "--grant", "password",
-                             "--grant", "refresh_token", "--scope", "openid profile email")
+                             "--grant", "refresh_token", "--scope", "openid profile email account")
     basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode())
     client_auth = {"Authorization": f"Basic {basic.decode()}"}
     secrets_used = [PASSWORD, WRONG_PASSWORD, client["client_secret"], basic.decode()]
@@ -100,7 +100,7 @@ async def test_a_whole_flow_logs_json_lines_and_no_secret(
 
         answers["login"] = await http.post("/oauth/token", headers=client_auth, data={
             "grant_type": "password", "username": email, "password": PASSWORD,
-            "scope": "openid profile email"})
+            "scope": "openid profile email account"})
         assert answers["login"].status_code == 200, answers["login"].text
         first = answers["login"].json()
         answers["refresh"] = await http.post("/oauth/token", headers=client_auth, data={

@@ -120,7 +120,7 @@ async def test_authlib_client_signs_in_with_a_second_factor(live: LiveServer) ->
     def authlib_client() -> AsyncOAuth2Client:
         oauth = AsyncOAuth2Client(client_id=client.client_id,
                                   client_secret=client.client_secret,
-                                  scope="openid profile", trust_env=False, timeout=30.0)
+                                  scope="openid profile account", trust_env=False, timeout=30.0)
         oauth.register_compliance_hook("access_token_response", keep_mfa_token)
         return oauth
 
@@ -151,7 +151,7 @@ async def test_authlib_client_signs_in_with_a_second_factor(live: LiveServer) ->
         id_claims = verify(jwks, token["id_token"], audience=client.client_id, issuer=issuer)
         assert access["amr"] == id_claims["amr"] == RECOVERY_AMR
         assert access["auth_time"] == id_claims["auth_time"]
-        assert access["scope"] == "openid profile"
+        assert access["scope"] == "openid profile account"
         me = await oauth.get(f"{issuer}/users/me")
         assert me.status_code == 200 and me.json()["mfa_enabled"] is True
         refreshed = await oauth.refresh_token(token_endpoint,
@@ -202,7 +202,7 @@ async def _mfa_token(server: LiveServer, oauth: OAuthClient, user: User) -> str:
     async with server.http() as http:
         response = await http.post("/oauth/token", auth=(oauth.client_id, oauth.client_secret),
                                    data={"grant_type": "password", "username": user.email,
-                                         "password": user.password, "scope": "openid"})
+                                         "password": user.password, "scope": "openid account"})
     assert response.status_code == 403, response.text
     token: str = response.json()["mfa_token"]
     return token

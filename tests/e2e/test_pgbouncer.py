@@ -91,7 +91,7 @@ async def token(server: LiveServer, client: OAuthClient, **form: str) -> httpx.R
 
 async def login(server: LiveServer, client: OAuthClient, user: User) -> dict[str, str]:
     response = await token(server, client, grant_type="password", username=user.email,
-                           password=user.password, scope="openid profile")
+                           password=user.password, scope="openid profile account")
     assert response.status_code == 200, response.text
     body: dict[str, str] = response.json()
     return body

@@ -32,7 +32,7 @@ async def login(server: LiveServer, client: OAuthClient, user: User) -> dict[str
         response = await http.post(
             "/oauth/token", auth=client.auth,
             data={"grant_type": "password", "username": user.email, "password": user.password,
-                  "scope": "openid email"},
+                  "scope": "openid email account"},
         )
     assert response.status_code == 200, response.text
     body: dict[str, str] = response.json()
@@ -65,7 +65,7 @@ async def test_parallel_refresh_exactly_one_wins_and_reuse_revokes_session(
     pair: ServerPair, pair_factory: Factory
 ) -> None:
     user = await pair_factory.user()
-    client = await pair_factory.client(scopes="openid profile email")
+    client = await pair_factory.client(scopes="openid profile email account")
     for round_no in range(ROUNDS):
         tokens = await login(pair[round_no], client, user)
         responses = await race(pair, client, tokens["refresh_token"])

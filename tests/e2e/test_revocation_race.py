@@ -70,7 +70,7 @@ class Trial:
 
 
 async def sign_in(http: httpx.AsyncClient, client: OAuthClient, user: User,
-                  scope: str = "openid profile") -> dict[str, str]:
+                  scope: str = "openid profile account") -> dict[str, str]:
     response = await http.post("/oauth/token", auth=client.auth, data={
         "grant_type": "password", "username": user.email, "password": user.password,
         "scope": scope})
@@ -172,7 +172,7 @@ async def run_trial(pair: ServerPair, factory: Factory, sink: SmtpSink, admin: t
         User, OAuthClient], http: tuple[httpx.AsyncClient, httpx.AsyncClient],
         way: str, rng: random.Random) -> Trial:
     user = await factory.user()
-    client = await factory.client(scopes="openid profile email")
+    client = await factory.client(scopes="openid profile email account")
     admin_user, admin_client = admin
     admin_token = (await sign_in(http[0], admin_client, admin_user, "admin"))["access_token"]
     sessions = await asyncio.gather(*(sign_in(http[i % 2], client, user)

@@ -72,7 +72,7 @@ def test_swagger_ui_authorize_and_try_users_me_offline(
 ) -> None:
     browser_page, blocked = page
     # `provider users create ... --verified` and `provider clients create --name swagger
-    # --grant password --grant refresh_token --scope "openid profile email"`.
+    # --grant password --grant refresh_token --scope "openid profile email account"`.
     user, client = live_sqlite.create_account(client_name="swagger")
     try:
         drive_swagger_ui(browser_page, live_sqlite, user, client)
@@ -160,7 +160,7 @@ def drive_code_flow(page: Page, live: LiveServer, user: User, client: OAuthClien
     code_flow.locator("#client_id_authorizationCode").fill(client.client_id)
     assert client.client_secret
     code_flow.locator("#client_secret_authorizationCode").fill(client.client_secret)
-    for scope in ("openid", "profile", "email"):
+    for scope in ("openid", "profile", "email", "account"):
         # (The checkbox itself is hidden behind its styled label.)
         code_flow.locator(f"label[for='{scope}-authorizationCode-checkbox-OAuth2']").click()
         expect(code_flow.locator(f"input[data-value='{scope}']")).to_be_checked()

@@ -63,7 +63,7 @@ async def enrol(http: httpx.AsyncClient, clock: TestClock, oauth: TestClient,
     step's code (so the next code to use is the next step's: ``next_code``)."""
     if clock.frozen_at is None:
         freeze_in_a_step(clock)
-    tokens = await login(http, oauth, user, scope="openid profile email")
+    tokens = await login(http, oauth, user, scope="openid profile email account")
     headers = bearer(tokens["access_token"])
     started = await http.post("/users/me/mfa/totp", headers=headers)
     assert started.status_code == 200, started.text

@@ -51,7 +51,7 @@ async def test_enrolment_round_trip_with_pyotp(client: httpx.AsyncClient, factor
                                                clock: TestClock) -> None:
     user, oauth = await factory.user(), await factory.client()
     at = freeze_in_a_step(clock)
-    tokens = await login(client, oauth, user, scope="openid")
+    tokens = await login(client, oauth, user, scope="openid account")
     body = await start(client, tokens["access_token"])
 
     assert set(body) == {"secret", "otpauth_uri", "qr_svg"}

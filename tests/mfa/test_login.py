@@ -105,7 +105,7 @@ async def test_mfa_otp_grant_finishes_the_sign_in(client: httpx.AsyncClient,
                                                   factory: Factory, clock: TestClock) -> None:
     user, oauth = await factory.user(), await factory.client()
     enrolled = await enrol(client, clock, oauth, user)
-    token = await mfa_token(client, oauth, user, scope="openid email")
+    token = await mfa_token(client, oauth, user, scope="openid email account")
     signed_in_at = int(clock.now().timestamp())
 
     clock.advance(timedelta(seconds=31))
@@ -115,7 +115,7 @@ async def test_mfa_otp_grant_finishes_the_sign_in(client: httpx.AsyncClient,
     body = response.json()
     assert set(body) == {"access_token", "token_type", "expires_in", "scope",
                          "refresh_token", "id_token"}
-    assert body["scope"] == "openid email"  # the scope of the password step
+    assert body["scope"] == "openid email account"  # the scope of the password step
     # auth_time is when the second factor completed the sign-in.
     assert_tokens(body, TOTP_AMR, signed_in_at + 31)
     me = await client.get("/users/me", headers=bearer(body["access_token"]))

@@ -53,7 +53,7 @@ async def events(services: Services, user: TestUser, prefix: str = "mfa.") -> li
 
 async def signed_in_with_totp(http: httpx.AsyncClient, clock: TestClock, oauth,
                               user: TestUser, enrolled: Enrolled) -> dict:
-    response = await password_login(http, oauth, user, scope="openid",
+    response = await password_login(http, oauth, user, scope="openid account",
                                     otp=next_code(clock, enrolled.secret))
     assert response.status_code == 200, response.text
     body: dict = response.json()

@@ -75,7 +75,7 @@ async def test_tokens_are_signed_with_it_and_verify_in_another_library(
     alg_app: AlgApp, factory: Factory, settings: Settings,
 ) -> None:
     user, oauth = await factory.user(), await factory.client()
-    tokens = await login(alg_app.http, oauth, user, scope="openid profile")
+    tokens = await login(alg_app.http, oauth, user, scope="openid profile account")
     jwks = pyjwt.PyJWKSet.from_dict((await alg_app.http.get("/.well-known/jwks.json")).json())
     for token, audience, typ in ((tokens["access_token"], settings.token_audience, "at+jwt"),
                                  (tokens["id_token"], oauth.client_id, "JWT")):
@@ -138,7 +138,7 @@ async def test_no_token_passes_under_another_algorithm_than_its_keys(
     alg_app: AlgApp, factory: Factory, settings: Settings,
 ) -> None:
     user, oauth = await factory.user(), await factory.client()
-    real = await login(alg_app.http, oauth, user, scope="openid")
+    real = await login(alg_app.http, oauth, user, scope="openid account")
     claims = pyjwt.decode(real["access_token"], options={"verify_signature": False})
     forged = await forged_tokens(alg_app, claims)
     assert len(forged) >= 7

@@ -32,11 +32,11 @@ async def forge(factory: Factory, services: Services, settings: Settings) -> For
     assert isinstance(signer.key, RSAKey) and signer.key.private_key is not None
     iat = int(services.clock.now().timestamp())
     # Every user token belongs to a live session (its `sid`): the forger gets a real one.
-    session_id = await factory.session(user, oauth, scope="openid profile email")
+    session_id = await factory.session(user, oauth, scope="openid profile email account")
     claims = {
         "iss": settings.issuer, "sub": user.id, "aud": settings.token_audience,
         "exp": iat + 600, "iat": iat, "jti": uuid.uuid4().hex,
-        "client_id": oauth.client_id, "scope": "openid profile email", "sid": session_id,
+        "client_id": oauth.client_id, "scope": "openid profile email account", "sid": session_id,
     }
     return forge_for(signer.key, claims)
 

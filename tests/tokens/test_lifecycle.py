@@ -87,10 +87,10 @@ async def test_a_deactivated_clients_tokens_are_refused_everywhere(
 ) -> None:
     actor = await admin_login(client, factory)
     user = await factory.user()
-    oauth = await factory.client(scopes="openid profile email")
+    oauth = await factory.client(scopes="openid profile email account")
     machine = await factory.client(grants=("client_credentials",), scopes="reports:read")
     resource_server = await factory.client(grants=("client_credentials",), scopes="")
-    tokens = await login(client, oauth, user, scope="openid email")
+    tokens = await login(client, oauth, user, scope="openid email account")
     machine_token = (await client.post("/oauth/token", auth=machine.auth, data={
         "grant_type": "client_credentials"})).json()["access_token"]
     assert (await introspect(client, resource_server, machine_token))["active"] is True
@@ -118,9 +118,9 @@ async def test_reactivating_a_client_revives_none_of_its_old_tokens(
     actor = await admin_login(client, factory)
     user = await factory.user()
     oauth = await factory.client(grants=("password", "refresh_token", "client_credentials"),
-                                 scopes="openid reports:read")
+                                 scopes="openid account reports:read")
     resource_server = await factory.client(grants=("client_credentials",), scopes="")
-    tokens = await login(client, oauth, user, scope="openid")
+    tokens = await login(client, oauth, user, scope="openid account")
     own = (await client.post("/oauth/token", auth=oauth.auth, data={
         "grant_type": "client_credentials"})).json()["access_token"]
 
@@ -140,6 +140,6 @@ async def test_reactivating_a_client_revives_none_of_its_old_tokens(
     fresh = (await client.post("/oauth/token", auth=oauth.auth, data={
         "grant_type": "client_credentials"})).json()["access_token"]
     assert (await introspect(client, resource_server, fresh))["active"] is True
-    signed_in = await login(client, oauth, user, scope="openid")
+    signed_in = await login(client, oauth, user, scope="openid account")
     assert (await client.get("/users/me", headers=bearer(signed_in["access_token"]))
             ).status_code == 200

@@ -361,13 +361,22 @@ async def test_third_party_consent_is_asked_remembered_listed_and_withdrawn(
                                    prompt="none")
     assert query_of(none.headers["location"])["error"] == "consent_required"
 
-    listed = await client.get("/users/me/consents", headers=bearer(tokens["access_token"]))
+    # The app's own token (openid email) cannot use the account API: that needs `account`.
+    for method, path in (("GET", "/users/me"), ("GET", "/users/me/consents"),
+                         ("POST", "/users/me/mfa/totp"),
+                         ("DELETE", f"/users/me/consents/{app.client_id}")):
+        refused = await client.request(method, path, headers=bearer(tokens["access_token"]))
+        assert refused.status_code == 403, (path, refused.text)
+        assert refused.json()["error"] == "insufficient_scope"
+        assert 'scope="account"' in refused.headers["www-authenticate"]
+    other_app_tokens = await login(client, await factory.client(), user)
+    listed = await client.get("/users/me/consents",
+                              headers=bearer(other_app_tokens["access_token"]))
     assert listed.status_code == 200
     [item] = listed.json()["items"]
     assert (item["client_id"], item["client_name"], item["scopes"]) == (
         app.client_id, "Third <Party> App", ["email", "openid"])
     # Withdrawing ends the app's refresh tokens (and access tokens at our endpoints).
-    other_app_tokens = await login(client, await factory.client(), user)
     withdrawn = await client.delete(f"/users/me/consents/{app.client_id}",
                                     headers=bearer(other_app_tokens["access_token"]))
     assert withdrawn.status_code == 204
