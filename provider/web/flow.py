@@ -253,7 +253,9 @@ class Flow:
             async with self.services.single.connect() as conn:
                 granted = await granted_scopes(conn, login.user_id,
                                                request.client.client_id)
-            if "consent" in request.prompt or not set(scope.split()) <= granted:
+            # An empty scope (a client allowed none) still signs the user in to the
+            # app: it is asked every time, never taken as covered by nothing.
+            if "consent" in request.prompt or not scope or not set(scope.split()) <= granted:
                 if "none" in request.prompt:
                     return self.to_client(RedirectError(request.target, ConsentRequired()))
                 return self.consent_page(request, login, scope)

@@ -329,6 +329,25 @@ async def test_browser_session_ends(
 # --- consent ----------------------------------------------------------------------------
 
 
+async def test_a_third_party_client_with_no_scope_still_asks_consent(
+    browser: Browser, factory: Factory
+) -> None:
+    """A client allowed no scope resolves to an empty scope; that is not a consent."""
+    user = await factory.user()
+    app = await factory.code_client(name="Scopeless App", scopes="")
+    request = Authorization(app.client_id, scope=None)
+    page = await browser.follow(await browser.login(await browser.authorize(request),
+                                                    user.email, user.password))
+    assert is_page(page, "Allow access?")
+    assert "Sign you in" in page.text
+    answer = await browser.submit(page, decision="allow")
+    assert answer.status_code == 303 and "code" in query_of(answer.headers["location"])
+    # Nothing to remember: asked again, and prompt=none gets consent_required.
+    assert is_page(await browser.authorize(request), "Allow access?")
+    silent = await browser.authorize(request, prompt="none")
+    assert query_of(silent.headers["location"])["error"] == "consent_required"
+
+
 async def test_third_party_consent_is_asked_remembered_listed_and_withdrawn(
     browser: Browser, factory: Factory, client: httpx.AsyncClient
 ) -> None:
