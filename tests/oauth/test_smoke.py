@@ -7,7 +7,7 @@ from tests.helpers import password_login
 async def test_password_then_refresh_then_me(client, factory: Factory) -> None:
     user = await factory.user()
     oauth = await factory.client()
-    response = await password_login(client, oauth, user, scope="openid email")
+    response = await password_login(client, oauth, user, scope="openid email account")
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {"access_token", "token_type", "expires_in", "scope", "refresh_token",

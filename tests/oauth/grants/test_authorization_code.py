@@ -62,7 +62,7 @@ async def test_code_flow_issues_tokens_with_nonce_auth_time_amr_at_hash(
     digest = hashlib.sha256(body["access_token"].encode()).digest()
     assert identity["at_hash"] == base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
     assert identity["sid"] == access["sid"]
-    me = await client.get("/users/me", headers=bearer(body["access_token"]))
+    me = await client.get("/oauth/userinfo", headers=bearer(body["access_token"]))
     assert me.status_code == 200 and me.json()["email"] == user.email
     # The refresh token works like any other (and the refreshed ID token keeps auth_time).
     refreshed = await refresh(client, oauth, body["refresh_token"])
@@ -155,12 +155,12 @@ async def test_code_used_twice_fails_and_revokes_what_the_first_use_issued(
     first = await exchange(client, request, code, auth=oauth.auth)
     assert first.status_code == 200
     tokens = first.json()
-    assert (await client.get("/users/me", headers=bearer(tokens["access_token"]))
+    assert (await client.get("/oauth/userinfo", headers=bearer(tokens["access_token"]))
             ).status_code == 200
     second = await exchange(client, request, code, auth=oauth.auth)
     assert_oauth_error(second, 400, "invalid_grant", INVALID_CODE)
     # RFC 6749 §4.1.2: what the first use issued is revoked.
-    me = await client.get("/users/me", headers=bearer(tokens["access_token"]))
+    me = await client.get("/oauth/userinfo", headers=bearer(tokens["access_token"]))
     assert me.status_code == 401
     assert (await refresh(client, oauth, tokens["refresh_token"])).json()["error"] == \
         "invalid_grant"

@@ -167,7 +167,7 @@ async def test_wider_scope_is_invalid_scope_and_consumes_nothing(
     client, factory: Factory, scope: str
 ) -> None:
     user, oauth = await factory.user(), await factory.client()
-    tokens = await login(client, oauth, user, scope="openid email")
+    tokens = await login(client, oauth, user, scope="openid email account")
     response = await refresh(client, oauth, tokens["refresh_token"], scope=scope)
     assert_oauth_error(response, 400, "invalid_scope",
                        "The requested scope exceeds the original grant.")
