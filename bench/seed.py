@@ -159,7 +159,7 @@ def setup(args: argparse.Namespace) -> None:
     run_cli(["migrate"], env, cwd)
     make_keys(args.db_url, args.keys_dir, "RS256")
     client = json.loads(run_cli(
-        ["clients", "create", "--name", "bench", "--grant", "password",
+        ["clients", "create", "--name", "bench", "--first-party", "--grant", "password",
          "--grant", "refresh_token", "--grant", "client_credentials",
          "--scope", CLIENT_SCOPES, "--json"], env, cwd))
     user = json.loads(run_cli(

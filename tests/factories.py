@@ -85,8 +85,12 @@ class Factory:
         name: str = "test client",
         redirect_uris: tuple[str, ...] = (),
         post_logout_redirect_uris: tuple[str, ...] = (),
-        first_party: bool = False,
+        first_party: bool | None = None,
     ) -> TestClient:
+        """``first_party`` defaults to whether the client may use the password grant
+        (which is for first-party clients only)."""
+        if first_party is None:
+            first_party = "password" in grants
         services = self.services
         async with services.sessions() as session:
             client, secret = await create_client(

@@ -362,10 +362,10 @@ def test_keys_in_the_database_store_move_to_a_directory_and_back(
 def test_clients_create_list_delete(cli: Cli) -> None:
     name = unique("app")
     confidential, public, unknown_grant = cli.many(
-        ["clients", "create", "--name", name, "--grant", "password", "--grant",
+        ["clients", "create", "--name", name, "--first-party", "--grant", "password", "--grant",
          "refresh_token", "--scope", "openid profile", "--json"],
-        ["clients", "create", "--name", unique("spa"), "--grant", "password", "--public",
-         "--json"],
+        ["clients", "create", "--name", unique("spa"), "--first-party", "--grant", "password",
+         "--public", "--json"],
         ["clients", "create", "--name", unique("bad"), "--grant", "password", "--grant",
          "magic", "--json"],
     )
@@ -388,7 +388,7 @@ def test_clients_create_list_delete(cli: Cli) -> None:
         "client_id": created["client_id"], "name": name, "is_public": False,
         "grant_types": ["password", "refresh_token"], "scopes": ["openid", "profile"],
         "is_active": True, "redirect_uris": [], "post_logout_redirect_uris": [],
-        "is_first_party": False,
+        "is_first_party": True,
     }
     assert items[spa["client_id"]]["is_public"] is True
     assert not [c for c in items.values() if c["name"].startswith("bad-")]
@@ -523,8 +523,8 @@ def test_create_flow_on_postgresql(postgres_cli: Cli) -> None:
     cli = postgres_cli
     cli("migrate").ok()
     client, user, key = cli.many(
-        ["clients", "create", "--name", "pg app", "--grant", "password", "--grant",
-         "refresh_token", "--scope", "openid profile", "--json"],
+        ["clients", "create", "--name", "pg app", "--first-party", "--grant", "password",
+         "--grant", "refresh_token", "--scope", "openid profile", "--json"],
         ["users", "create", "--email", "pg@example.com", "--password", PASSWORD,
          "--verified", "--json"],
         ["keys", "generate", "--json"],
@@ -553,3 +553,13 @@ def test_serve_with_workers_and_no_redis_is_refused_in_production(
     assert refused.usage_error() == (
         "error: --workers 2 without PROVIDER_REDIS_URL: every rate limit would be per "
         "process (2 times looser); set PROVIDER_REDIS_URL or use --workers 1")
+
+
+def test_clients_create_keeps_the_password_grant_for_first_party_clients(cli: Cli) -> None:
+    name = unique("third")
+    refused = cli("clients", "create", "--name", name, "--grant", "password", "--json")
+    assert refused.usage_error() == (
+        "error: the password grant is for first-party clients only (RFC 9700 §2.4): "
+        "mark the client first-party (is_first_party, or --first-party)")
+    names = [c["name"] for c in cli("clients", "list", "--json").json()["items"]]
+    assert name not in names

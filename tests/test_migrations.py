@@ -429,3 +429,30 @@ def test_account_scope_revision_keeps_first_party_apps_on_the_account_api(
     command.downgrade(config, "4b8e2f6a1c3d")
     command.upgrade(config, "head")
     assert inspect_db(fresh_url, schema_drift) == []
+
+
+def test_password_clients_revision_marks_them_first_party(fresh_url: str) -> None:
+    """A client allowed the password grant was trusted with passwords: it becomes
+    first-party (the grant is for those only); others keep their flag."""
+    config = config_for(fresh_url)
+    command.upgrade(config, ACCOUNT_SCOPE_REVISION)
+    clients = Base.metadata.tables["clients"]
+
+    def seed(connection: Connection) -> None:
+        for client_id, grants, first_party in (
+                ("cl_password", ["password", "refresh_token"], False),
+                ("cl_code", ["authorization_code"], False),
+                ("cl_first", ["authorization_code"], True)):
+            connection.execute(insert(clients).values(
+                client_id=client_id, name=client_id, grant_types=grants, scopes=["openid"],
+                is_first_party=first_party, created_at=AT, updated_at=AT))
+        connection.commit()
+
+    inspect_db(fresh_url, seed)
+    command.upgrade(config, "3f9a6c1d2e85")
+    assert dict(inspect_db(fresh_url, lambda c: c.execute(
+        select(clients.c.client_id, clients.c.is_first_party)).all())) == {
+        "cl_password": True, "cl_code": False, "cl_first": True}
+    command.downgrade(config, ACCOUNT_SCOPE_REVISION)
+    command.upgrade(config, "head")
+    assert inspect_db(fresh_url, schema_drift) == []

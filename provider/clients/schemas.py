@@ -23,7 +23,8 @@ LOGOUT_REDIRECT_HELP = (
     "OIDC RP-Initiated Logout: where /oauth/logout may return to, matched exactly (same "
     "rules as redirect_uris)"
 )
-FIRST_PARTY_HELP = "A client of ours: the login page asks no consent for it"
+FIRST_PARTY_HELP = ("A client of ours: the login page asks no consent for it; required for "
+                    "the password grant (RFC 9700 §2.4)")
 
 
 class ClientRead(BaseModel):

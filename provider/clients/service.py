@@ -107,6 +107,15 @@ def validate_grant_types(
     return chosen
 
 
+def check_first_party(grant_types: Iterable[str], *, is_first_party: bool) -> None:
+    """The password grant hands the user's password to the client: ours only (RFC 9700
+    §2.4)."""
+    if "password" in grant_types and not is_first_party:
+        raise ValidationFailed(
+            "the password grant is for first-party clients only (RFC 9700 §2.4): "
+            "mark the client first-party (is_first_party, or --first-party)")
+
+
 def validate_scopes(scopes: Iterable[str]) -> list[str]:
     chosen = list(dict.fromkeys(s for scope in scopes for s in scope.split()))
     bad = [s for s in chosen if not SCOPE_TOKEN.fullmatch(s)]
@@ -132,13 +141,15 @@ async def create_client(
     name = name.strip()
     if not name or len(name) > 200:
         raise ValidationFailed("name must be 1 to 200 characters")
+    chosen_grants = validate_grant_types(grant_types, is_public=is_public, rules=grant_rules)
+    check_first_party(chosen_grants, is_first_party=is_first_party)
     secret = None if is_public else generate_secret()
     client = Client(
         client_id=generate_client_id(),
         secret_hash=hash_secret(secret) if secret else None,
         name=name,
         is_public=is_public,
-        grant_types=validate_grant_types(grant_types, is_public=is_public, rules=grant_rules),
+        grant_types=chosen_grants,
         scopes=validate_scopes(scopes),
         is_active=True,
         redirect_uris=check_redirect_uris(redirect_uris),
@@ -210,6 +221,8 @@ async def update_client(
         values["grant_types"] = validate_grant_types(
             values["grant_types"], is_public=client.is_public, rules=grant_rules
         )
+    check_first_party(values.get("grant_types", client.grant_types),
+                      is_first_party=values.get("is_first_party", client.is_first_party))
     if "scopes" in values:
         values["scopes"] = validate_scopes(values["scopes"])
     if "redirect_uris" in values:

@@ -7,8 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from provider.clients.models import Client
 from provider.clients.service import invalidate_on_commit, rotate_secret
 from provider.services import Services
 from provider.tokens.models import LoginSession
@@ -51,6 +52,8 @@ INVALID_BODY = ("validation_error", "The request body is not valid.")
 async def create(http: httpx.AsyncClient, admin: Session, **body: Any) -> dict[str, Any]:
     payload = {"name": "admin-made", "grant_types": ["password", "refresh_token"],
                "scopes": ["openid profile email"], **body}
+    if "password" in payload["grant_types"]:  # for first-party clients only
+        payload.setdefault("is_first_party", True)
     response = await http.post("/admin/clients", headers=admin.headers, json=payload)
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
@@ -173,9 +176,46 @@ async def test_create_public_client_has_no_secret(
 async def test_create_client_with_invalid_settings_answers_422(
     client: httpx.AsyncClient, admin: Session, body: dict[str, Any], detail: str
 ) -> None:
-    payload = {"name": "x", "grant_types": ["password"], **body}
+    payload = {"name": "x", "grant_types": ["password"], "is_first_party": True, **body}
     response = await client.post("/admin/clients", headers=admin.headers, json=payload)
     assert_problem(response, 422, *INVALID_BODY, detail=detail)
+
+
+FIRST_PARTY_ONLY = ("the password grant is for first-party clients only (RFC 9700 §2.4): "
+                    "mark the client first-party (is_first_party, or --first-party)")
+
+
+async def test_the_password_grant_is_for_first_party_clients_only(
+    client: httpx.AsyncClient, admin: Session, factory: Factory, services: Services
+) -> None:
+    """RFC 9700 §2.4: refused at registration, on a change that would break the rule, and
+    at the token endpoint for a row that got past both."""
+    refused = await client.post("/admin/clients", headers=admin.headers, json={
+        "name": "third", "grant_types": ["password", "authorization_code"],
+        "redirect_uris": ["https://third.example.com/cb"]})
+    assert_problem(refused, 422, *INVALID_BODY, detail=FIRST_PARTY_ONLY)
+    body = await create(client, admin)
+    for change in ({"is_first_party": False},
+                   {"grant_types": ["password"], "is_first_party": False}):
+        patched = await client.patch(f"/admin/clients/{body['client_id']}",
+                                     headers=admin.headers, json=change)
+        assert_problem(patched, 422, *INVALID_BODY, detail=FIRST_PARTY_ONLY)
+    assert (await read(client, admin, body["client_id"]))["is_first_party"] is True
+    # Dropping the grant and the flag together is fine.
+    dropped = await client.patch(f"/admin/clients/{body['client_id']}", headers=admin.headers,
+                                 json={"grant_types": ["refresh_token"], "is_first_party": False})
+    assert dropped.status_code == 200, dropped.text
+
+    user, oauth = await factory.user(), await factory.client()
+    async with services.engine.begin() as conn:  # as a row from before the rule
+        await conn.execute(update(Client).where(Client.client_id == oauth.client_id)
+                           .values(is_first_party=False))
+    services.clients.invalidate(oauth.client_id)
+    answer = await client.post("/oauth/token", auth=oauth.auth, data={
+        "grant_type": "password", "username": user.email, "password": user.password})
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "unauthorized_client", "error_description":
+                             "The password grant is for first-party clients only."}
 
 
 async def test_code_flow_fields_on_create_patch_and_list(
@@ -190,7 +230,7 @@ async def test_code_flow_fields_on_create_patch_and_list(
             body["is_first_party"]) == (["https://app.example.com/cb", "http://127.0.0.1/cb",
                                          "com.example.app:/oauth"],
                                         ["https://app.example.com/bye"], True)
-    defaults = await create(client, admin)
+    defaults = await create(client, admin, grant_types=["refresh_token"])
     assert (defaults["redirect_uris"], defaults["post_logout_redirect_uris"],
             defaults["is_first_party"]) == ([], [], False)
     patched = await client.patch(f"/admin/clients/{body['client_id']}", headers=admin.headers,
@@ -222,7 +262,7 @@ async def test_create_client_rejects_fields_it_does_not_take(
     client: httpx.AsyncClient, admin: Session, field: str
 ) -> None:
     response = await client.post("/admin/clients", headers=admin.headers, json={
-        "name": "x", "grant_types": ["password"], field: "chosen-by-caller"})
+        "name": "x", "grant_types": ["refresh_token"], field: "chosen-by-caller"})
     assert_validation_error(response, (["body", field], "extra_forbidden"))
 
 

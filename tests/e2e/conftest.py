@@ -221,7 +221,7 @@ class LiveServer:
         user_out, client_out = self.cli_parallel([
             ["users", "create", "--email", email, "--password", password, "--verified",
              "--json"],
-            ["clients", "create", "--name", client_name, "--grant", "password",
+            ["clients", "create", "--name", client_name, "--first-party", "--grant", "password",
              "--grant", "refresh_token", "--scope", scope, "--json"],
         ])
         user, client = _one_json_object(user_out), _one_json_object(client_out)

@@ -80,8 +80,9 @@ async def test_a_whole_flow_logs_json_lines_and_no_secret(
 ) -> None:
     server = json_server
     email = unique_email("logs")
-    client = server.cli_json("clients", "create", "--name", "logs", "--grant", "password",
-                             "--grant", "refresh_token", "--scope", "openid profile email account")
+    client = server.cli_json("clients", "create", "--name", "logs", "--first-party",
+                             "--grant", "password", "--grant", "refresh_token",
+                             "--scope", "openid profile email account")
     basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode())
     client_auth = {"Authorization": f"Basic {basic.decode()}"}
     secrets_used = [PASSWORD, WRONG_PASSWORD, client["client_secret"], basic.decode()]
@@ -370,8 +371,8 @@ def _account(server: LiveServer) -> tuple[str, str, str]:
     email = unique_email("metrics")
     user, client = server.cli_parallel([
         ["users", "create", "--email", email, "--password", PASSWORD, "--verified", "--json"],
-        ["clients", "create", "--name", "metrics", "--grant", "password", "--grant",
-         "refresh_token", "--scope", "openid", "--json"],
+        ["clients", "create", "--name", "metrics", "--first-party", "--grant", "password",
+         "--grant", "refresh_token", "--scope", "openid", "--json"],
     ])
     client_json = json.loads(client.stdout)
     assert json.loads(user.stdout)["email"] == email

@@ -72,7 +72,7 @@ def test_swagger_ui_authorize_and_try_users_me_offline(
 ) -> None:
     browser_page, blocked = page
     # `provider users create ... --verified` and `provider clients create --name swagger
-    # --grant password --grant refresh_token --scope "openid profile email account"`.
+    # --first-party --grant password --grant refresh_token --scope "openid profile email account"`.
     user, client = live_sqlite.create_account(client_name="swagger")
     try:
         drive_swagger_ui(browser_page, live_sqlite, user, client)

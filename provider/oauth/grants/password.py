@@ -21,7 +21,7 @@ from provider.audit.service import Outcome as AuditOutcome
 from provider.clients.service import ClientInfo
 from provider.metrics import LOGIN_FAILURES
 from provider.mfa.service import AMR, PASSWORD_AMR, CheckThrottled, Factor, WrongCode
-from provider.oauth.errors import InvalidGrant, MfaRequired, SlowDown
+from provider.oauth.errors import InvalidGrant, MfaRequired, SlowDown, UnauthorizedClient
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
 from provider.oauth.scopes import parse_scope, resolve_scope
 from provider.passwords import MAX_PASSWORD_LENGTH
@@ -53,6 +53,10 @@ class PasswordGrant:
     async def exchange(
         self, services: Services, request: TokenRequest, client: ClientInfo
     ) -> TokenResponse:
+        if not client.is_first_party:
+            # Registration refuses it (provider.clients.service.check_first_party); this
+            # holds for any row that got past it.
+            raise UnauthorizedClient("The password grant is for first-party clients only.")
         form = request.form
         username = require(form, "username")
         password = require(form, "password")
