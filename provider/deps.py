@@ -178,6 +178,23 @@ async def get_account_user(claims: ClaimsDep, user: CurrentUser) -> User:
 AccountUser = Annotated[User, Depends(get_account_user)]
 
 
+async def hold_account(session: AsyncSession, user: User) -> None:
+    """Before a change to the account: take the user's row as the token found it, until
+    the request commits. A revocation that answered first (a password reset or change,
+    a disabling: each moves the user's epoch) leaves nothing to change (401), and one
+    that comes later waits for this commit and then wins, so a request in flight never
+    undoes it (DESIGN: revocation always wins). SQLite's write lock, taken by the
+    request's first statement, does the same there."""
+    held = await session.scalar(
+        select(User.id)
+        .where(User.id == user.id, User.session_epoch == user.session_epoch,
+               User.is_active.is_(True))
+        .with_for_update())
+    if held is None:
+        session.expunge(user)  # nothing of it is written when the answer commits
+        raise InvalidToken()
+
+
 async def get_admin_user(claims: ClaimsDep, user: CurrentUser) -> User:
     if ADMIN not in claims.scope or not user.is_admin:
         raise InsufficientScope(ADMIN)

@@ -23,6 +23,7 @@ from provider.deps import (
     RequestContextDep,
     ServicesDep,
     SessionDep,
+    hold_account,
 )
 from provider.errors import Conflict, TooManyRequests
 from provider.mail import templates as mail
@@ -83,6 +84,7 @@ async def start_totp_enrolment(user: AccountUser, session: SessionDep,
                                services: ServicesDep) -> TotpEnrolment:
     """Start (or restart) TOTP enrolment: a new pending secret, its otpauth URI and QR
     code. Nothing changes at sign-in until it is confirmed with a code."""
+    await hold_account(session, user)
     with _answers():
         enrolment = await services.mfa.start_enrolment(
             await session.connection(), user_id=user.id, email=user.email,
@@ -99,6 +101,7 @@ async def confirm_totp(body: TotpCode, user: AccountUser, claims: ClaimsDep,
                        context: RequestContextDep) -> RecoveryCodes:
     """Turn two-step verification on with a code from the app; answers the recovery
     codes, shown this once."""
+    await hold_account(session, user)
     with _answers():
         codes = await services.mfa.confirm(await session.connection(), user_id=user.id,
                                            code=body.code, now=services.clock.now())
@@ -118,6 +121,7 @@ async def regenerate_recovery_codes(body: TotpCode, user: AccountUser, claims: C
     """A new set of recovery codes for a current TOTP code; the old set stops working."""
     if not user.mfa_enabled:
         raise MfaNotEnabled()
+    await hold_account(session, user)
     with _answers():
         codes = await services.mfa.regenerate_recovery_codes(
             await session.connection(), user_id=user.id, code=body.code,
@@ -139,6 +143,7 @@ async def disable_totp(body: DisableTotp, user: AccountUser, claims: ClaimsDep,
     a recovery code. Every other session of the user ends; the caller's stays."""
     if not user.mfa_enabled:
         raise MfaNotEnabled()
+    await hold_account(session, user)
     if body.code is not None:
         factor, code = Factor.TOTP, body.code
     else:

@@ -15,6 +15,7 @@ from provider.deps import (
     ServicesDep,
     SessionDep,
     client_address,
+    hold_account,
 )
 from provider.responses import BEARER_ERRORS, problems
 from provider.users.accounts import Mailbox, WrongPassword
@@ -109,6 +110,7 @@ async def read_me(user: AccountUser) -> UserRead:
 async def update_me(body: UserUpdate, user: AccountUser, claims: ClaimsDep,
                     background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
                     services: ServicesDep, context: RequestContextDep) -> UserUpdated:
+    await hold_account(session, user)
     fields = body.model_fields_set
     mailbox = mailbox_for(background, accounts)
     pending = None
@@ -133,6 +135,7 @@ async def confirm_email(body: ConfirmEmail, user: AccountUser, claims: ClaimsDep
                         background: BackgroundTasks, accounts: AccountsDep,
                         session: SessionDep, services: ServicesDep,
                         context: RequestContextDep) -> UserRead:
+    await hold_account(session, user)
     await accounts.confirm_email_change(session, mailbox_for(background, accounts),
                                         user, code=body.code,
                                         client_address=context.address or "unknown")
@@ -147,6 +150,7 @@ async def change_password(body: ChangePassword, user: AccountUser, claims: Claim
                           background: BackgroundTasks, accounts: AccountsDep,
                           session: SessionDep, services: ServicesDep,
                           context: RequestContextDep) -> Response:
+    await hold_account(session, user)
     await accounts.change_password(
         session, mailbox_for(background, accounts), user,
         current_password=body.current_password, new_password=body.new_password,
