@@ -331,16 +331,22 @@ class Accounts:
         self, session: AsyncSession, mailbox: Mailbox, user: User, *, new_email: str,
         password: str,
     ) -> str:
-        """Send a code to the new address; nothing changes until it is confirmed."""
+        """Send a code to the new address; nothing changes until it is confirmed. A
+        taken address is answered the same way, and its owner gets a notice instead of
+        a code (no enumeration: ASVS 6.3.8); the send window counts both alike."""
         await self._check_password(user, password)
         new_email = normalize_email(new_email)
         if new_email == user.email:
             raise InvalidEmail("This is already your email address.")
-        await ensure_available(session, email=new_email, exclude=user.id)
         try:
             await self.throttles.email_code.reserve(new_email)
         except Throttled as exc:
             raise TooManyRequests(exc.retry_after) from None
+        taken = await session.scalar(
+            select(User.id).where(User.email == new_email, User.id != user.id))
+        if taken is not None:
+            mailbox.send(mail.email_change_attempt(new_email, product=PRODUCT))
+            return new_email
         code = await self.codes.issue(session, user_id=user.id, purpose=Purpose.CHANGE_EMAIL,
                                       now=self.clock.now(), target_email=new_email)
         mailbox.send(mail.email_change_code(

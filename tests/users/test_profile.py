@@ -51,6 +51,9 @@ async def signed_in(http: httpx.AsyncClient, factory: Factory, **user: Any
     return account, bearer(tokens["access_token"])
 
 
+SUBJECT_TAKEN_ADDRESS = "Someone asked to use your address for another provider account"
+
+
 async def get_me(http: httpx.AsyncClient, auth: dict[str, str]) -> dict[str, Any]:
     response = await http.get("/users/me", headers=auth)
     assert response.status_code == 200, response.text
@@ -234,17 +237,27 @@ async def test_email_change_sends_a_code_to_the_new_address_and_waits_for_it(
                 400, INVALID_CODE)
 
 
-async def test_email_change_to_a_taken_address_is_409(
+async def test_email_change_to_a_taken_address_answers_as_for_a_free_one(
     http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
 ) -> None:
+    """No enumeration (ASVS 6.3.8): the same answer as for a free address; the owner of
+    the taken one gets a notice instead of a code, and nothing can be confirmed."""
     other = await factory.user()
     user, auth = await signed_in(http, factory)
-    response = await patch_me(http, auth, email=other.email, password=user.password)
-    assert_body(response, 409, problem(409, "email_taken",
-                                       "A user with this email already exists."))
+    free = unique_email("free")
+    answers = [await patch_me(http, auth, email=address, password=user.password)
+               for address in (other.email, free)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.json()["pending_email"] for a in answers] == [other.email, free]
+    assert answers[0].json().keys() == answers[1].json().keys()
     assert (await get_me(http, auth))["email"] == user.email
     await settle(http, mail_sink, other.email)
-    assert subjects(mail_sink, other.email) == [SUBJECT_EXISTS]
+    assert subjects(mail_sink, other.email) == [SUBJECT_TAKEN_ADDRESS, SUBJECT_EXISTS]
+    assert "code" not in plain_text(mail_sink.messages_to(other.email)[0]).lower()
+    # The free address's code is the only one: confirming moves to the free address.
+    code = await last_code(mail_sink, free)
+    confirmed = await http.post("/users/me/email/confirm", headers=auth, json={"code": code})
+    assert confirmed.status_code == 200 and confirmed.json()["email"] == free
 
 
 async def test_email_change_to_the_same_address_is_422(

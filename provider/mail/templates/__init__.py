@@ -108,6 +108,17 @@ def email_change_notice(to: str, *, new_email_hint: str, product: str = "provide
     )
 
 
+def email_change_attempt(to: str, *, product: str = "provider") -> Message:
+    """Sent instead of a code when an account asks to move to a taken address: the
+    caller is answered as for a free one (no enumeration)."""
+    return _render(
+        "email_change_attempt",
+        to,
+        subject=f"Someone asked to use your address for another {product} account",
+        product=product,
+    )
+
+
 def account_deleted(to: str, *, product: str = "provider") -> Message:
     return _render(
         "account_deleted",
