@@ -114,18 +114,21 @@ async def update_me(body: UserUpdate, user: AccountUser, claims: ClaimsDep,
     fields = body.model_fields_set
     mailbox = mailbox_for(background, accounts)
     pending = None
-    if "email" in fields and body.email is not None:
-        if not body.password:
-            raise WrongPassword("Changing the email address requires your password.")
-        pending = await accounts.request_email_change(
-            session, mailbox, user, new_email=body.email, password=body.password)
-        services.audit.add(session, EventType.EMAIL_CHANGE_REQUESTED, actor=str(user.id),
-                           subject_user_id=user.id, client_id=claims.client_id,
-                           context=context)
-    if "username" in fields or "profile" in fields:
-        await accounts.update_profile(
-            session, user, username=body.username, set_username="username" in fields,
-            profile=dict(body.profile) if body.profile is not None else None)
+    # All of it or none: a refused part (a taken username after the email's code was
+    # issued) rolls back the others, though the answer's transaction commits.
+    async with session.begin_nested():
+        if "email" in fields and body.email is not None:
+            if not body.password:
+                raise WrongPassword("Changing the email address requires your password.")
+            pending = await accounts.request_email_change(
+                session, mailbox, user, new_email=body.email, password=body.password)
+            services.audit.add(session, EventType.EMAIL_CHANGE_REQUESTED, actor=str(user.id),
+                               subject_user_id=user.id, client_id=claims.client_id,
+                               context=context)
+        if "username" in fields or "profile" in fields:
+            await accounts.update_profile(
+                session, user, username=body.username, set_username="username" in fields,
+                profile=dict(body.profile) if body.profile is not None else None)
     return UserUpdated(**UserRead.model_validate(user).model_dump(), pending_email=pending)
 
 

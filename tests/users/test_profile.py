@@ -4,6 +4,7 @@ mass-assignment attempts."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -306,3 +307,38 @@ async def test_email_change_and_profile_in_one_request(
     assert response.json()["profile"] == {"locale": "en-GB"}
     assert response.json()["pending_email"] == new_email
     await mail_sink.wait_for(new_email)
+
+
+async def test_a_refused_part_of_a_patch_writes_nothing_of_the_others(
+    http: httpx.AsyncClient, factory: Factory, services: Services, mail_sink: SmtpSink
+) -> None:
+    """An email change with a taken username: 409, and no code, no audit event, no mail;
+    the profile sent with it is not stored either."""
+    from sqlalchemy import func, select
+
+    from provider.audit.models import AuditEvent
+    from provider.codes.models import EmailCode
+
+    taken = f"t{unique_email()[5:17]}"
+    await factory.user(username=taken)
+    user, auth = await signed_in(http, factory)
+    before = await get_me(http, auth)
+    new_email = unique_email("half")
+    response = await patch_me(http, auth, email=new_email, password=user.password,
+                              username=taken, profile={"city": "Lyon"})
+    assert_body(response, 409, problem(409, "username_taken", "This username is taken."))
+    assert await get_me(http, auth) == before
+    async with services.sessions() as session:
+        user_id = uuid.UUID(user.id)
+        codes = await session.scalar(select(func.count()).select_from(EmailCode)
+                                     .where(EmailCode.user_id == user_id))
+        events = await session.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.subject_user_id == user_id,
+            AuditEvent.type == "email.change_requested"))
+    assert (codes, events) == (0, 0)
+    # The same request without the taken username goes through.
+    fine = await patch_me(http, auth, email=new_email, password=user.password,
+                          profile={"city": "Lyon"})
+    assert fine.status_code == 200, fine.text
+    [message] = await mail_sink.wait_for(new_email)
+    assert message["Subject"] == SUBJECT_CHANGE_EMAIL
