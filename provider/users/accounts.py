@@ -342,9 +342,9 @@ class Accounts:
             await self.throttles.email_code.reserve(new_email)
         except Throttled as exc:
             raise TooManyRequests(exc.retry_after) from None
-        taken = await session.scalar(
-            select(User.id).where(User.email == new_email, User.id != user.id))
-        if taken is not None:
+        try:
+            await ensure_available(session, email=new_email, exclude=user.id)
+        except EmailTaken:
             mailbox.send(mail.email_change_attempt(new_email, product=PRODUCT))
             return new_email
         code = await self.codes.issue(session, user_id=user.id, purpose=Purpose.CHANGE_EMAIL,

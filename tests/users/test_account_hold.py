@@ -62,6 +62,7 @@ async def test_a_later_revocation_waits_for_the_change_and_then_wins(
             async with services.engine.connect() as watch:  # a fresh statistics snapshot
                 waiting = await watch.scalar(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database() "
                     "AND query LIKE 'UPDATE users SET session_epoch%'"))
             if waiting or later.done():
                 break
