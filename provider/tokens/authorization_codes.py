@@ -6,7 +6,8 @@ the user and the login it proves (``auth_time``, ``amr``, the user's session epo
 
 Redemption is one conditional ``UPDATE ... RETURNING`` that requires every binding at
 once (unused, unexpired, this client, this redirect URI, the challenge of this verifier,
-the user still active in the same epoch) and records the session it starts, in the
+the user still active in the same epoch, the client active and not reactivated since
+the code was issued) and records the session it starts, in the
 transaction that starts it: of N parallel redemptions exactly one wins. A presentation
 that does not match (another client, a wrong verifier) leaves the code alone; a code
 presented again after its one use revokes the session that use started (§4.1.2).
@@ -25,6 +26,7 @@ from sqlalchemy import Table, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from provider.tokens.models import AuthorizationCode
+from provider.tokens.revocation import client_still_trusts
 from provider.users.models import User
 
 codes = cast(Table, AuthorizationCode.__table__)
@@ -93,11 +95,15 @@ async def redeem_code(
     user_unchanged = exists().where(
         users.c.id == codes.c.user_id, users.c.is_active.is_(True),
         users.c.session_epoch == codes.c.session_epoch)
+    # A code that another process's stale client cache issued while the client was
+    # deactivated must not start a session once it is active again.
+    client_trusts = exists().where(*client_still_trusts(codes))
     row = (await conn.execute(
         update(codes)
         .where(codes.c.code_hash == _digest(code), codes.c.used_at.is_(None),
                codes.c.expires_at > now, codes.c.client_id == client_id,
-               codes.c.code_challenge == code_challenge, redirect_matches, user_unchanged)
+               codes.c.code_challenge == code_challenge, redirect_matches, user_unchanged,
+               client_trusts)
         .values(used_at=now, session_id=session_id)
         .returning(codes.c.client_id, codes.c.user_id, codes.c.redirect_uri,
                    codes.c.redirect_uri_sent, codes.c.code_challenge, codes.c.scope,

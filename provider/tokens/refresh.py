@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from provider.db import fetchrow_autocommit, uuid7
 from provider.metrics import REFRESH_REUSE_DETECTED
 from provider.tokens.models import LoginSession, RefreshToken
-from provider.tokens.revocation import revoke_session
+from provider.tokens.revocation import client_still_trusts, revoke_session
 from provider.users.models import User
 
 rt = cast(Table, RefreshToken.__table__)
@@ -230,7 +230,8 @@ def _token_unused() -> list[ColumnElement[bool]]:
 
 def _session_live() -> list[ColumnElement[bool]]:
     """The token's session is the caller's, unexpired, unrevoked, of an active user whose
-    sessions have not all been ended since the sign-in."""
+    sessions have not all been ended since the sign-in, and of a client that has been
+    neither deactivated nor reactivated since."""
     return [
         ls.c.id == rt.c.session_id,
         ls.c.client_id == P_CLIENT,
@@ -239,6 +240,7 @@ def _session_live() -> list[ColumnElement[bool]]:
         users.c.id == ls.c.user_id,
         users.c.is_active.is_(True),
         users.c.session_epoch == ls.c.session_epoch,
+        *client_still_trusts(ls),
     ]
 
 

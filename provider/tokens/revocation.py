@@ -41,6 +41,19 @@ clients = cast(Table, Client.__table__)
 revoked_ats = cast(Table, RevokedAccessToken.__table__)
 
 
+def client_still_trusts(sessions: Table) -> list[ColumnElement[bool]]:
+    """SQL conditions: the session's client is active and has not been reactivated since
+    the session started. Deactivation revokes a client's sessions, but a sign-in through
+    another process's stale client cache (provider.clients.service.ClientCache) can start
+    one after it; reactivation must not bring that one to life."""
+    return [
+        clients.c.client_id == sessions.c.client_id,
+        clients.c.is_active.is_(True),
+        or_(clients.c.reactivated_at.is_(None),
+            clients.c.reactivated_at <= sessions.c.created_at),
+    ]
+
+
 async def revoke_session(conn: AsyncConnection, session_id: uuid.UUID, *, now: datetime) -> None:
     """End one session: its refresh tokens and access tokens stop working."""
     await conn.execute(
@@ -117,7 +130,8 @@ def access_token_stands(claims: AccessClaims) -> ColumnElement[bool]:
 
     For a user's token it is to be used in a query over ``users`` (it correlates): the
     user is active and the token's session (``sid``) is the user's, of the token's
-    client, unrevoked, of the user's current epoch, and its client active. A client's
+    client, unrevoked, of the user's current epoch, and its client active and not
+    reactivated since the session started. A client's
     own token stands while the client is active. Either way its ``jti`` is not denied.
     One indexed lookup per table; used by bearer authentication and introspection alike.
     """
@@ -147,8 +161,7 @@ def access_token_stands(claims: AccessClaims) -> ColumnElement[bool]:
         ls.c.client_id == claims.client_id,
         ls.c.revoked_at.is_(None),
         ls.c.session_epoch == users.c.session_epoch,
-        clients.c.client_id == ls.c.client_id,
-        clients.c.is_active.is_(True),
+        *client_still_trusts(ls),
     )
     return and_(users.c.id == user_id, users.c.is_active.is_(True), session_live, not_denied)
 
