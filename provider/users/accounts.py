@@ -365,16 +365,19 @@ class Accounts:
         await self.throttles.code_account.clear(account)
         if used.target_email is None:
             raise InvalidCode()
+        # Taken since the code was sent: the code is spent all the same (a new change
+        # request sends a new one), and the account keeps its address.
         await ensure_available(session, email=used.target_email, exclude=user.id)
         old_email = user.email
-        user.email = used.target_email
-        user.is_verified = True
-        user.updated_at = now
         try:
-            await session.flush()
+            async with session.begin_nested():  # flushes on leaving
+                user.email = used.target_email
+                user.is_verified = True
+                user.updated_at = now
         except IntegrityError:
             # Registered or claimed between the check and the write: the unique index
-            # decides, and nothing of this request is kept (the code stays unused).
+            # decides, and the savepoint keeps the request's transaction (and the code's
+            # use) alive, as when the check above found the address taken.
             raise EmailTaken() from None
         mailbox.send(mail.email_change_notice(
             old_email, new_email_hint=_hint(used.target_email), product=PRODUCT))

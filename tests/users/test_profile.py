@@ -273,7 +273,8 @@ async def test_email_change_to_the_same_address_is_422(
 async def test_email_change_loses_to_a_registration_of_the_address(
     http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, services: Services
 ) -> None:
-    """Someone registers the new address before the change is confirmed: 409, no change."""
+    """Someone registers the new address before the change is confirmed: 409, no change,
+    and the code is spent (a new change request sends a new one)."""
     user, auth = await signed_in(http, factory)
     new_email = unique_email("race")
     assert (await patch_me(http, auth, email=new_email, password=user.password)
@@ -285,6 +286,8 @@ async def test_email_change_loses_to_a_registration_of_the_address(
                                        "A user with this email already exists."))
     assert (await get_me(http, auth))["email"] == user.email
     assert await users_with_email(services, new_email) == 1
+    again = await http.post("/users/me/email/confirm", headers=auth, json={"code": code})
+    assert_body(again, 400, INVALID_CODE)
 
 
 async def test_email_confirm_without_a_pending_change_is_invalid_code(
