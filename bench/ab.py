@@ -1,7 +1,7 @@
 """A/B of two source trees of provider, served in turn, in the bench's own regime.
 
   python bench/ab.py --a /path/to/old --b /path/to/new [--pairs 6] [--seconds 8]
-                     [--endpoints jwks,cc] [--out results.json]
+                     [--endpoints jwks,cc,refresh] [--out results.json]
 
 Both trees run as ``provider serve --workers 2`` on one seeded database (bench/seed.py
 setup), with wrk ``-t2 -c32`` on the same two cores, as every row of run.sh is measured.
@@ -10,6 +10,8 @@ alike. Per trial and endpoint: requests a second, the workers' CPU per request (
 stime of the server's process tree), and the whole machine's busy CPU per request (every
 core, from /proc/stat: the server, wrk and the kernel's network work on both ends), which
 is what a change in how answers are written moves when the server's own CPU does not.
+The refresh grant rotates tokens issued for it (bench/seed.py tokens) before each wrk run,
+its warm-up included, so no run presents a token another run rotated.
 
 Servers bind 127.0.0.1, live under ``timeout``, and are stopped by their PID.
 """
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -97,9 +100,28 @@ def wrk(url: str, seconds: float, script: str | None, env: dict[str, str]) -> in
     return int(match.group(1))
 
 
+Tokens = Callable[[str], dict[str, str]]
+
+
+def no_tokens(_name: str) -> dict[str, str]:
+    return {}
+
+
+def refresh_tokens(db_url: str, work: Path, count: int) -> Tokens:
+    """Fresh refresh tokens for one wrk run: the env that names their file."""
+    def issue(name: str) -> dict[str, str]:
+        path = work / f"rt-{name}.txt"
+        subprocess.run([sys.executable, str(HERE / "seed.py"), "tokens", "--db-url", db_url,
+                        "--config", str(work / "bench.json"), "--count", str(count),
+                        "--out", str(path)], cwd=work, check=True, stdout=subprocess.DEVNULL)
+        return {"RT_FILE": str(path)}
+    return issue
+
+
 def trial(process: subprocess.Popen[bytes], url: str, seconds: float, script: str | None,
-          env: dict[str, str]) -> dict[str, float]:
-    wrk(url, 2, script, env)  # warm-up, not counted
+          env: dict[str, str], tokens: Tokens = no_tokens) -> dict[str, float]:
+    wrk(url, 2, script, {**env, **tokens("warm")})  # warm-up, not counted
+    env = {**env, **tokens("measured")}
     pids = tree(process.pid)
     server_before = sum(cpu_seconds(p) for p in pids)
     busy_before, total_before = machine_busy()
@@ -120,7 +142,9 @@ def main() -> None:
     parser.add_argument("--b", required=True, help="source tree B (the new one)")
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=8)
-    parser.add_argument("--endpoints", default="jwks,cc")
+    parser.add_argument("--endpoints", default="jwks,cc", help="of jwks, cc, refresh")
+    parser.add_argument("--refresh-tokens", type=int, default=5000,
+                        help="refresh tokens issued for each wrk run of the refresh grant")
     parser.add_argument("--db-url", default="postgresql://postgres@127.0.0.1:5432/provider_ab_bench")
     parser.add_argument("--work", default="/tmp/provider-ab")
     parser.add_argument("--out")
@@ -140,7 +164,9 @@ def main() -> None:
            "FORM_BODY": config["client_credentials_form"], "BASIC_AUTH": config["basic_auth"]}
     base = f"http://127.0.0.1:{PORT}"
     endpoints = {"jwks": (f"{base}/.well-known/jwks.json", None),
-                 "cc": (f"{base}/oauth/token", "post_form.lua")}
+                 "cc": (f"{base}/oauth/token", "post_form.lua"),
+                 "refresh": (f"{base}/oauth/token", "refresh_rotate.lua")}
+    tokens = {"refresh": refresh_tokens(args.db_url, work, args.refresh_tokens)}
     chosen = [e for e in args.endpoints.split(",") if e]
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         e: {"A": [], "B": []} for e in chosen}
@@ -151,9 +177,10 @@ def main() -> None:
         try:
             for endpoint in chosen:
                 url, script = endpoints[endpoint]
-                figures = trial(process, url, args.seconds, script, env)
+                figures = trial(process, url, args.seconds, script, env,
+                                tokens.get(endpoint, no_tokens))
                 results[endpoint][side].append(figures)
-                print(f"{number:2d} {side} {endpoint:5s} {figures['rps']:9.0f} req/s  "
+                print(f"{number:2d} {side} {endpoint:7s} {figures['rps']:9.0f} req/s  "
                       f"server {figures['server_us']:6.1f} µs  machine "
                       f"{figures['machine_us']:6.1f} µs/req  busy {figures['machine_busy']:.2f}",
                       flush=True)
@@ -164,7 +191,7 @@ def main() -> None:
         for key in ("rps", "server_us", "machine_us"):
             a = statistics.median(t[key] for t in results[endpoint]["A"])
             b = statistics.median(t[key] for t in results[endpoint]["B"])
-            print(f"{endpoint:5s} {key:10s} A {a:9.1f}  B {b:9.1f}  B/A {b / a:.3f}")
+            print(f"{endpoint:7s} {key:10s} A {a:9.1f}  B {b:9.1f}  B/A {b / a:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
