@@ -45,6 +45,7 @@ from provider.mfa.totp import (
     qr_svg,
 )
 from provider.ratelimit import Throttle, Throttled
+from provider.tokens.revocation import client_still_trusts
 from provider.users.models import User
 
 totp_table = cast(Table, TotpAuthenticator.__table__)
@@ -337,15 +338,18 @@ class Mfa:
     async def consume_token(self, conn: AsyncConnection, *, token: ReservedToken,
                             now: datetime) -> bool:
         """Use the token up, if it still can be: unused, unexpired, and its user active in
-        the same session epoch as at the password step. Of two parallel finishes of one
-        token exactly one gets True."""
+        the same session epoch as at the password step, and its client neither
+        deactivated nor reactivated since (another process's stale client cache may have
+        issued it to a deactivated client). Of two parallel finishes of one token exactly
+        one gets True."""
         user_unchanged = exists().where(
             users.c.id == tokens_table.c.user_id, users.c.is_active.is_(True),
             users.c.session_epoch == tokens_table.c.session_epoch)
+        client_trusts = exists().where(*client_still_trusts(tokens_table))
         used = (await conn.execute(
             update(tokens_table)
             .where(tokens_table.c.id == token.id, tokens_table.c.used_at.is_(None),
-                   tokens_table.c.expires_at > now, user_unchanged)
+                   tokens_table.c.expires_at > now, user_unchanged, client_trusts)
             .values(used_at=now)
             .returning(tokens_table.c.id)
         )).first()

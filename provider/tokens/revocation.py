@@ -45,7 +45,10 @@ def client_still_trusts(sessions: Table) -> list[ColumnElement[bool]]:
     """SQL conditions: the session's client is active and has not been reactivated since
     the session started. Deactivation revokes a client's sessions, but a sign-in through
     another process's stale client cache (provider.clients.service.ClientCache) can start
-    one after it; reactivation must not bring that one to life."""
+    one after it; reactivation must not bring that one to life. ``reactivated_at`` is
+    the reactivating host's time and ``created_at`` the signing-in host's: their clocks
+    must agree (as token expiry needs anyway), or a session started within the skew of
+    a reactivation is refused, or one started within it before is not."""
     return [
         clients.c.client_id == sessions.c.client_id,
         clients.c.is_active.is_(True),

@@ -4,7 +4,7 @@ Each process keeps clients for a few seconds (provider.clients.service.ClientCac
 for that long after an admin deactivates a client through one process, another can
 still sign users in to it. Deactivation revokes the sessions that exist when it
 commits; these later ones must not come to life when the client is reactivated, nor
-may a code issued meanwhile start one.
+may a code or an mfa_token issued meanwhile start one.
 
 "Another process" here is a second app on the same database with a cache of its own,
 made to keep entries for an hour so that what is tested does not hang on the 5 s TTL.
@@ -28,6 +28,15 @@ from tests.admin.helpers import Session, admin_login
 from tests.conftest import TestClock
 from tests.factories import Factory, TestClient
 from tests.helpers import bearer, login, refresh
+from tests.mfa.helpers import (
+    BAD_MFA_TOKEN,
+    STEP,
+    assert_answer,
+    code_at,
+    enable_totp,
+    finish,
+    mfa_token,
+)
 from tests.oauth.helpers import assert_refresh_refused
 from tests.tokens.test_lifecycle import INACTIVE, introspect
 from tests.web.helpers import Authorization, Browser, exchange
@@ -111,4 +120,29 @@ async def test_a_code_issued_after_deactivation_starts_no_session_after_reactiva
     again = Authorization(app_client.client_id)
     answer = await Browser(client).sign_in(again, user.email, user.password)
     response = await exchange(client, again, answer["code"], auth=app_client.auth)
+    assert response.status_code == 200, response.text
+
+
+async def test_an_mfa_token_issued_after_deactivation_starts_no_session_after_reactivation(
+    client: httpx.AsyncClient, stale: httpx.AsyncClient, factory: Factory, clock: TestClock,
+    services: Services,
+) -> None:
+    actor = await admin_login(client, factory)
+    user = await factory.user()
+    secret, _ = await enable_totp(services, user)
+    oauth = await factory.client(scopes="openid account")
+    await mfa_token(stale, oauth, user)  # the other process caches the client
+
+    await set_active(client, actor, oauth, False)
+    late = await mfa_token(stale, oauth, user)  # the precondition
+    clock.advance(timedelta(seconds=1))
+    await set_active(client, actor, oauth, True)
+
+    clock.advance(STEP)
+    assert_answer(await finish(client, oauth, late, code_at(secret, clock.now())), 400,
+                  BAD_MFA_TOKEN)
+    # An mfa_token issued after the reactivation finishes the sign-in, with the same
+    # code (the refused attempt used nothing up).
+    fresh = await mfa_token(client, oauth, user)
+    response = await finish(client, oauth, fresh, code_at(secret, clock.now()))
     assert response.status_code == 200, response.text
