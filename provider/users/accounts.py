@@ -377,7 +377,8 @@ class Accounts:
         except IntegrityError:
             # Registered or claimed between the check and the write: the unique index
             # decides, and the savepoint keeps the request's transaction (and the code's
-            # use) alive, as when the check above found the address taken.
+            # use) alive, as when the check above found the address taken. The savepoint's
+            # rollback expired ``user``: nothing may read it after this.
             raise EmailTaken() from None
         mailbox.send(mail.email_change_notice(
             old_email, new_email_hint=_hint(used.target_email), product=PRODUCT))

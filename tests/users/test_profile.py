@@ -4,6 +4,7 @@ mass-assignment attempts."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from provider.services import Services
 from tests.factories import Factory, unique_email
@@ -286,6 +288,48 @@ async def test_email_change_loses_to_a_registration_of_the_address(
                                        "A user with this email already exists."))
     assert (await get_me(http, auth))["email"] == user.email
     assert await users_with_email(services, new_email) == 1
+    again = await http.post("/users/me/email/confirm", headers=auth, json={"code": code})
+    assert_body(again, 400, INVALID_CODE)
+
+
+async def test_email_change_loses_a_race_with_another_account_taking_the_address(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, services: Services
+) -> None:
+    """The address is taken after the confirmation checked it and before it wrote it: the
+    unique index decides (409), the account keeps its address, and the code is spent as
+    when the check itself found the address taken."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's write lock serialises whole requests; no such interleaving")
+    user, auth = await signed_in(http, factory)
+    other = await factory.user()
+    new_email = unique_email("race")
+    assert (await patch_me(http, auth, email=new_email, password=user.password)
+            ).status_code == 200
+    code = await last_code(mail_sink, new_email)
+    async with services.engine.connect() as taker:
+        # Another account takes the address, not yet committed: the confirmation's check
+        # does not see it, and its write waits on the unique index.
+        await taker.execute(text("UPDATE users SET email = :email WHERE id = :id"),
+                            {"email": new_email, "id": uuid.UUID(other.id)})
+        confirm = asyncio.create_task(
+            http.post("/users/me/email/confirm", headers=auth, json={"code": code}))
+        waiting = 0
+        for _ in range(2000):
+            async with services.engine.connect() as watch:  # a fresh statistics snapshot
+                waiting = await watch.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database() AND query LIKE 'UPDATE users SET email%'"
+                    " AND pid <> :taker"), {"taker": await taker.scalar(text(
+                        "SELECT pg_backend_pid()"))})
+            if waiting or confirm.done():
+                break
+            await asyncio.sleep(0.005)
+        assert waiting == 1, (await confirm).text if confirm.done() else "never waited"
+        await taker.commit()
+    response = await asyncio.wait_for(confirm, 30)
+    assert_body(response, 409, problem(409, "email_taken",
+                                       "A user with this email already exists."))
+    assert (await get_me(http, auth))["email"] == user.email
     again = await http.post("/users/me/email/confirm", headers=auth, json={"code": code})
     assert_body(again, 400, INVALID_CODE)
 
