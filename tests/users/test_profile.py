@@ -36,6 +36,7 @@ from tests.users.flows import (
     subjects,
     users_with_email,
 )
+from tests.users.test_account_hold import postgres_only
 
 USER_FIELDS = {"id", "email", "username", "profile", "is_verified", "is_active", "is_admin",
                "mfa_enabled", "created_at", "updated_at"}
@@ -298,8 +299,7 @@ async def test_email_change_loses_a_race_with_another_account_taking_the_address
     """The address is taken after the confirmation checked it and before it wrote it: the
     unique index decides (409), the account keeps its address, and the code is spent as
     when the check itself found the address taken."""
-    if services.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite's write lock serialises whole requests; no such interleaving")
+    postgres_only(services)
     user, auth = await signed_in(http, factory)
     other = await factory.user()
     new_email = unique_email("race")
@@ -311,6 +311,7 @@ async def test_email_change_loses_a_race_with_another_account_taking_the_address
         # does not see it, and its write waits on the unique index.
         await taker.execute(text("UPDATE users SET email = :email WHERE id = :id"),
                             {"email": new_email, "id": uuid.UUID(other.id)})
+        taker_pid = await taker.scalar(text("SELECT pg_backend_pid()"))
         confirm = asyncio.create_task(
             http.post("/users/me/email/confirm", headers=auth, json={"code": code}))
         waiting = 0
@@ -319,8 +320,7 @@ async def test_email_change_loses_a_race_with_another_account_taking_the_address
                 waiting = await watch.scalar(text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                     "AND datname = current_database() AND query LIKE 'UPDATE users SET email%'"
-                    " AND pid <> :taker"), {"taker": await taker.scalar(text(
-                        "SELECT pg_backend_pid()"))})
+                    " AND pid <> :taker"), {"taker": taker_pid})
             if waiting or confirm.done():
                 break
             await asyncio.sleep(0.005)
