@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -23,6 +24,7 @@ from provider.db import unit_of_work
 from provider.logs import note_user
 from provider.oauth.errors import (
     InsufficientScope,
+    InsufficientUserAuthentication,
     InvalidBearerRequest,
     InvalidToken,
     MissingToken,
@@ -176,6 +178,18 @@ async def get_account_user(claims: ClaimsDep, user: CurrentUser) -> User:
 
 
 AccountUser = Annotated[User, Depends(get_account_user)]
+
+
+def require_recent_sign_in(claims: AccessClaims, services: Services) -> None:
+    """A change that adds a way to sign in (a second factor) needs a token whose sign-in
+    (``auth_time``) is at most ``PROVIDER_REAUTH_MAX_AGE`` old, else 401
+    ``insufficient_user_authentication`` with ``max_age`` (RFC 9470 §3; ASVS 7.5.1). A
+    refresh keeps the sign-in's ``auth_time``, so a stolen refresh token cannot meet it."""
+    max_age = math.ceil(services.settings.reauth_max_age.total_seconds())
+    auth_time = claims.raw.get("auth_time")  # whole seconds (RFC 7519 NumericDate)
+    if (not isinstance(auth_time, int)
+            or int(services.clock.now().timestamp()) - auth_time > max_age):
+        raise InsufficientUserAuthentication(max_age)
 
 
 async def hold_account(session: AsyncSession, user: User) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from provider.errors import Problem
-from provider.oauth.schemas import OAuthErrorBody
+from provider.oauth.schemas import OAuthErrorBody, StepUpBody
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -17,6 +17,14 @@ Responses = dict[int | str, dict[str, Any]]
 BEARER_ERRORS: Responses = {
     401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
     403: {"model": OAuthErrorBody, "description": "The token lacks a required scope"},
+}
+# Endpoints that need a recent sign-in (provider.deps.require_recent_sign_in).
+RECENT_SIGN_IN_ERRORS: Responses = {
+    **BEARER_ERRORS,
+    401: {"model": StepUpBody,
+          "description": "Missing, invalid, expired or revoked token, or a sign-in older than "
+                         "PROVIDER_REAUTH_MAX_AGE: insufficient_user_authentication with "
+                         "max_age (RFC 9470)"},
 }
 ADMIN_BEARER_ERRORS: Responses = {
     **BEARER_ERRORS,

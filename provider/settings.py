@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     refresh_reuse_grace: timedelta = timedelta(0)
     email_code_ttl: timedelta = timedelta(minutes=10)
     mfa_token_ttl: timedelta = timedelta(minutes=5)
+    # Starting a TOTP enrolment needs a sign-in at most this old (the access token's
+    # auth_time): RFC 9470's step-up challenge, ASVS 7.5.1's re-authentication.
+    reauth_max_age: timedelta = Field(default=timedelta(minutes=5), gt=timedelta(0))
     # The login page's browser session (single sign-on): its absolute lifetime, counted
     # from the login; nothing extends it.
     browser_session_ttl: timedelta = Field(default=timedelta(hours=12), gt=timedelta(0))

@@ -24,6 +24,7 @@ from provider.deps import (
     ServicesDep,
     SessionDep,
     hold_account,
+    require_recent_sign_in,
 )
 from provider.errors import Conflict, TooManyRequests
 from provider.mail import templates as mail
@@ -35,7 +36,13 @@ from provider.mfa.service import (
     NoPendingEnrolment,
     WrongCode,
 )
-from provider.responses import ADMIN_BEARER_ERRORS, BEARER_ERRORS, USER_NOT_FOUND, problems
+from provider.responses import (
+    ADMIN_BEARER_ERRORS,
+    BEARER_ERRORS,
+    RECENT_SIGN_IN_ERRORS,
+    USER_NOT_FOUND,
+    problems,
+)
 from provider.tokens.revocation import end_user_sessions
 from provider.users.accounts import PRODUCT
 from provider.users.admin_router import TargetUserId
@@ -79,11 +86,14 @@ def _answers() -> Iterator[None]:
 
 
 @router.post("/users/me/mfa/totp", response_model=TotpEnrolment,
-             responses={**BEARER_ERRORS, **problems(409, 503)})
-async def start_totp_enrolment(user: AccountUser, session: SessionDep,
+             responses={**RECENT_SIGN_IN_ERRORS, **problems(409, 503)})
+async def start_totp_enrolment(user: AccountUser, claims: ClaimsDep, session: SessionDep,
                                services: ServicesDep) -> TotpEnrolment:
     """Start (or restart) TOTP enrolment: a new pending secret, its otpauth URI and QR
-    code. Nothing changes at sign-in until it is confirmed with a code."""
+    code. Nothing changes at sign-in until it is confirmed with a code. Needs a recent
+    sign-in (``PROVIDER_REAUTH_MAX_AGE``, 5 minutes): an older token gets 401
+    ``insufficient_user_authentication`` with ``max_age`` (RFC 9470); sign in again."""
+    require_recent_sign_in(claims, services)
     await hold_account(session, user)
     with _answers():
         enrolment = await services.mfa.start_enrolment(

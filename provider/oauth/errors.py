@@ -185,6 +185,27 @@ class InvalidBearerRequest(BearerError):
     description = "The request carries the access token in an unsupported way."
 
 
+class InsufficientUserAuthentication(BearerError):
+    """The token's sign-in is older than the change allows (RFC 9470 §3): 401 with the
+    ``max_age`` to meet; the client signs the user in again and retries."""
+
+    error = "insufficient_user_authentication"
+    status = 401
+    description = "This change needs a recent sign-in. Sign in again, then retry."
+
+    def __init__(self, max_age: int) -> None:
+        super().__init__(max_age=max_age)
+        self.max_age = max_age
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "WWW-Authenticate": (
+                f'Bearer realm="provider", error="{self.error}", '
+                f'error_description="{self.error_description}", max_age="{self.max_age}"'
+            )
+        }
+
+
 class InsufficientScope(BearerError):
     error = "insufficient_scope"
     status = 403

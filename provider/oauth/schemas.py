@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TokenResponse(BaseModel):
@@ -17,6 +17,14 @@ class TokenResponse(BaseModel):
 class OAuthErrorBody(BaseModel):
     error: str
     error_description: str | None = None
+
+
+class StepUpBody(OAuthErrorBody):
+    """401 of an endpoint that needs a recent sign-in (RFC 9470 §3), or any bearer error."""
+
+    max_age: int | None = Field(default=None, description=(
+        "With insufficient_user_authentication: how many seconds old the token's "
+        "sign-in (auth_time) may be; sign in again and retry"))
 
 
 class MfaRequiredBody(OAuthErrorBody):
