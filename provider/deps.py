@@ -187,7 +187,8 @@ def require_recent_sign_in(claims: AccessClaims, services: Services) -> None:
     refresh keeps the sign-in's ``auth_time``, so a stolen refresh token cannot meet it."""
     max_age = math.ceil(services.settings.reauth_max_age.total_seconds())
     auth_time = claims.raw.get("auth_time")  # whole seconds (RFC 7519 NumericDate)
-    if (not isinstance(auth_time, int)
+    # A sign-in after its token was issued is none we made.
+    if (not isinstance(auth_time, int) or auth_time > claims.iat
             or int(services.clock.now().timestamp()) - auth_time > max_age):
         raise InsufficientUserAuthentication(max_age)
 

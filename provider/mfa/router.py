@@ -93,6 +93,8 @@ async def start_totp_enrolment(user: AccountUser, claims: ClaimsDep, session: Se
     code. Nothing changes at sign-in until it is confirmed with a code. Needs a recent
     sign-in (``PROVIDER_REAUTH_MAX_AGE``, 5 minutes): an older token gets 401
     ``insufficient_user_authentication`` with ``max_age`` (RFC 9470); sign in again."""
+    if user.mfa_enabled:  # no sign-in asked for in vain
+        raise MfaAlreadyEnabledError()
     require_recent_sign_in(claims, services)
     await hold_account(session, user)
     with _answers():

@@ -198,12 +198,8 @@ class InsufficientUserAuthentication(BearerError):
         self.max_age = max_age
 
     def headers(self) -> dict[str, str]:
-        return {
-            "WWW-Authenticate": (
-                f'Bearer realm="provider", error="{self.error}", '
-                f'error_description="{self.error_description}", max_age="{self.max_age}"'
-            )
-        }
+        challenge = super().headers()["WWW-Authenticate"]
+        return {"WWW-Authenticate": f'{challenge}, max_age="{self.max_age}"'}
 
 
 class InsufficientScope(BearerError):

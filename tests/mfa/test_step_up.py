@@ -16,13 +16,14 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from provider.app import create_app
 from provider.mfa.models import TotpAuthenticator
 from provider.services import Services
 from provider.settings import Settings
 from tests.conftest import TestClock
 from tests.factories import Factory
-from tests.helpers import bearer, login, refresh
-from tests.mfa.helpers import freeze_in_a_step
+from tests.helpers import assert_problem, bearer, login, refresh
+from tests.mfa.helpers import enrol, freeze_in_a_step
 from tests.web.helpers import Authorization, Browser, exchange, is_page, query_of
 
 MAX_AGE = 300  # PROVIDER_REAUTH_MAX_AGE's default
@@ -40,13 +41,13 @@ async def start(http: httpx.AsyncClient, access_token: str) -> httpx.Response:
     return await http.post("/users/me/mfa/totp", headers=bearer(access_token))
 
 
-def assert_step_up(response: httpx.Response) -> None:
+def assert_step_up(response: httpx.Response, max_age: int = MAX_AGE) -> None:
     assert response.status_code == 401, response.text
     assert response.json() == {"error": "insufficient_user_authentication",
-                               "error_description": STEP_UP_DESCRIPTION, "max_age": MAX_AGE}
+                               "error_description": STEP_UP_DESCRIPTION, "max_age": max_age}
     assert response.headers["www-authenticate"] == (
         'Bearer realm="provider", error="insufficient_user_authentication", '
-        f'error_description="{STEP_UP_DESCRIPTION}", max_age="{MAX_AGE}"')
+        f'error_description="{STEP_UP_DESCRIPTION}", max_age="{max_age}"')
     assert response.headers["cache-control"] == "no-store"
 
 
@@ -94,6 +95,17 @@ async def test_a_refreshed_token_keeps_its_sign_in_time(
     assert_step_up(await start(client, refreshed))
 
 
+async def test_enrolment_with_two_step_on_is_409_whatever_the_token_age(
+        client: httpx.AsyncClient, factory: Factory, clock: TestClock) -> None:
+    """No sign-in asked for in vain: the 409 comes first."""
+    user, oauth = await factory.user(), await factory.client()
+    enrolled = await enrol(client, clock, oauth, user)
+    clock.advance(timedelta(seconds=MAX_AGE + 1))
+    again = await start(client, enrolled.tokens["access_token"])
+    assert_problem(again, 409, "mfa_already_enabled",
+                   "Two-step verification is already on; turn it off before enrolling again.")
+
+
 async def test_code_flow_steps_up_with_max_age(
         app: FastAPI, factory: Factory, clock: TestClock) -> None:
     """Single sign-on hands out the browser login's old auth_time; the client asks again
@@ -125,7 +137,39 @@ async def test_code_flow_steps_up_with_max_age(
         assert (await start(http, new["access_token"])).status_code == 200
 
 
-def test_the_allowance_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_allowance_is_the_setting(
+        settings: Settings, clock: TestClock, factory: Factory, services: Services) -> None:
+    """Another process with ``PROVIDER_REAUTH_MAX_AGE=60`` on the same database."""
+    user, oauth = await factory.user(), await factory.client()
+    freeze_in_a_step(clock)
+    application = create_app(settings.model_copy(update={"reauth_max_age": timedelta(seconds=60)}),
+                             clock=clock)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport,
+                                     base_url="http://127.0.0.1:8000") as http:
+            tokens = await login(http, oauth, user, scope="openid account")
+            clock.advance(timedelta(seconds=61))
+            assert_step_up(await start(http, tokens["access_token"]), max_age=60)
+            assert await pending_secret(services, user.id) is None
+
+
+async def test_a_token_without_a_believable_sign_in_time_steps_up(
+        client: httpx.AsyncClient, factory: Factory, services: Services) -> None:
+    """No ``auth_time``, or one after the token's ``iat``: none of our sign-ins."""
+    user, oauth = await factory.user(), await factory.client()
+    sid = await factory.session(user, oauth, scope="openid account")
+    now = services.clock.now()
+    for auth_time in (None, now + timedelta(minutes=1)):
+        token, _ = services.jwt.issue_access_token(
+            sub=user.id, client_id=oauth.client_id, scope="openid account", now=now,
+            ttl=timedelta(minutes=15), sid=sid, auth_time=auth_time)
+        assert (await client.get("/users/me", headers=bearer(token))).status_code == 200
+        assert_step_up(await start(client, token))
+    assert await pending_secret(services, user.id) is None
+
+
+def test_the_setting_reads_seconds_and_refuses_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROVIDER_REAUTH_MAX_AGE", "900")
     assert Settings(_env_file=None).reauth_max_age == timedelta(minutes=15)
     monkeypatch.setenv("PROVIDER_REAUTH_MAX_AGE", "0")
