@@ -4,11 +4,8 @@ token whose ``auth_time`` is older than ``PROVIDER_REAUTH_MAX_AGE`` gets 401
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from datetime import timedelta
-from typing import Any
 
 import httpx
 import pytest
@@ -24,17 +21,11 @@ from tests.conftest import TestClock
 from tests.factories import Factory
 from tests.helpers import assert_problem, bearer, login, refresh
 from tests.mfa.helpers import enrol, freeze_in_a_step
+from tests.oauth.grants.test_authorization_code import claims
 from tests.web.helpers import Authorization, Browser, exchange, is_page, query_of
 
 MAX_AGE = 300  # PROVIDER_REAUTH_MAX_AGE's default
 STEP_UP_DESCRIPTION = "This change needs a recent sign-in. Sign in again, then retry."
-
-
-def claims(access_token: str) -> dict[str, Any]:
-    """The JWT's payload, unverified: the server verifies it, the test reads it."""
-    payload = access_token.split(".")[1]
-    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * 3))
-    return decoded
 
 
 async def start(http: httpx.AsyncClient, access_token: str) -> httpx.Response:
