@@ -125,6 +125,13 @@ def check_configuration(settings: Settings, *, processes: int) -> list[Finding]:
                   "Set PROVIDER_SMTP_URL (smtps://user:pass@host:465 or "
                   "smtp+starttls://...:587)."))
 
+    if settings.throttle_ipv6_prefix > 64:
+        add(warning("throttles.ipv6_prefix_narrow",
+                    f"PROVIDER_THROTTLE_IPV6_PREFIX={settings.throttle_ipv6_prefix}: an IPv6 "
+                    "client with a /64 can spread its guesses over 2^"
+                    f"{settings.throttle_ipv6_prefix - 64} rate-limit identities.",
+                    "Unset it (default 64, one subscriber's network), or lower it."))
+
     memory, iterations = settings.argon2_memory_cost, settings.argon2_time_cost
     if not any(memory >= m and iterations >= t for m, t in ARGON2_FLOORS) \
             or settings.argon2_parallelism < 1:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import hashlib
 import math
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from ipaddress import IPv6Address, ip_address
 from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse_many
@@ -76,6 +78,24 @@ class Throttled(Exception):
 
 STORAGE_KEYS_CACHED = 4096
 MEMORY_URL = "async+memory://"
+
+
+@functools.lru_cache(maxsize=STORAGE_KEYS_CACHED)
+def client_key(address: str, ipv6_prefix: int) -> str:
+    """What a client address is counted under: an IPv4 address as it is (an IPv4-mapped
+    IPv6 one too), an IPv6 address by its network of ``ipv6_prefix`` bits, since one
+    subscriber's /64 offers 2^64 fresh starts. Anything else ("unknown") as it is."""
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return address
+    if not isinstance(ip, IPv6Address):
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    host_bits = 128 - ipv6_prefix
+    network = IPv6Address(int(ip) >> host_bits << host_bits)
+    return f"{network}/{ipv6_prefix}"
 
 
 def _key(value: str) -> str:
@@ -145,6 +165,8 @@ class ThrottleConfig:
     code_account: str = ""
     code_address: str = ""
     mfa_account: str = ""
+    # Bits of an IPv6 client address that make one client (client_key).
+    ipv6_prefix: int = 64
 
 
 class Throttles:
@@ -187,6 +209,13 @@ class Throttles:
         self.code_address = Throttle(self, "code-address", config.code_address)
         # Wrong second-factor codes per user (provider.mfa.service).
         self.mfa_account = Throttle(self, "mfa-account", config.mfa_account)
+        self._ipv6_prefix = config.ipv6_prefix
+
+    def client(self, address: str) -> str:
+        """The identifier of a client address in every per-address throttle."""
+        if ":" not in address:
+            return address  # IPv4 (the token path's usual case): no parsing, no cache
+        return client_key(address, self._ipv6_prefix)
 
     # --- the operations ------------------------------------------------------------------
 

@@ -146,4 +146,5 @@ def throttle_config(settings: Settings) -> ThrottleConfig:
         code_account=settings.code_throttle_account,
         code_address=settings.code_throttle_address,
         mfa_account=settings.mfa_throttle_account,
+        ipv6_prefix=settings.throttle_ipv6_prefix,
     )

@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     # requests: growing waits (RFC 4226 §7.3, NIST SP 800-63B §3.2.2). A right code gives
     # its own slot back and clears nothing else; a password reset or change clears it.
     mfa_throttle_account: str = "5 per minute; 20 per hour; 50 per day"
+    # Every limit "per client address" counts an IPv6 client by its network of this many
+    # bits: one subscriber's /64 holds 2^64 addresses, each a fresh start if counted
+    # alone. 128: one address. IPv4 addresses count one by one.
+    throttle_ipv6_prefix: int = Field(default=64, ge=32, le=128)
     # Bound on every call to the rate-limit storage (Redis connect and reads): past it
     # a throttled request answers 503, never hangs.
     redis_timeout: timedelta = timedelta(seconds=2)

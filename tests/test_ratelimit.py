@@ -24,6 +24,7 @@ from provider.ratelimit import (
     Throttled,
     Throttles,
     ThrottleUnavailable,
+    client_key,
 )
 
 REDIS_URL = os.environ.get("PROVIDER_TEST_REDIS_URL")
@@ -213,3 +214,41 @@ async def test_memory_throttles_use_the_local_storage() -> None:
     await throttles.reserve((throttles.client_auth, "client\n203.0.113.9"))
     with pytest.raises(Throttled):
         await throttles.reserve((throttles.client_auth, "client\n203.0.113.9"))
+
+
+@pytest.mark.parametrize(("address", "prefix", "expected"), [
+    # IPv4 addresses count one by one; an IPv4-mapped IPv6 address is its IPv4 one.
+    ("203.0.113.9", 64, "203.0.113.9"),
+    ("::ffff:203.0.113.9", 64, "203.0.113.9"),
+    # IPv6: the network of `prefix` bits, however the address is written.
+    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, "2001:db8:1:2::/64"),
+    ("2001:0DB8:0001:0002::1", 64, "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::1%eth0", 64, "2001:db8:1:2::/64"),
+    ("2001:db8:1:2ff:aaaa::1", 56, "2001:db8:1:200::/56"),
+    ("2001:db8:1:2::1", 128, "2001:db8:1:2::1/128"),
+    ("::1", 64, "::/64"),
+    # Not an address (no peer): as it is.
+    ("unknown", 64, "unknown"),
+    ("not:an:address", 64, "not:an:address"),
+])
+def test_client_key_counts_an_ipv6_client_by_its_network(
+    address: str, prefix: int, expected: str
+) -> None:
+    assert client_key(address, prefix) == expected
+
+
+async def test_addresses_of_one_ipv6_network_share_the_per_address_slots() -> None:
+    config = ThrottleConfig(login_address="3 per minute", ipv6_prefix=64)
+    throttles = Throttles(None, config)
+    high, low = secrets.randbelow(65536), secrets.randbelow(65535)
+    network = f"2001:db8:{high:x}:{low:x}"
+    try:
+        for host in range(1, 4):
+            await throttles.login_address.reserve(throttles.client(f"{network}::{host:x}"))
+        with pytest.raises(Throttled):
+            await throttles.login_address.reserve(throttles.client(f"{network}::ffff"))
+        # The next /64 is another client.
+        neighbour = f"2001:db8:{high:x}:{low + 1:x}::1"
+        await throttles.login_address.reserve(throttles.client(neighbour))
+    finally:
+        await throttles.close()

@@ -5,12 +5,13 @@ Authorization header) or ``client_secret_post``; never both, never in the query
 string. Public clients (``none``) identify themselves with ``client_id`` alone.
 
 Brute force (§2.3.1 MUST): failures are throttled per (client_id, address) and per
-address, so a client attacked from one address keeps working from others. The secret is
-compared first (a SHA-256 in memory), but its verdict leaves the process only through
-one atomic throttle decision: a wrong secret must win a failure slot (limits' hit) to be
-told 401, a right one must find no full window (one read) to be served; otherwise both
-get 429. N parallel guesses are answered exactly as N sequential ones, and a success
-costs one storage round trip, not two (README, "Throttles").
+address (an IPv6 client's being its /64), so a client attacked from one address keeps
+working from others. The secret is compared first (a SHA-256 in memory), but its
+verdict leaves the process only through one atomic throttle decision: a wrong secret
+must win a failure slot (limits' hit) to be told 401, a right one must find no full
+window (one read) to be served; otherwise both get 429. N parallel guesses are answered
+exactly as N sequential ones, and a success costs one storage round trip, not two
+(README, "Throttles").
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ async def _verdict(clients: ClientCache, client_id: str, secret: str | None) -> 
 
 
 def _slots(throttles: Throttles, client_id: str, address: str) -> tuple[Slot, Slot]:
-    return ((throttles.client_auth, f"{client_id[:MAX_CREDENTIAL_LENGTH]}\n{address}"),
-            (throttles.client_auth_address, address))
+    client = throttles.client(address)
+    return ((throttles.client_auth, f"{client_id[:MAX_CREDENTIAL_LENGTH]}\n{client}"),
+            (throttles.client_auth_address, client))
 
 
 async def _failed(throttles: Throttles, client_id: str, address: str) -> None:

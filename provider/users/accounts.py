@@ -150,7 +150,7 @@ class Accounts:
         resend does not reset). A right code clears the account's count."""
         throttles = self.throttles
         try:
-            await throttles.reserve((throttles.code_address, client_address),
+            await throttles.reserve((throttles.code_address, throttles.client(client_address)),
                                     (throttles.code_account, account))
         except Throttled as exc:
             raise TooManyRequests(exc.retry_after) from None
@@ -171,7 +171,7 @@ class Accounts:
         if not self.settings.registration_open:
             raise RegistrationClosed()
         try:
-            await self.throttles.registration.reserve(client_address)
+            await self.throttles.registration.reserve(self.throttles.client(client_address))
         except Throttled as exc:
             raise TooManyRequests(exc.retry_after) from None
         email = normalize_email(email)

@@ -4,6 +4,7 @@
   client, are answered exactly like 50 sequential ones;
 - a client attacked from one address keeps working from another (X-Forwarded-For from
   a trusted CIDR range, 127.0.0.0/8);
+- every per-address limit counts an IPv6 client by its /64;
 - the owner of an address resets the password after strangers sent wrong codes;
 - two servers sharing one real Redis share their limits;
 - a throwaway Redis stopped under a running server gives 503s, and service resumes when
@@ -26,7 +27,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import LiveServer, OAuthClient, ServerPair, free_port
+from tests.factories import unique_email
 from tests.smtp_sink import CODE_PATTERN, SmtpSink, plain_text
 from tests.web.helpers import (
     Authorization,
@@ -206,6 +208,64 @@ async def test_forwarded_for_counts_only_from_a_trusted_range(
             answers = [await secret_attempt(http, client.client_id, "wrong", new_address())
                        for _ in range(4)]
         assert [a.status_code for a in answers] == [401, 401, 401, 429]
+
+
+def new_network() -> tuple[str, str]:
+    """A /64 of the IPv6 documentation range, unique per call and run, and the next one."""
+    high, low = secrets.randbelow(65536), secrets.randbelow(65535)
+    return f"2001:db8:{high:x}:{low:x}", f"2001:db8:{high:x}:{low + 1:x}"
+
+
+Attempt = Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]]
+PER_ADDRESS_LIMIT = 6
+PER_ADDRESS = {name: f"{PER_ADDRESS_LIMIT} per minute" for name in (
+    "PROVIDER_LOGIN_THROTTLE_ADDRESS", "PROVIDER_CLIENT_AUTH_THROTTLE_ADDRESS",
+    "PROVIDER_CODE_THROTTLE_ADDRESS", "PROVIDER_REGISTRATION_THROTTLE")}
+
+
+def per_address_attempts(server: LiveServer) -> dict[str, tuple[int, Attempt]]:
+    """Each per-address throttle: the status of an attempt it lets through, and an
+    attempt that counts against the address alone (a fresh account, client secret or
+    email each time)."""
+    _, oauth = server.create_account()
+    machine = machine_client(server)
+
+    def wrong_password(http: httpx.AsyncClient, address: str) -> Awaitable[httpx.Response]:
+        return password_attempt(http, oauth, unique_email("nobody"), WRONG_PASSWORD, address)
+
+    def wrong_secret(http: httpx.AsyncClient, address: str) -> Awaitable[httpx.Response]:
+        return secret_attempt(http, machine.client_id, secrets.token_urlsafe(32), address)
+
+    def wrong_code(http: httpx.AsyncClient, address: str) -> Awaitable[httpx.Response]:
+        return http.post("/auth/verify-email", headers=forwarded(address),
+                         json={"email": unique_email("nobody"), "code": "000000"})
+
+    def registration(http: httpx.AsyncClient, address: str) -> Awaitable[httpx.Response]:
+        return http.post("/auth/register", headers=forwarded(address),
+                         json={"email": unique_email("new"), "password": NEW_PASSWORD})
+
+    return {"login": (400, wrong_password), "client authentication": (401, wrong_secret),
+            "email code": (400, wrong_code), "registration": (202, registration)}
+
+
+async def test_an_ipv6_client_is_throttled_by_its_network(
+    e2e_database: str, keys_dir: Path, e2e_dir: Path,
+) -> None:
+    """Every per-address limit counts an IPv6 client by its /64: attempts from as many
+    addresses of one /64, in parallel, are throttled like attempts from one address,
+    and the next /64 is another client."""
+    with LiveServer(database_url=e2e_database, keys_dir=keys_dir,
+                    rundir=e2e_dir / f"ipv6-{secrets.token_hex(3)}",
+                    extra_env={**TRUSTED, **PER_ADDRESS}) as live:
+        for name, (passed, attempt) in per_address_attempts(live).items():
+            network, neighbour = new_network()
+            async with live.http() as http:
+                answers = await asyncio.gather(*(attempt(http, f"{network}::{n + 1:x}")
+                                                 for n in range(PER_ADDRESS_LIMIT + 5)))
+                statuses = Counter(a.status_code for a in answers)
+                assert statuses == Counter({passed: PER_ADDRESS_LIMIT, 429: 5}), (name, statuses)
+                other = await attempt(http, f"{neighbour}::1")
+                assert other.status_code == passed, (name, other.text)
 
 
 # --- email codes: strangers cannot keep the owner out --------------------------------------

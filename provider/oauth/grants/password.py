@@ -143,7 +143,7 @@ async def check_credentials(
     the user and a rehash when the parameters changed; raises InvalidGrant or SlowDown.
     """
     throttles = services.throttles
-    address = context.address or "unknown"
+    address = throttles.client(context.address or "unknown")
     # The slots are taken before the hash is verified: N parallel guesses count like
     # N sequential ones. A failure keeps its slots; a success gives them back.
     try:
