@@ -268,7 +268,7 @@ async def test_an_ipv6_client_is_throttled_by_its_network(
                 assert other.status_code == passed, (name, other.text)
 
 
-# --- email codes: strangers cannot keep the owner out --------------------------------------
+# --- email codes: once strangers stop, the owner gets back in ------------------------------
 
 
 async def forgot(http: httpx.AsyncClient, email: str, address: str) -> None:
