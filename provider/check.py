@@ -125,12 +125,18 @@ def check_configuration(settings: Settings, *, processes: int) -> list[Finding]:
                   "Set PROVIDER_SMTP_URL (smtps://user:pass@host:465 or "
                   "smtp+starttls://...:587)."))
 
-    if settings.throttle_ipv6_prefix > 64:
+    prefix = settings.throttle_ipv6_prefix
+    if prefix > 64:
         add(warning("throttles.ipv6_prefix_narrow",
-                    f"PROVIDER_THROTTLE_IPV6_PREFIX={settings.throttle_ipv6_prefix}: an IPv6 "
-                    "client with a /64 can spread its guesses over 2^"
-                    f"{settings.throttle_ipv6_prefix - 64} rate-limit identities.",
+                    f"PROVIDER_THROTTLE_IPV6_PREFIX={prefix}: an IPv6 client with a /64 can "
+                    f"spread its guesses over 2^{prefix - 64} rate-limit identities.",
                     "Unset it (default 64, one subscriber's network), or lower it."))
+    elif prefix < 48:
+        add(warning("throttles.ipv6_prefix_wide",
+                    f"PROVIDER_THROTTLE_IPV6_PREFIX={prefix}: every IPv6 client of a /{prefix}, "
+                    "often a whole provider's, shares one count, so one of them can keep "
+                    "the others throttled.",
+                    "Unset it (default 64, one subscriber's network), or raise it to 48-64."))
 
     memory, iterations = settings.argon2_memory_cost, settings.argon2_time_cost
     if not any(memory >= m and iterations >= t for m, t in ARGON2_FLOORS) \

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from ipaddress import IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse_many
@@ -80,19 +80,29 @@ STORAGE_KEYS_CACHED = 4096
 MEMORY_URL = "async+memory://"
 
 
+# IPv6 forms of one IPv4 host, which count as that host: the NAT64 well-known prefix
+# (RFC 6052) and the IPv4-translated form (RFC 6145) carry it in their low 32 bits; the
+# mapped form, 6to4 and Teredo are read by ipaddress.
+_IPV4_IN_LOW_BITS = (IPv6Network("64:ff9b::/96"), IPv6Network("::ffff:0:0:0/96"))
+
+
 @functools.lru_cache(maxsize=STORAGE_KEYS_CACHED)
 def client_key(address: str, ipv6_prefix: int) -> str:
-    """What a client address is counted under: an IPv4 address as it is (an IPv4-mapped
-    IPv6 one too), an IPv6 address by its network of ``ipv6_prefix`` bits, since one
-    subscriber's /64 offers 2^64 fresh starts. Anything else ("unknown") as it is."""
+    """What a client address is counted under: an IPv4 address as it is, and so is an
+    IPv6 address that stands for one IPv4 host (mapped, NAT64, 6to4, Teredo); any other
+    IPv6 address by its network of ``ipv6_prefix`` bits, since one subscriber's /64
+    offers 2^64 fresh starts. Anything else ("unknown") as it is."""
     try:
         ip = ip_address(address)
     except ValueError:
         return address
     if not isinstance(ip, IPv6Address):
         return address
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
+    host = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+    if host is None and any(ip in network for network in _IPV4_IN_LOW_BITS):
+        host = IPv4Address(int(ip) & 0xFFFFFFFF)
+    if host is not None:
+        return str(host)
     host_bits = 128 - ipv6_prefix
     network = IPv6Address(int(ip) >> host_bits << host_bits)
     return f"{network}/{ipv6_prefix}"

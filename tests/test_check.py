@@ -79,6 +79,7 @@ async def test_a_clean_production_configuration_has_no_finding(
     ({"trusted_proxies": "0.0.0.0/0"}, "proxies.too_wide", "error"),
     ({"signing_alg": "ES256"}, "keys.algorithm_mismatch", "warning"),
     ({"throttle_ipv6_prefix": 128}, "throttles.ipv6_prefix_narrow", "warning"),
+    ({"throttle_ipv6_prefix": 40}, "throttles.ipv6_prefix_wide", "warning"),
     ({"db_pgbouncer": True}, "database.no_statement_timeout", "warning"),
     ({"database_url": "postgresql://nobody@127.0.0.1:1/none"}, "database.unreachable", "error"),
 ])

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import pytest
 import pytest_asyncio
+from pydantic import ValidationError
 
 from provider.ratelimit import (
     LocalStorage,
@@ -26,6 +27,8 @@ from provider.ratelimit import (
     ThrottleUnavailable,
     client_key,
 )
+from provider.services import throttle_config
+from provider.settings import Settings
 
 REDIS_URL = os.environ.get("PROVIDER_TEST_REDIS_URL")
 REQUIRE_REDIS = os.environ.get("PROVIDER_TEST_REQUIRE_POSTGRES") == "1"
@@ -227,6 +230,12 @@ async def test_memory_throttles_use_the_local_storage() -> None:
     ("2001:db8:1:2ff:aaaa::1", 56, "2001:db8:1:200::/56"),
     ("2001:db8:1:2::1", 128, "2001:db8:1:2::1/128"),
     ("::1", 64, "::/64"),
+    # An IPv6 form of one IPv4 host is that host: NAT64's well-known prefix, the
+    # IPv4-translated form, 6to4 (one IPv4 host's 2^16 networks) and Teredo.
+    ("64:ff9b::198.51.100.7", 64, "198.51.100.7"),
+    ("::ffff:0:198.51.100.7", 64, "198.51.100.7"),
+    ("2002:c000:204:1::1", 64, "192.0.2.4"),
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", 64, "192.0.2.45"),
     # Not an address (no peer): as it is.
     ("unknown", 64, "unknown"),
     ("not:an:address", 64, "not:an:address"),
@@ -235,6 +244,17 @@ def test_client_key_counts_an_ipv6_client_by_its_network(
     address: str, prefix: int, expected: str
 ) -> None:
     assert client_key(address, prefix) == expected
+
+
+def test_the_ipv6_prefix_setting_reaches_the_throttles() -> None:
+    def configured(prefix: int) -> Settings:
+        return Settings(_env_file=None, env="test",  # type: ignore[call-arg]
+                        throttle_ipv6_prefix=prefix)
+
+    assert throttle_config(configured(56)).ipv6_prefix == 56
+    for outside in (31, 129):
+        with pytest.raises(ValidationError):
+            configured(outside)
 
 
 async def test_addresses_of_one_ipv6_network_share_the_per_address_slots() -> None:

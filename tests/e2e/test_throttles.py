@@ -217,24 +217,28 @@ def new_network() -> tuple[str, str]:
 
 
 Attempt = Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]]
-PER_ADDRESS_LIMIT = 6
-PER_ADDRESS = {name: f"{PER_ADDRESS_LIMIT} per minute" for name in (
+# Per-address limits of 6, and 4 per (client, address), so that the pair's decides its case.
+PER_ADDRESS = {**{name: "6 per minute" for name in (
     "PROVIDER_LOGIN_THROTTLE_ADDRESS", "PROVIDER_CLIENT_AUTH_THROTTLE_ADDRESS",
-    "PROVIDER_CODE_THROTTLE_ADDRESS", "PROVIDER_REGISTRATION_THROTTLE")}
+    "PROVIDER_CODE_THROTTLE_ADDRESS", "PROVIDER_REGISTRATION_THROTTLE")},
+    "PROVIDER_CLIENT_AUTH_THROTTLE": "4 per minute"}
 
 
-def per_address_attempts(server: LiveServer) -> dict[str, tuple[int, Attempt]]:
-    """Each per-address throttle: the status of an attempt it lets through, and an
-    attempt that counts against the address alone (a fresh account, client secret or
-    email each time)."""
-    _, oauth = server.create_account()
-    machine = machine_client(server)
+def per_address_attempts(oauth: OAuthClient,
+                         machine: OAuthClient) -> dict[str, tuple[int, int, Attempt]]:
+    """Each throttle counted per client address: its limit (PER_ADDRESS), the status of
+    an attempt it lets through, and an attempt that counts against the address alone
+    (a fresh account, client or email each time), or against (client, address)."""
 
     def wrong_password(http: httpx.AsyncClient, address: str) -> Awaitable[httpx.Response]:
         return password_attempt(http, oauth, unique_email("nobody"), WRONG_PASSWORD, address)
 
     def wrong_secret(http: httpx.AsyncClient, address: str) -> Awaitable[httpx.Response]:
         return secret_attempt(http, machine.client_id, secrets.token_urlsafe(32), address)
+
+    def unknown_client(http: httpx.AsyncClient, address: str) -> Awaitable[httpx.Response]:
+        return secret_attempt(http, f"cl_{secrets.token_urlsafe(16)}",
+                              secrets.token_urlsafe(32), address)
 
     def wrong_code(http: httpx.AsyncClient, address: str) -> Awaitable[httpx.Response]:
         return http.post("/auth/verify-email", headers=forwarded(address),
@@ -244,28 +248,39 @@ def per_address_attempts(server: LiveServer) -> dict[str, tuple[int, Attempt]]:
         return http.post("/auth/register", headers=forwarded(address),
                          json={"email": unique_email("new"), "password": NEW_PASSWORD})
 
-    return {"login": (400, wrong_password), "client authentication": (401, wrong_secret),
-            "email code": (400, wrong_code), "registration": (202, registration)}
+    return {"login": (6, 400, wrong_password),
+            "client authentication per (client, address)": (4, 401, wrong_secret),
+            "client authentication per address": (6, 401, unknown_client),
+            "email code": (6, 400, wrong_code), "registration": (6, 202, registration)}
 
 
 async def test_an_ipv6_client_is_throttled_by_its_network(
     e2e_database: str, keys_dir: Path, e2e_dir: Path,
 ) -> None:
-    """Every per-address limit counts an IPv6 client by its /64: attempts from as many
-    addresses of one /64, in parallel, are throttled like attempts from one address,
-    and the next /64 is another client."""
+    """Every limit counted per client address counts an IPv6 client by its /64: attempts
+    from as many addresses of one /64, in parallel, are throttled like attempts from one
+    address, and the next /64 is another client. A sign-in's success gives the /64's
+    slot back."""
     with LiveServer(database_url=e2e_database, keys_dir=keys_dir,
                     rundir=e2e_dir / f"ipv6-{secrets.token_hex(3)}",
                     extra_env={**TRUSTED, **PER_ADDRESS}) as live:
-        for name, (passed, attempt) in per_address_attempts(live).items():
-            network, neighbour = new_network()
-            async with live.http() as http:
+        user, oauth = live.create_account()
+        attempts = per_address_attempts(oauth, machine_client(live))
+        async with live.http() as http:
+            for name, (limit, passed, attempt) in attempts.items():
+                network, neighbour = new_network()
                 answers = await asyncio.gather(*(attempt(http, f"{network}::{n + 1:x}")
-                                                 for n in range(PER_ADDRESS_LIMIT + 5)))
+                                                 for n in range(limit + 5)))
                 statuses = Counter(a.status_code for a in answers)
-                assert statuses == Counter({passed: PER_ADDRESS_LIMIT, 429: 5}), (name, statuses)
+                assert statuses == Counter({passed: limit, 429: 5}), (name, statuses)
                 other = await attempt(http, f"{neighbour}::1")
                 assert other.status_code == passed, (name, other.text)
+
+            network, _ = new_network()
+            for n in range(8):
+                signed_in = await password_attempt(http, oauth, user.email, user.password,
+                                                   f"{network}::{n + 1:x}")
+                assert signed_in.status_code == 200, (n, signed_in.text)
 
 
 # --- email codes: once strangers stop, the owner gets back in ------------------------------
