@@ -303,6 +303,30 @@ async def test_password_reset_does_not_remove_mfa(client: httpx.AsyncClient, fac
     assert_tokens(done.json(), TOTP_AMR, int(clock.now().timestamp()))
 
 
+async def test_password_reset_keeps_the_count_of_wrong_codes(
+    client: httpx.AsyncClient, factory: Factory, clock: TestClock, mail_sink: SmtpSink,
+) -> None:
+    """Someone who controls the mailbox but not the authenticator: a reset gives no fresh
+    window of second-factor guesses, however often it is repeated."""
+    user, oauth = await factory.user(), await factory.client()
+    enrolled = await enrol(client, clock, oauth, user)
+    right = next_code(clock, enrolled.secret)
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    token = await mfa_token(client, oauth, user)
+    for _ in range(5):  # the per-user throttle's first tier: 5 a minute
+        assert_answer(await finish(client, oauth, token, wrong), 400, WRONG_CODE)
+
+    code = await request_reset_code(client, mail_sink, user.email)
+    user.password = "a brand new passphrase"
+    reset = await client.post("/auth/reset-password", json={
+        "email": user.email, "code": code, "new_password": user.password})
+    assert reset.status_code == 200, reset.text
+
+    fresh = await mfa_token(client, oauth, user)
+    assert_answer(await finish(client, oauth, fresh, right), 429, SLOW_DOWN)
+    assert_answer(await password_login(client, oauth, user, otp=right), 429, SLOW_DOWN)
+
+
 async def test_public_client_finishes_with_mfa_otp(client: httpx.AsyncClient, factory: Factory,
                                                    clock: TestClock) -> None:
     user = await factory.user()
