@@ -84,9 +84,31 @@ def client_address(request: Request, settings: Settings) -> str:
         if forwarded:
             # The right-most address not of a trusted proxy is the one that reached us.
             for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
-                if not is_trusted_proxy(hop, proxies):
-                    return hop
+                address = forwarded_address(hop)
+                if address is None:
+                    break  # not an address: believe nothing further, the proxy is the peer
+                if not is_trusted_proxy(address, proxies):
+                    return address
     return peer
+
+
+def forwarded_address(hop: str) -> str | None:
+    """An X-Forwarded-For hop as an address, without the port some proxies add
+    (``203.0.113.9:5678``, ``[2001:db8::1]:443``): else every connection of one client
+    would count as a new client in the per-address limits. None when it is no address."""
+    host = hop
+    if hop.startswith("["):
+        host, bracket, port = hop[1:].partition("]")
+        if not bracket or (port and not (port[0] == ":" and port[1:].isdigit())):
+            return None
+    elif hop.count(":") == 1:  # an IPv6 address has at least two
+        host, _, port = hop.partition(":")
+        if not port.isdigit():
+            return None
+    try:
+        return str(ip_address(host))
+    except ValueError:
+        return None
 
 
 def request_context(request: Request, settings: Settings) -> RequestContext:

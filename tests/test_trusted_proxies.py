@@ -32,6 +32,18 @@ def request(peer: str, forwarded: str | None = None) -> Request:
     # IPv6 ranges, and IPv4-mapped peers.
     ("2001:db8::/32", "2001:db8::5", "203.0.113.9", "203.0.113.9"),
     ("127.0.0.0/8", "::ffff:127.0.0.2", "203.0.113.9", "203.0.113.9"),
+    # A port that the proxy wrote after the address is not part of it.
+    ("10.0.0.0/8", "10.0.0.1", "203.0.113.9:5678", "203.0.113.9"),
+    ("10.0.0.0/8", "10.0.0.1", "[2001:db8::7]:443", "2001:db8::7"),
+    ("10.0.0.0/8", "10.0.0.1", "[2001:db8::7]", "2001:db8::7"),
+    ("10.0.0.0/8", "10.0.0.1", "203.0.113.9, 10.0.0.2:8080", "203.0.113.9"),
+    # Written as the address itself (the audit trail reads the same form every time).
+    ("10.0.0.0/8", "10.0.0.1", "2001:DB8:0:0::7", "2001:db8::7"),
+    # A hop that is no address: nothing further left is believed; the proxy is the peer.
+    ("10.0.0.0/8", "10.0.0.1", "unknown", "10.0.0.1"),
+    ("10.0.0.0/8", "10.0.0.1", "203.0.113.9, _hidden", "10.0.0.1"),
+    ("10.0.0.0/8", "10.0.0.1", "203.0.113.9:http", "10.0.0.1"),
+    ("10.0.0.0/8", "10.0.0.1", "[2001:db8::7]x", "10.0.0.1"),
     # Outside every range: the header is ignored.
     ("10.0.0.0/8", "11.0.0.1", "203.0.113.9", "11.0.0.1"),
     ("", "10.0.0.1", "203.0.113.9", "10.0.0.1"),

@@ -260,7 +260,7 @@ async def test_an_ipv6_client_is_throttled_by_its_network(
     """Every limit counted per client address counts an IPv6 client by its /64: attempts
     from as many addresses of one /64, in parallel, are throttled like attempts from one
     address, and the next /64 is another client. A sign-in's success gives the /64's
-    slot back."""
+    slot back. A port after a forwarded address does not make a new client."""
     with LiveServer(database_url=e2e_database, keys_dir=keys_dir,
                     rundir=e2e_dir / f"ipv6-{secrets.token_hex(3)}",
                     extra_env={**TRUSTED, **PER_ADDRESS}) as live:
@@ -281,6 +281,14 @@ async def test_an_ipv6_client_is_throttled_by_its_network(
                 signed_in = await password_attempt(http, oauth, user.email, user.password,
                                                    f"{network}::{n + 1:x}")
                 assert signed_in.status_code == 200, (n, signed_in.text)
+
+            # A proxy that writes the client's port after its address: one client still.
+            limit, passed, attempt = attempts["client authentication per address"]
+            address = new_address()
+            answers = await asyncio.gather(*(attempt(http, f"{address}:{40000 + n}")
+                                             for n in range(limit + 5)))
+            statuses = Counter(a.status_code for a in answers)
+            assert statuses == Counter({passed: limit, 429: 5}), statuses
 
 
 # --- email codes: once strangers stop, the owner gets back in ------------------------------
