@@ -187,9 +187,12 @@ class Accounts:
         async def create_or_notify(session: AsyncSession, mailbox: Mailbox) -> None:
             now = self.clock.now()
             if await session.scalar(select(User.id).where(User.email == email)) is not None:
-                # Someone else's address: tell its owner, tell the caller nothing.
-                mailbox.send(mail.registration_attempt(
-                    email, base_url=self.settings.issuer, product=PRODUCT))
+                # Someone else's address: tell its owner, tell the caller nothing. The
+                # notice counts in the address's send window as a code does, or anyone
+                # could mail its owner as fast as registrations are allowed.
+                if await self._may_send_code(email):
+                    mailbox.send(mail.registration_attempt(
+                        email, base_url=self.settings.issuer, product=PRODUCT))
                 return
             user = User(id=uuid.uuid4(), email=email, username=username,
                         password_hash=password_hash, profile=profile, is_active=True,

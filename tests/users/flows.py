@@ -143,7 +143,8 @@ async def settle(http: httpx.AsyncClient, mail_sink: SmtpSink, email: str) -> No
     """Make sure every earlier mail to the registered ``email`` was delivered.
 
     Registering the address again mails its owner a notice; once that notice is there,
-    whatever earlier requests were going to send has been sent.
+    whatever earlier requests were going to send has been sent. The notice counts in the
+    address's send window (3 per 2 minutes): at most two earlier mails may be in it.
     """
     before = len(mail_sink.messages_to(email))
     response = await register(http, email, OTHER_PASSWORD)

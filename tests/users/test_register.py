@@ -18,6 +18,7 @@ from tests.factories import Factory, unique_email
 from tests.helpers import assert_oauth_error, bearer, login, password_login
 from tests.smtp_sink import SmtpSink, plain_text
 from tests.users.flows import (
+    ACCEPTED,
     BAD_CREDENTIALS,
     GOOD_PASSWORD,
     REGISTER_ACCEPTED,
@@ -124,6 +125,23 @@ async def test_register_with_a_taken_email_answers_alike_and_mails_the_owner(
     stranger = credentials(owner.email, OTHER)
     assert_oauth_error(await password_login(http, oauth, stranger), 400, "invalid_grant",
                        BAD_CREDENTIALS)
+
+
+async def test_notices_of_a_taken_email_count_in_its_send_window(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    """Registering someone's address again and again mails its owner no faster than
+    codes are mailed to it (PROVIDER_EMAIL_CODE_THROTTLE, 3 per 2 minutes)."""
+    owner = await factory.user()
+    for _ in range(5):
+        assert_body(await register(http, owner.email, OTHER), 202, REGISTER_ACCEPTED)
+    # The ASGI transport returns once the background mail work is done.
+    notices = mail_sink.messages_to(owner.email)
+    assert [m["Subject"] for m in notices] == [SUBJECT_EXISTS] * 3
+    # The window is the one codes use: no reset code either until it frees.
+    assert_body(await http.post("/auth/forgot-password", json={"email": owner.email}),
+                202, ACCEPTED)
+    assert len(mail_sink.messages_to(owner.email)) == 3
 
 
 async def test_register_taken_username_is_409_and_creates_nothing(
