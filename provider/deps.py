@@ -95,7 +95,8 @@ def client_address(request: Request, settings: Settings) -> str:
 def forwarded_address(hop: str) -> str | None:
     """An X-Forwarded-For hop as an address, without the port some proxies add
     (``203.0.113.9:5678``, ``[2001:db8::1]:443``): else every connection of one client
-    would count as a new client in the per-address limits. None when it is no address."""
+    would count as a new client in the per-address limits. An IPv4-mapped address is its
+    IPv4 one. None when it is no address (an IPv6 one with a port needs its brackets)."""
     host = hop
     if hop.startswith("["):
         host, bracket, port = hop[1:].partition("]")
@@ -106,9 +107,12 @@ def forwarded_address(hop: str) -> str | None:
         if not port.isdigit():
             return None
     try:
-        return str(ip_address(host))
+        address = ip_address(host.partition("%")[0])  # a scope id means nothing here
     except ValueError:
         return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def request_context(request: Request, settings: Settings) -> RequestContext:

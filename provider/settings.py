@@ -148,7 +148,8 @@ class Settings(BaseSettings):
     code_throttle_account: str = "5 per minute; 10 per 2 minutes"
     # Wrong second-factor codes (TOTP or recovery) per user, across mfa_tokens and
     # requests: growing waits (RFC 4226 §7.3, NIST SP 800-63B §3.2.2). A right code gives
-    # its own slot back and clears nothing else; a password reset or change clears it.
+    # its own slot back and clears nothing else; a signed-in password change clears it,
+    # a reset does not (whoever holds the mailbox could reset for a fresh window).
     mfa_throttle_account: str = "5 per minute; 20 per hour; 50 per day"
     # Every limit "per client address" counts an IPv6 client by its network of this many
     # bits: one subscriber's /64 holds 2^64 addresses, each a fresh start if counted

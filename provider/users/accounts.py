@@ -286,9 +286,9 @@ class Accounts:
         if user.username:
             await self.throttles.login_account.clear(user.username)
         # The second factor stays (ASVS 6.4.3), and so does its count of wrong codes
-        # (NIST SP 800-63B §3.2.2: it ends with a right code): whoever controls the
-        # mailbox but not the authenticator could otherwise reset again and again, a
-        # fresh window of guesses each time.
+        # (NIST SP 800-63B §3.2.2): whoever controls the mailbox but not the
+        # authenticator could otherwise reset again and again, a fresh window of
+        # guesses each time.
         mailbox.send(mail.password_changed(user.email, product=PRODUCT))
         return user.id
 

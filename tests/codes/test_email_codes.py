@@ -30,7 +30,6 @@ from tests.users.flows import (
     ACCEPTED,
     INVALID_CODE,
     OTHER_PASSWORD,
-    SUBJECT_EXISTS,
     SUBJECT_RESET,
     SUBJECT_VERIFY,
     UNVERIFIED,
@@ -42,7 +41,6 @@ from tests.users.flows import (
     problem,
     register_user,
     request_reset_code,
-    settle,
     subjects,
 )
 
@@ -398,8 +396,8 @@ async def test_resend_throttle_answers_202_but_sends_nothing(
     codes = [await request_reset_code(http, mail_sink, user.email) for _ in range(3)]
     response = await http.post("/auth/forgot-password", json={"email": user.email})
     assert_body(response, 202, ACCEPTED)
-    await settle(http, mail_sink, user.email)
-    assert subjects(mail_sink, user.email) == [SUBJECT_RESET] * 3 + [SUBJECT_EXISTS]
+    # The ASGI transport returns once the request's mail work is done: none was sent.
+    assert subjects(mail_sink, user.email) == [SUBJECT_RESET] * 3
     # The throttled request did not replace the last code either.
     assert_body(await reset(http, user.email, codes[-1]), 200, {"status": "password_reset"})
 
@@ -412,8 +410,7 @@ async def test_verification_resend_throttle_counts_the_registration_mail(
     await resend_verification(http, user.email)
     last = await last_code(mail_sink, user.email, count=3)
     await resend_verification(http, user.email)  # the 4th within 10 minutes
-    await settle(http, mail_sink, user.email)
-    assert subjects(mail_sink, user.email) == [SUBJECT_VERIFY] * 3 + [SUBJECT_EXISTS]
+    assert subjects(mail_sink, user.email) == [SUBJECT_VERIFY] * 3
     assert_body(await verify(http, user.email, last), 200, {"status": "verified"})
 
 

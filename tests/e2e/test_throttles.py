@@ -289,6 +289,8 @@ async def test_an_ipv6_client_is_throttled_by_its_network(
                                              for n in range(limit + 5)))
             statuses = Counter(a.status_code for a in answers)
             assert statuses == Counter({passed: limit, 429: 5}), statuses
+            # Counted as that address, not as the proxy: the bare address waits too.
+            assert (await attempt(http, address)).status_code == 429
 
 
 # --- email codes: once strangers stop, the owner gets back in ------------------------------

@@ -90,7 +90,7 @@ async def test_a_throttled_address_answers_like_an_unknown_one(
     http: httpx.AsyncClient, mail_sink: SmtpSink, path: str
 ) -> None:
     user = await register_user(http, mail_sink, verify=False)
-    for _ in range(4):  # the register mail plus these: past "3 per 10 minutes"
+    for _ in range(4):  # the register mail plus these: past "3 per 2 minutes"
         await http.post(path, json={"email": user.email})
     throttled = await http.post(path, json={"email": user.email})
     unknown = await http.post(path, json={"email": unique_email()})
