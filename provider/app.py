@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from provider import __version__
@@ -93,6 +93,17 @@ def freeze_startup_objects() -> None:
     _startup_frozen = True
     gc.collect()
     gc.freeze()
+
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """Every method some route serves at the path of ``scope`` (the ``Allow`` header),
+    found by asking the routes as the router does: a 405 is rare, so no table is kept."""
+    return ", ".join(method for method in HTTP_METHODS
+                     if any(route.matches({**scope, "method": method})[0] is Match.FULL
+                            for route in app.router.routes))
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> ProviderApp:
@@ -199,8 +210,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return ValidationFailed.from_errors(exc.errors()).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        return from_http_exception(exc).response()
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error = from_http_exception(exc)
+        if exc.status_code == 405:
+            # Starlette names the methods of the path's first route only (each route
+            # here has one method); RFC 9110 §15.5.6 wants all the resource supports.
+            error.extra_headers["Allow"] = allowed_methods(app, request.scope)
+        return error.response()
 
     async def unavailable(request: Request, service: str) -> Response:
         """A 503 with Retry-After in the caller's terms: a page for the browser's pages,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,23 @@ def test_contract_endpoints_are_documented(spec: dict[str, Any]) -> None:
 def test_token_endpoint_takes_a_form_body(spec: dict[str, Any]) -> None:
     body = spec["paths"]["/oauth/token"]["post"]["requestBody"]["content"]
     assert "application/x-www-form-urlencoded" in body
+
+
+# Served at a documented path but outside the API document: the sign-in and consent
+# forms post back to /oauth/authorize (pages, not API); Starlette answers HEAD beside the
+# JWKS's GET.
+UNDOCUMENTED = {"/oauth/authorize": {"POST"}, "/.well-known/jwks.json": {"HEAD"}}
+
+
+async def test_a_405_allows_every_method_of_its_path(client: Any, spec: dict[str, Any]) -> None:
+    """RFC 9110 §15.5.6: the Allow header of a 405 names every method of the resource,
+    not only the first route's (Starlette's own answer)."""
+    for path, item in spec["paths"].items():
+        documented = {method.upper() for method in item if method in HTTP_METHODS}
+        if "PUT" in documented:
+            continue
+        response = await client.put(re.sub(r"\{[^}]+\}", "x", path))
+        assert response.status_code == 405, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        allowed = set(response.headers["allow"].split(", "))
+        assert allowed == documented | UNDOCUMENTED.get(path, set()), path
