@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,6 +54,7 @@ from provider.oauth.router import router as oauth_router
 from provider.ops import router as ops_router
 from provider.purge import Purger, purge_periodically
 from provider.ratelimit import ThrottleUnavailable
+from provider.responses import problems_as_problem_json
 from provider.services import build_services
 from provider.settings import Settings
 from provider.users.admin_router import router as admin_users_router
@@ -76,6 +78,11 @@ class ProviderApp(FastAPI):
             await self.edge(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = problems_as_problem_json(super().openapi())
+        return self.openapi_schema
 
 
 _startup_frozen = False

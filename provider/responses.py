@@ -73,3 +73,21 @@ CLIENT_NOT_FOUND: Responses = {
 PUBLIC_CLIENT_HAS_NO_SECRET: Responses = {
     422: {"model": Problem, "description": "A public client has no secret"},
 }
+
+
+PROBLEM_REF = "#/components/schemas/Problem"
+
+
+def problems_as_problem_json(document: dict[str, Any]) -> dict[str, Any]:
+    """Document ``Problem`` bodies under the media type they are served with,
+    ``application/problem+json`` (RFC 9457 §3): FastAPI files every model under the
+    route's media type, ``application/json``. Rewrites ``document`` in place."""
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                body = content.get("application/json")
+                if body is not None and body.get("schema", {}).get("$ref") == PROBLEM_REF:
+                    content["application/problem+json"] = content.pop("application/json")
+    return document
+

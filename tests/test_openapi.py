@@ -123,3 +123,20 @@ async def test_a_405_allows_every_method_of_its_path(client: Any, spec: dict[str
         assert response.headers["content-type"] == "application/problem+json"
         allowed = set(response.headers["allow"].split(", "))
         assert allowed == documented | UNDOCUMENTED.get(path, set()), path
+
+
+def test_problem_bodies_are_documented_under_their_media_type(spec: dict[str, Any]) -> None:
+    """Problem bodies are served as application/problem+json (RFC 9457 §3), and the
+    document says so; every 422 is one (no FastAPI default HTTPValidationError)."""
+    problem = "#/components/schemas/Problem"
+    seen = 0
+    for method, path, operation in operations(spec):
+        for status, response in operation["responses"].items():
+            for media, body in response.get("content", {}).items():
+                if body.get("schema", {}).get("$ref") == problem:
+                    assert media == "application/problem+json", (method, path, status)
+                    seen += 1
+            if status == "422":
+                assert set(response["content"]) == {"application/problem+json"}, (method, path)
+    assert seen > 50
+    assert "HTTPValidationError" not in spec["components"]["schemas"]

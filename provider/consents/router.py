@@ -11,7 +11,7 @@ from provider.consents import service
 from provider.consents.schemas import ConsentList, ConsentRead
 from provider.deps import AccountUser, RequestContextDep, ServicesDep, SessionDep
 from provider.errors import NotFound, Problem
-from provider.responses import BEARER_ERRORS
+from provider.responses import BEARER_ERRORS, INVALID
 
 router = APIRouter(tags=["accounts"])
 
@@ -31,7 +31,7 @@ async def list_my_consents(user: AccountUser, session: SessionDep) -> ConsentLis
 
 
 @router.delete("/users/me/consents/{client_id}", status_code=204, response_class=Response,
-               responses={**BEARER_ERRORS,
+               responses={**BEARER_ERRORS, **INVALID,
                           404: {"model": Problem, "description":
                                 "consent_not_found: no consent or session with this client"}})
 async def withdraw_my_consent(

@@ -39,6 +39,7 @@ from provider.mfa.service import (
 from provider.responses import (
     ADMIN_BEARER_ERRORS,
     BEARER_ERRORS,
+    INVALID,
     RECENT_SIGN_IN_ERRORS,
     USER_NOT_FOUND,
     problems,
@@ -178,7 +179,7 @@ async def disable_totp(body: DisableTotp, user: AccountUser, claims: ClaimsDep,
 
 
 @admin_router.delete("/users/{user_id}/mfa", status_code=204, response_class=Response,
-                     responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND})
+                     responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND, **INVALID})
 async def admin_reset_mfa(admin: AdminUser, user_id: TargetUserId, session: SessionDep,
                           background: BackgroundTasks, accounts: AccountsDep,
                           services: ServicesDep, context: RequestContextDep) -> Response:

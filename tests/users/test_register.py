@@ -249,6 +249,20 @@ async def test_register_unknown_field_is_422_and_creates_nothing(
     assert mail_sink.messages_to(email) == []
 
 
+@pytest.mark.parametrize("body", [b'{"email": "a@example.com", "password', b"\x80r\x81\x08",
+                                  b'{"email": "\xff@example.com"}'])
+async def test_register_malformed_json_is_the_documented_422(
+    http: httpx.AsyncClient, body: bytes
+) -> None:
+    """Broken JSON, UTF-8 or not (FastAPI's own answer to the latter is a bare 400)."""
+    response = await http.post("/auth/register", content=body,
+                               headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "validation_error"
+    assert [e["type"] for e in response.json()["errors"]] == ["json_invalid"]
+
+
 @pytest.mark.parametrize("profile", [{"name": {"first": "Ada"}}, {"tags": ["a", "b"]}])
 async def test_register_profile_values_are_flat(
     http: httpx.AsyncClient, services: Services, profile: dict[str, object]
