@@ -30,6 +30,7 @@ from provider.oauth.errors import (
     RequestUriNotSupported,
     UnauthorizedClient,
     UnsupportedResponseType,
+    the_parameter,
 )
 from provider.oauth.scopes import parse_scope
 
@@ -181,7 +182,7 @@ async def parse_request(pairs: list[tuple[str, str]], clients: ClientCache
         raise refuse(InvalidRequest(f"The state parameter exceeds {MAX_STATE} "
                                     "characters."))
     if repeated:
-        raise refuse(InvalidRequest(f"The {sorted(repeated)[0]} parameter is repeated."))
+        raise refuse(InvalidRequest(f"{the_parameter(sorted(repeated)[0])} is repeated."))
     if "request" in params:
         raise refuse(RequestNotSupported())
     if "request_uri" in params:

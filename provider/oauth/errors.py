@@ -6,6 +6,7 @@ plus ``WWW-Authenticate`` or ``Retry-After`` where the RFCs ask for them.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from starlette.responses import JSONResponse, Response
@@ -39,6 +40,16 @@ class OAuthError(ExpectedError):
 
 class InvalidRequest(OAuthError):
     error = "invalid_request"
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def the_parameter(name: str) -> str:
+    """A sent parameter's name for an error_description: "The scope parameter", or "A
+    parameter" when the name is not plain ASCII. RFC 6749 §5.2 allows printable ASCII
+    only there, and a client's bytes are not echoed back."""
+    return f"The {name} parameter" if _PLAIN_NAME.fullmatch(name) else "A parameter"
 
 
 class InvalidClient(OAuthError):

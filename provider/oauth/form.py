@@ -6,7 +6,7 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
-from provider.oauth.errors import InvalidRequest
+from provider.oauth.errors import InvalidRequest, the_parameter
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES = 16 * 1024
@@ -30,9 +30,9 @@ async def read_form(request: Request) -> dict[str, str]:
     form: dict[str, str] = {}
     for name, value in pairs:
         if name in form:
-            raise InvalidRequest(f"The {name} parameter is repeated.")
+            raise InvalidRequest(f"{the_parameter(name)} is repeated.")
         if "\x00" in value:
-            raise InvalidRequest(f"The {name} parameter is malformed.")
+            raise InvalidRequest(f"{the_parameter(name)} is malformed.")
         form[name] = value
     # RFC 6749 §3.1: parameters sent without a value are treated as omitted.
     return {k: v for k, v in form.items() if v != ""}

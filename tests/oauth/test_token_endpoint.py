@@ -70,6 +70,17 @@ async def test_token_repeated_parameter_refused(client, factory: Factory, name: 
     assert_oauth_error(response, 400, "invalid_request", f"The {name} parameter is repeated.")
 
 
+@pytest.mark.parametrize("name", ["\x05\x06 x", "sc\u00f6pe", "a" * 65, "x<script>"])
+async def test_an_odd_parameter_name_is_not_echoed(client, name: str) -> None:
+    """RFC 6749 §5.2: error_description is printable ASCII; a client's bytes are not
+    echoed back in it."""
+    response = await client.post(
+        TOKEN, content=str(httpx.QueryParams([(name, "1"), (name, "2")])).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_oauth_error(response, 400, "invalid_request", "A parameter is repeated.")
+
+
 async def test_token_missing_grant_type_is_invalid_request(client, factory: Factory) -> None:
     oauth = await factory.client()
     response = await client.post(TOKEN, data={"scope": "openid"}, auth=oauth.auth)

@@ -142,6 +142,10 @@ async def test_repeated_client_id_or_redirect_uri_gets_an_error_page(
     query = httpx.QueryParams(request.params()).add("scope", "openid")
     assert_client_error(await client.get("/oauth/authorize", params=query), request,
                         "invalid_request", "The scope parameter is repeated.")
+    # A name that is not plain ASCII is not echoed into the redirect (RFC 6749 §4.1.2.1).
+    odd = httpx.QueryParams(request.params()).add("sc\u00f6pe", "1").add("sc\u00f6pe", "2")
+    assert_client_error(await client.get("/oauth/authorize", params=odd), request,
+                        "invalid_request", "A parameter is repeated.")
 
 
 PKCE_REQUIRED = "PKCE is required: send code_challenge and code_challenge_method=S256."
