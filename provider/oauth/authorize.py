@@ -30,6 +30,7 @@ from provider.oauth.errors import (
     RequestUriNotSupported,
     UnauthorizedClient,
     UnsupportedResponseType,
+    quoted,
     the_parameter,
 )
 from provider.oauth.scopes import parse_scope
@@ -213,11 +214,11 @@ async def parse_request(pairs: list[tuple[str, str]], clients: ClientCache
     if scope is not None:
         refused = [s for s in scope if s not in client.scopes]
         if refused:
-            raise refuse(InvalidScope(f"Scope not allowed: {refused[0]}."))
+            raise refuse(InvalidScope(f"Scope not allowed{quoted(refused[0])}."))
     prompt = frozenset(params.get("prompt", "").split())
     unknown = sorted(prompt - set(PROMPTS))
     if unknown:
-        raise refuse(InvalidRequest(f"Unsupported prompt value: {unknown[0]}."))
+        raise refuse(InvalidRequest(f"Unsupported prompt value{quoted(unknown[0])}."))
     if "none" in prompt and len(prompt) > 1:
         raise refuse(InvalidRequest("prompt=none cannot be combined with other values."))
     max_age = None

@@ -43,6 +43,9 @@ class InvalidRequest(OAuthError):
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# RFC 6749 §5.2's characters of an error_description, less the space: a scope token's
+# (§3.3), short enough to quote.
+_PLAIN_VALUE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")
 
 
 def the_parameter(name: str) -> str:
@@ -50,6 +53,12 @@ def the_parameter(name: str) -> str:
     parameter" when the name is not plain ASCII. RFC 6749 §5.2 allows printable ASCII
     only there, and a client's bytes are not echoed back."""
     return f"The {name} parameter" if _PLAIN_NAME.fullmatch(name) else "A parameter"
+
+
+def quoted(value: str) -> str:
+    """A sent value for an error_description: ": value" when it is one token of plain
+    ASCII, else nothing (see the_parameter)."""
+    return f": {value}" if _PLAIN_VALUE.fullmatch(value) else ""
 
 
 class InvalidClient(OAuthError):

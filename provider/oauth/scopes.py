@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from provider.oauth.errors import InvalidScope
+from provider.oauth.errors import InvalidScope, quoted
 
 OPENID = "openid"
 PROFILE = "profile"
@@ -55,7 +55,7 @@ def resolve_scope(
         raise InvalidScope("The scope parameter is empty.")
     refused = [s for s in requested if s not in choosable]
     if refused:
-        raise InvalidScope(f"Scope not allowed: {refused[0]}.")
+        raise InvalidScope(f"Scope not allowed{quoted(refused[0])}.")
     return " ".join(requested)
 
 

@@ -174,6 +174,9 @@ S256_ONLY = "code_challenge_method must be S256 (plain is not allowed)."
      "prompt=none cannot be combined with other values."),
     ({"prompt": "select_account"}, "invalid_request",
      "Unsupported prompt value: select_account."),
+    # A value that is not plain ASCII is not echoed into the redirect (RFC 6749 §4.1.2.1).
+    ({"prompt": "l\u00f6gin"}, "invalid_request", "Unsupported prompt value."),
+    ({"scope": "openid r\u00e9ports"}, "invalid_scope", "Scope not allowed."),
     ({"max_age": "-1"}, "invalid_request", "max_age must be a number of seconds."),
     ({"max_age": "\uff11\uff10"}, "invalid_request",  # full-width digits
      "max_age must be a number of seconds."),

@@ -85,6 +85,15 @@ async def test_client_credentials_scope_not_allowed_is_invalid_scope(
     assert_oauth_error(response, 400, "invalid_scope", "Scope not allowed: billing:read.")
 
 
+@pytest.mark.parametrize("scope", ["r\u00e9ports", "a\x7fb", 'say"hi', "x" * 65])
+async def test_a_scope_that_is_no_scope_token_is_not_echoed(client, factory: Factory,
+                                                            scope: str) -> None:
+    """RFC 6749 §5.2: error_description is printable ASCII (§3.3's scope tokens are)."""
+    oauth = await machine(factory)
+    response = await client.post(TOKEN, data={**CC, "scope": scope}, auth=oauth.auth)
+    assert_oauth_error(response, 400, "invalid_scope", "Scope not allowed.")
+
+
 async def test_public_client_cannot_be_given_client_credentials(services: Services) -> None:
     async with services.sessions() as session:
         with pytest.raises(ValidationFailed) as caught:
