@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match, Route
+from starlette.routing import Match, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from provider import __version__
@@ -80,9 +80,7 @@ class ProviderApp(FastAPI):
             await super().__call__(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
-        if self.openapi_schema is None:
-            self.openapi_schema = problems_as_problem_json(super().openapi())
-        return self.openapi_schema
+        return problems_as_problem_json(super().openapi())  # in place: repeats are no-ops
 
 
 _startup_frozen = False
@@ -110,7 +108,7 @@ def allowed_methods(app: FastAPI, scope: Scope) -> str:
     found by asking the routes as the router does: a 405 is rare, so no table is kept."""
     return ", ".join(method for method in HTTP_METHODS
                      if any(route.matches({**scope, "method": method})[0] is Match.FULL
-                            for route in app.router.routes))
+                            for route in app.router.routes if not isinstance(route, Mount)))
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> ProviderApp:
@@ -219,10 +217,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         error = from_http_exception(exc)
-        if exc.status_code == 405:
+        if exc.status_code == 405 and (allowed := allowed_methods(app, request.scope)):
             # Starlette names the methods of the path's first route only (each route
             # here has one method); RFC 9110 §15.5.6 wants all the resource supports.
-            error.extra_headers["Allow"] = allowed_methods(app, request.scope)
+            # A mounted app's own answer (the docs assets) stands.
+            error.extra_headers["Allow"] = allowed
         return error.response()
 
     async def unavailable(request: Request, service: str) -> Response:

@@ -138,15 +138,12 @@ HTTP_ERRORS: dict[int, type[ProviderError]] = {
 }
 
 
-# FastAPI's bare 400 for a JSON body that is not UTF-8 (RFC 8259 §8.1), where any other
-# malformed JSON is a 422 validation error: both get the one answer the API documents.
-UNREADABLE_BODY = "There was an error parsing the body"
-
-
 def from_http_exception(exc: HTTPException) -> ProviderError:
     """An error Starlette raised itself (no route, wrong method, ...) as ours, in its own
     words: its status, its detail as the title, its headers (e.g. ``Allow``)."""
-    if exc.status_code == 400 and exc.detail == UNREADABLE_BODY:
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's bare 400 for a JSON body that is not UTF-8 (RFC 8259 §8.1), where
+        # any other malformed JSON is a 422: both get the answer the API documents.
         return ValidationFailed.from_errors(
             [{"loc": ("body",), "msg": "JSON decode error", "type": "json_invalid"}])
     error = HTTP_ERRORS.get(exc.status_code, HTTPError)()

@@ -20,6 +20,7 @@ import re
 from itertools import count
 from time import perf_counter
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -288,8 +289,13 @@ def _peer(scope: Scope) -> str:
     return client[0] if client else "unknown"  # as client_address says it
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised from a body's receive past the limit. An HTTPException, so that FastAPI's
+    body reading passes it on as it is (any other error there becomes a bare 400 of its
+    own) and the app's handler answers 413."""
+
+    def __init__(self) -> None:
+        super().__init__(413, PayloadTooLarge.title)
 
 
 def _route_template(scope: Scope) -> str:

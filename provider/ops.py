@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from provider.deps import ServicesDep, bearer_token
-from provider.errors import ServiceUnavailable
+from provider.errors import Problem, ServiceUnavailable
 from provider.metrics import render
 from provider.oauth.errors import InvalidToken
 from provider.responses import BEARER_ERRORS
@@ -28,7 +28,7 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     summary="The database is reachable",
     description="503 within 2 s when the database does not answer (down, frozen, full).",
-    responses={503: {"description": "The database is unreachable"}},
+    responses={503: {"model": Problem, "description": "The database is unreachable"}},
 )
 async def readyz(services: ServicesDep) -> dict[str, str]:
     reason = await services.readiness.check()

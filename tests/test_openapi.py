@@ -123,6 +123,10 @@ async def test_a_405_allows_every_method_of_its_path(client: Any, spec: dict[str
         assert response.headers["content-type"] == "application/problem+json"
         allowed = set(response.headers["allow"].split(", "))
         assert allowed == documented | UNDOCUMENTED.get(path, set()), path
+    # The mounted docs assets keep their own answer.
+    response = await client.put("/docs-assets/swagger-ui.css")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"
 
 
 def test_problem_bodies_are_documented_under_their_media_type(spec: dict[str, Any]) -> None:

@@ -158,6 +158,21 @@ async def test_token_chunked_body_over_the_app_limit_is_413(
     assert_problem(response, 413, "payload_too_large", "The request body is too large.")
 
 
+async def test_chunked_json_body_over_the_app_limit_is_413(client, settings: Settings) -> None:
+    """Read by FastAPI, whose body reading turns any other error into a bare 400."""
+    chunk = b" " * 8192
+
+    async def stream():  # no Content-Length: the limit must hold while reading
+        yield b'{"email": "a@example.com", "password": "'
+        for _ in range(settings.max_body_bytes // len(chunk) + 2):
+            yield chunk
+
+    response = await client.post("/auth/register", content=stream(),
+                                 headers={"Content-Type": "application/json"})
+    assert "content-length" not in response.request.headers
+    assert_problem(response, 413, "payload_too_large", "The request body is too large.")
+
+
 async def test_token_form_over_the_form_limit_is_invalid_request(client) -> None:
     # Under the app-wide cap but over what any token request needs.
     body = b"grant_type=password&password=" + b"x" * (20 * 1024)
