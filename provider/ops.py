@@ -42,7 +42,7 @@ async def readyz(services: ServicesDep) -> dict[str, str]:
     "/metrics",
     summary="Prometheus metrics of every worker (bearer PROVIDER_METRICS_TOKEN when set)",
     response_class=Response,
-    responses={401: BEARER_ERRORS[401]},
+    responses={400: BEARER_ERRORS[400], 401: BEARER_ERRORS[401]},
 )
 async def metrics(request: Request, services: ServicesDep) -> Response:
     expected = services.settings.metrics_token

@@ -13,8 +13,12 @@ from provider.oauth.schemas import OAuthErrorBody, StepUpBody
 
 Responses = dict[int | str, dict[str, Any]]
 
+PROBLEM_REF = "#/components/schemas/Problem"
+IN_QUERY = "invalid_request: the access token was sent in the query string (RFC 6750 §2.3)"
+
 # Every bearer-protected route.
 BEARER_ERRORS: Responses = {
+    400: {"model": OAuthErrorBody, "description": IN_QUERY},
     401: {"model": OAuthErrorBody, "description": "Missing, invalid, expired or revoked token"},
     403: {"model": OAuthErrorBody, "description": "The token lacks a required scope"},
 }
@@ -33,7 +37,8 @@ ADMIN_BEARER_ERRORS: Responses = {
 }
 INVALID: Responses = {422: {"model": Problem, "description": "The request is not valid"}}
 # Userinfo's (RFC 6750 §3.1), with FastAPI's default descriptions.
-USERINFO_ERRORS: Responses = {401: {"model": OAuthErrorBody}, 403: {"model": OAuthErrorBody}}
+USERINFO_ERRORS: Responses = {400: BEARER_ERRORS[400], 401: {"model": OAuthErrorBody},
+                              403: {"model": OAuthErrorBody}}
 
 
 def oauth_errors(*codes: int) -> Responses:
@@ -47,12 +52,27 @@ def oauth_errors(*codes: int) -> Responses:
     return {code: {"model": OAuthErrorBody, "description": described[code]} for code in codes}
 
 
+PROBLEM_DESCRIPTIONS = {400: "Invalid code or password", 403: "Forbidden", 409: "Conflict",
+                        422: "Invalid input or weak password", 429: "Rate limited",
+                        503: "A service it needs is unavailable; see Retry-After"}
+
+
 def problems(*codes: int) -> Responses:
     """The self-service account endpoints' errors."""
-    described = {400: "Invalid code or password", 403: "Forbidden", 409: "Conflict",
-                 422: "Invalid input or weak password", 429: "Rate limited",
-                 503: "A service it needs is unavailable; see Retry-After"}
-    return {code: {"model": Problem, "description": described[code]} for code in codes}
+    return {code: {"model": Problem, "description": PROBLEM_DESCRIPTIONS[code]}
+            for code in codes}
+
+
+def bearer_problems(*codes: int) -> Responses:
+    """BEARER_ERRORS and ``problems(*codes)``; a 400 is either body, by its media type."""
+    responses = {**BEARER_ERRORS, **problems(*codes)}
+    if 400 in codes:
+        responses[400] = {
+            "model": OAuthErrorBody,
+            "description": f"{PROBLEM_DESCRIPTIONS[400]} (a problem); or {IN_QUERY}",
+            "content": {"application/problem+json": {"schema": {"$ref": PROBLEM_REF}}},
+        }
+    return responses
 
 
 # The admin API.
@@ -73,9 +93,6 @@ CLIENT_NOT_FOUND: Responses = {
 PUBLIC_CLIENT_HAS_NO_SECRET: Responses = {
     422: {"model": Problem, "description": "A public client has no secret"},
 }
-
-
-PROBLEM_REF = "#/components/schemas/Problem"
 
 
 def problems_as_problem_json(document: dict[str, Any]) -> dict[str, Any]:

@@ -144,3 +144,19 @@ def test_problem_bodies_are_documented_under_their_media_type(spec: dict[str, An
                 assert set(response["content"]) == {"application/problem+json"}, (method, path)
     assert seen > 50
     assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_every_bearer_operation_documents_the_query_token_400(spec: dict[str, Any]) -> None:
+    """An access token in the query string is refused with 400 invalid_request, an OAuth
+    error body (RFC 6750 §3.1), wherever a bearer token is read; beside a problem where
+    the operation has a 400 of its own."""
+    oauth_body = "#/components/schemas/OAuthErrorBody"
+    bearer = 0
+    for method, path, operation in operations(spec):
+        unauthorized = operation["responses"].get("401", {}).get("content", {})
+        if "application/json" not in unauthorized:
+            continue
+        bearer += 1
+        content = operation["responses"]["400"]["content"]
+        assert content["application/json"]["schema"]["$ref"] == oauth_body, (method, path)
+    assert bearer > 20

@@ -38,10 +38,10 @@ from provider.mfa.service import (
 )
 from provider.responses import (
     ADMIN_BEARER_ERRORS,
-    BEARER_ERRORS,
     INVALID,
     RECENT_SIGN_IN_ERRORS,
     USER_NOT_FOUND,
+    bearer_problems,
     problems,
 )
 from provider.tokens.revocation import end_user_sessions
@@ -107,7 +107,7 @@ async def start_totp_enrolment(user: AccountUser, claims: ClaimsDep, session: Se
 
 
 @router.post("/users/me/mfa/totp/confirm", response_model=RecoveryCodes,
-             responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
+             responses=bearer_problems(400, 409, 422, 429, 503))
 async def confirm_totp(body: TotpCode, user: AccountUser, claims: ClaimsDep,
                        background: BackgroundTasks, accounts: AccountsDep,
                        session: SessionDep, services: ServicesDep,
@@ -126,7 +126,7 @@ async def confirm_totp(body: TotpCode, user: AccountUser, claims: ClaimsDep,
 
 
 @router.post("/users/me/mfa/recovery-codes", response_model=RecoveryCodes,
-             responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
+             responses=bearer_problems(400, 409, 422, 429, 503))
 async def regenerate_recovery_codes(body: TotpCode, user: AccountUser, claims: ClaimsDep,
                                     background: BackgroundTasks, accounts: AccountsDep,
                                     session: SessionDep, services: ServicesDep,
@@ -147,7 +147,7 @@ async def regenerate_recovery_codes(body: TotpCode, user: AccountUser, claims: C
 
 
 @router.delete("/users/me/mfa/totp", status_code=204, response_class=Response,
-               responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
+               responses=bearer_problems(400, 409, 422, 429, 503))
 async def disable_totp(body: DisableTotp, user: AccountUser, claims: ClaimsDep,
                        background: BackgroundTasks, accounts: AccountsDep,
                        session: SessionDep, services: ServicesDep,

@@ -17,7 +17,7 @@ from provider.deps import (
     client_address,
     hold_account,
 )
-from provider.responses import BEARER_ERRORS, problems
+from provider.responses import BEARER_ERRORS, bearer_problems, problems
 from provider.users.accounts import Mailbox, WrongPassword
 from provider.users.schemas import (
     Accepted,
@@ -106,7 +106,7 @@ async def read_me(user: AccountUser) -> UserRead:
 
 
 @router.patch("/users/me", response_model=UserUpdated,
-              responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
+              responses=bearer_problems(400, 409, 422, 429, 503))
 async def update_me(body: UserUpdate, user: AccountUser, claims: ClaimsDep,
                     background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
                     services: ServicesDep, context: RequestContextDep) -> UserUpdated:
@@ -133,7 +133,7 @@ async def update_me(body: UserUpdate, user: AccountUser, claims: ClaimsDep,
 
 
 @router.post("/users/me/email/confirm", response_model=UserRead,
-             responses={**BEARER_ERRORS, **problems(400, 409, 422, 429, 503)})
+             responses=bearer_problems(400, 409, 422, 429, 503))
 async def confirm_email(body: ConfirmEmail, user: AccountUser, claims: ClaimsDep,
                         background: BackgroundTasks, accounts: AccountsDep,
                         session: SessionDep, services: ServicesDep,
@@ -148,7 +148,7 @@ async def confirm_email(body: ConfirmEmail, user: AccountUser, claims: ClaimsDep
 
 
 @router.post("/users/me/password", status_code=204, response_class=Response,
-             responses={**BEARER_ERRORS, **problems(400, 422, 429, 503)})
+             responses=bearer_problems(400, 422, 429, 503))
 async def change_password(body: ChangePassword, user: AccountUser, claims: ClaimsDep,
                           background: BackgroundTasks, accounts: AccountsDep,
                           session: SessionDep, services: ServicesDep,
@@ -164,7 +164,7 @@ async def change_password(body: ChangePassword, user: AccountUser, claims: Claim
 
 
 @router.delete("/users/me", status_code=204, response_class=Response,
-               responses={**BEARER_ERRORS, **problems(400, 422, 429, 503)})
+               responses=bearer_problems(400, 422, 429, 503))
 async def delete_me(body: DeleteAccount, user: AccountUser, claims: ClaimsDep,
                     background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
                     services: ServicesDep, context: RequestContextDep) -> Response:

@@ -122,11 +122,17 @@ def test_the_catalogue_covers_the_attacks_by_family() -> None:
 QUERY_REFUSED = "Access tokens are not accepted in the query string."
 
 
-async def test_access_token_in_query_is_invalid_request(client, forge: Forge) -> None:
+@pytest.mark.parametrize(("method", "path"), [("GET", "/users/me"),
+                                             ("POST", "/users/me/password")])
+async def test_access_token_in_query_is_invalid_request(client, forge: Forge, method: str,
+                                                        path: str) -> None:
+    """An OAuth error body (application/json), also where the operation's own 400s are
+    problems: openapi.yaml documents both."""
     token = forge.sign()
     for headers in ({}, bearer(token)):
-        response = await client.get("/users/me", params={"access_token": token},
-                                    headers=headers)
+        response = await client.request(method, path, params={"access_token": token},
+                                        headers=headers, json={})
+        assert response.headers["content-type"] == "application/json"
         assert_oauth_error(
             response, 400, "invalid_request", QUERY_REFUSED,
             www_authenticate=(f'Bearer realm="provider", error="invalid_request", '
