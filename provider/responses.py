@@ -107,4 +107,3 @@ def problems_as_problem_json(document: dict[str, Any]) -> dict[str, Any]:
                 if body is not None and body.get("schema", {}).get("$ref") == PROBLEM_REF:
                     content["application/problem+json"] = content.pop("application/json")
     return document
-
