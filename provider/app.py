@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from provider import __version__
 from provider.audit.router import router as admin_audit_router
+from provider.clients.router import document_grant_types
 from provider.clients.router import router as admin_clients_router
 from provider.clock import Clock
 from provider.consents.router import router as consents_router
@@ -80,7 +81,8 @@ class ProviderApp(FastAPI):
             await super().__call__(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
-        return problems_as_problem_json(super().openapi())  # in place: repeats are no-ops
+        # Both rewrite in place, and a repeat changes nothing.
+        return document_grant_types(problems_as_problem_json(super().openapi()))
 
 
 _startup_frozen = False

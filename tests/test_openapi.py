@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from provider.oauth.grants import CLIENT_GRANT_RULES
 from provider.openapi import render_openapi
 
 COMMITTED = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -103,6 +104,20 @@ def test_contract_endpoints_are_documented(spec: dict[str, Any]) -> None:
 def test_token_endpoint_takes_a_form_body(spec: dict[str, Any]) -> None:
     body = spec["paths"]["/oauth/token"]["post"]["requestBody"]["content"]
     assert "application/x-www-form-urlencoded" in body
+
+
+@pytest.mark.parametrize("body", ["ClientCreate", "ClientUpdate"])
+def test_client_bodies_document_what_the_service_accepts(spec: dict[str, Any],
+                                                         body: str) -> None:
+    """The grant types a client may be given come from the grant registry (mfa-otp only
+    finishes a password sign-in, so it is not among them); a name needs a non-space."""
+    properties = spec["components"]["schemas"][body]["properties"]
+    assert properties["grant_types"]["items"] == {"type": "string",
+                                                  "enum": list(CLIENT_GRANT_RULES)}
+    assert set(CLIENT_GRANT_RULES) == {"password", "refresh_token", "client_credentials",
+                                       "authorization_code"}
+    name = properties["name"]
+    assert (name["minLength"], name["maxLength"], name["pattern"]) == (1, 200, r"\S")
 
 
 # Served at a documented path but outside the API document: the sign-in and consent

@@ -9,7 +9,7 @@ written to the audit trail in the change's own transaction.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -44,6 +44,20 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 audit = logging.getLogger("provider.admin")
 
 ClientId = Annotated[str, Path(description="The client's client_id")]
+CLIENT_BODIES = ("ClientCreate", "ClientUpdate")
+
+
+def document_grant_types(document: dict[str, Any]) -> dict[str, Any]:
+    """Give the client bodies' ``grant_types`` items the enum of the grant registry, which
+    the schemas module may not import (domains sit below provider.oauth). Validation
+    stays with the service, whose message names the choices. Rewrites ``document`` in
+    place."""
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in CLIENT_BODIES:
+        items = schemas.get(name, {}).get("properties", {}).get("grant_types", {}).get("items")
+        if items is not None:
+            items["enum"] = list(CLIENT_GRANT_RULES)
+    return document
 
 
 @router.get("/clients", response_model=ClientPage, responses={**ADMIN_BEARER_ERRORS, **INVALID})

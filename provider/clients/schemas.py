@@ -12,7 +12,8 @@ REQUEST = ConfigDict(extra="forbid", strict=True)
 # The default of PATCH fields that may be omitted but not null: never validated, so an
 # omitted field stays out of model_fields_set while a null fails the field's type.
 UNSET: Any = None
-GRANTS_HELP = "Allowed grant types, any of the server's grant_types_supported (discovery)"
+GRANTS_HELP = ("Allowed grant types. A client given password may also finish a sign-in "
+               "with the mfa-otp grant, which is not given on its own")
 SCOPES_HELP = "Allowed scopes; each item may hold several space-separated scope tokens"
 REDIRECT_HELP = (
     "Authorization code flow: where codes may be sent, matched exactly; https, http on "
@@ -25,6 +26,8 @@ LOGOUT_REDIRECT_HELP = (
 )
 FIRST_PARTY_HELP = ("A client of ours: the login page asks no consent for it; required for "
                     "the password grant (RFC 9700 §2.4)")
+# Documented only: the service checks the name after stripping it, with its own message.
+NAME_SCHEMA: dict[str, Any] = {"minLength": 1, "pattern": r"\S"}
 
 
 class ClientRead(BaseModel):
@@ -52,7 +55,7 @@ class ClientCreated(ClientRead):
 class ClientCreate(BaseModel):
     model_config = REQUEST
 
-    name: str = Field(max_length=200)
+    name: str = Field(max_length=200, json_schema_extra=NAME_SCHEMA)
     grant_types: list[str] = Field(min_length=1, description=GRANTS_HELP)
     scopes: list[str] = Field(default_factory=list, description=SCOPES_HELP)
     is_public: bool = Field(default=False, description="No secret (native apps, SPAs)")
@@ -71,7 +74,7 @@ class ClientUpdate(BaseModel):
 
     model_config = REQUEST
 
-    name: str = Field(default=UNSET, max_length=200)
+    name: str = Field(default=UNSET, max_length=200, json_schema_extra=NAME_SCHEMA)
     grant_types: list[str] = Field(default=UNSET, min_length=1, description=GRANTS_HELP)
     scopes: list[str] = Field(default=UNSET, description=SCOPES_HELP)
     is_active: bool = Field(
