@@ -20,7 +20,6 @@ from provider.metrics import count_tokens_issued
 from provider.oauth.client_auth import authenticate_client
 from provider.oauth.errors import (
     NO_STORE,
-    InsufficientScope,
     InvalidClient,
     UnauthorizedClient,
     UnsupportedGrantType,
@@ -37,8 +36,8 @@ from provider.oauth.schemas import (
     TokenResponse,
     UserInfo,
 )
-from provider.oauth.scopes import EMAIL, OPENID, PROFILE
 from provider.oidc.discovery import openid_configuration
+from provider.oidc.userinfo import userinfo_claims
 from provider.responses import USERINFO_ERRORS, oauth_errors
 from provider.services import Services
 
@@ -209,19 +208,7 @@ async def introspection(request: Request, services: ServicesDep) -> Response:
 
 
 def _userinfo(claims: ClaimsDep, user: CurrentUser) -> UserInfo:
-    if OPENID not in claims.scope:
-        raise InsufficientScope(OPENID)
-    info: dict[str, Any] = {"sub": str(user.id)}
-    if EMAIL in claims.scope:
-        info["email"] = user.email
-        info["email_verified"] = user.is_verified
-    if PROFILE in claims.scope:
-        if user.username:
-            info["preferred_username"] = user.username
-        for name in ("name", "given_name", "family_name"):
-            if isinstance(user.profile.get(name), str):
-                info[name] = user.profile[name]
-    return UserInfo(**info)
+    return UserInfo(**userinfo_claims(claims.scope, user))
 
 
 _userinfo_doc: dict[str, Any] = {
