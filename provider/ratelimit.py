@@ -169,6 +169,7 @@ class ThrottleConfig:
     login_account: str = ""
     login_address: str = ""
     email_code: str = ""
+    email_notice: str = ""
     registration: str = ""
     client_auth: str = ""
     client_auth_address: str = ""
@@ -208,7 +209,9 @@ class Throttles:
             raise ValueError(f"unsupported rate-limit storage: {url} (memory or Redis)")
         self.login_account = Throttle(self, "login-account", config.login_account)
         self.login_address = Throttle(self, "login-address", config.login_address)
+        # Mails per target address: codes, and notices in a window of their own.
         self.email_code = Throttle(self, "email-code", config.email_code)
+        self.email_notice = Throttle(self, "email-notice", config.email_notice)
         self.registration = Throttle(self, "registration", config.registration)
         # Client authentication failures per (client_id, address) and per address.
         self.client_auth = Throttle(self, "client-auth", config.client_auth)

@@ -140,6 +140,7 @@ def throttle_config(settings: Settings) -> ThrottleConfig:
         login_account=settings.login_throttle_account,
         login_address=settings.login_throttle_address,
         email_code=settings.email_code_throttle,
+        email_notice=settings.email_notice_throttle,
         registration=settings.registration_throttle,
         client_auth=settings.client_auth_throttle,
         client_auth_address=settings.client_auth_throttle_address,

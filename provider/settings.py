@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # Email one-time codes sent per target address: a short window only, so that no
     # stranger can keep an address's owner from getting a fresh code for long.
     email_code_throttle: str = "3 per 2 minutes"
+    # Notices (not codes) to an address: someone tried to register it, or to move an
+    # account to it. A window of their own, so that no one can crowd the owner's codes out
+    # with them; they tell the owner nothing new after the first, so few are sent.
+    email_notice_throttle: str = "1 per 10 minutes; 10 per day"
     registration_throttle: str = "10 per hour"
 
     # Addresses or CIDR ranges (10.0.0.0/8) of the proxies whose X-Forwarded-For counts.

@@ -1,8 +1,9 @@
 """Email one-time codes: verify an address, reset a password, confirm a new address.
 
 Six digits from ``secrets``, stored as an HMAC under the server secret, bound to one
-user and one purpose, valid 10 minutes, used once (also under concurrent submissions),
-dead after 5 wrong tries. A resend replaces the code in place: the old one dies and the
+user, one purpose and the account's address when it was mailed (a code outlives no change
+of address), valid 10 minutes, used once (also under concurrent submissions), dead after
+5 wrong tries. A resend replaces the code in place: the old one dies and the
 new one gets its own 5 tries, so wrong codes from strangers never make a fresh code dead
 on arrival. The failure count that a resend does not reset (NIST SP 800-63B §3.1.3.2,
 §3.2.2) is the account-wide throttle of wrong codes (provider.users.accounts). Email is
@@ -19,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,9 +54,11 @@ class EmailCodes:
         self._secret = secret
         self.ttl = ttl
 
-    def _digest(self, user_id: uuid.UUID, purpose: Purpose, code: str) -> bytes:
-        # Bound to user and purpose: a code for one flow is worthless in another.
-        message = f"{user_id}:{purpose.value}:{code}".encode()
+    def _digest(self, user_id: uuid.UUID, purpose: Purpose, address: str, code: str) -> bytes:
+        # Bound to user and purpose: a code for one flow is worthless in another. Bound to
+        # the account's address: a code mailed to an address the account has since left
+        # (a change of email, by the user or an admin) proves nothing about the new one.
+        message = f"{user_id}:{purpose.value}:{address}:{code}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).digest()
 
     async def issue(
@@ -64,12 +67,14 @@ class EmailCodes:
         *,
         user_id: uuid.UUID,
         purpose: Purpose,
+        address: str,
         now: datetime,
         target_email: str | None = None,
     ) -> str:
-        """A fresh code for (user, purpose); any earlier code of the pair dies."""
+        """A fresh code for (user, purpose), bound to ``address``, the account's address
+        now; any earlier code of the pair dies."""
         code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-        digest = self._digest(user_id, purpose, code)
+        digest = self._digest(user_id, purpose, address, code)
         row = await self._locked(session, user_id, purpose)
         if row is None:
             try:
@@ -109,38 +114,42 @@ class EmailCodes:
         return row
 
     async def consume(
-        self, session: AsyncSession, *, user_id: uuid.UUID, purpose: Purpose, code: str,
-        now: datetime,
+        self, session: AsyncSession, *, user_id: uuid.UUID, purpose: Purpose, address: str,
+        code: str, now: datetime,
     ) -> UsedCode:
-        """Use the code once, or raise InvalidCode (counting the failure)."""
+        """Use the code once, or raise InvalidCode (counting the failure against a live
+        code). ``address`` is the account's address now.
+
+        One statement whatever the outcome: the right code is used, a wrong one counts
+        against the live code, and a user without one (or no user: callers pass
+        ``NO_USER``) costs the same round trip, so the time of the answer says nothing
+        about the account. The conditional UPDATE is the real check: of concurrent
+        submissions of one code exactly one sees its row still unused, and no more than
+        ``MAX_ATTEMPTS`` wrong ones are counted. The digests are compared by the database:
+        they are HMACs under the server secret, so how far a comparison gets tells a
+        guesser nothing about the code.
+        """
         if not (len(code) == CODE_DIGITS and code.isascii() and code.isdigit()):
             code = ""  # still counts as an attempt below, compared against nothing valid
-        digest = self._digest(user_id, purpose, code)
-        live = (
-            EmailCode.user_id == user_id,
-            EmailCode.purpose == purpose.value,
-            EmailCode.used_at.is_(None),
-            EmailCode.expires_at > now,
-            EmailCode.failed_attempts < MAX_ATTEMPTS,
-        )
+        matched = EmailCode.code_hash == self._digest(user_id, purpose, address, code)
         row = (await session.execute(
-            select(EmailCode.code_hash).where(*live)
+            update(EmailCode)
+            .where(EmailCode.user_id == user_id,
+                   EmailCode.purpose == purpose.value,
+                   EmailCode.used_at.is_(None),
+                   EmailCode.expires_at > now,
+                   EmailCode.failed_attempts < MAX_ATTEMPTS)
+            .values(used_at=case((matched, now), else_=EmailCode.used_at),
+                    failed_attempts=case((matched, EmailCode.failed_attempts),
+                                         else_=EmailCode.failed_attempts + 1))
+            .returning(matched.label("matched"), EmailCode.target_email)
+            .execution_options(synchronize_session=False)
         )).first()
-        if row is not None and hmac.compare_digest(row.code_hash, digest):
-            # The conditional UPDATE is the real check: of two concurrent submissions of
-            # one code exactly one sees its row still unused.
-            used = (await session.execute(
-                update(EmailCode).where(*live, EmailCode.code_hash == digest)
-                .values(used_at=now).returning(EmailCode.target_email)
-                .execution_options(synchronize_session=False)
-            )).first()
-            if used is not None:
-                return UsedCode(user_id, used.target_email)
-            raise InvalidCode()
-        if row is not None:
-            await session.execute(
-                update(EmailCode).where(*live)
-                .values(failed_attempts=EmailCode.failed_attempts + 1)
-                .execution_options(synchronize_session=False)
-            )
+        if row is not None and row.matched:
+            return UsedCode(user_id, row.target_email)
         raise InvalidCode()
+
+
+# The user id of a submission for an address that has no active account: no code row has
+# it, so the same statement runs and matches nothing.
+NO_USER = uuid.UUID(int=0)

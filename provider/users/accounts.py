@@ -1,9 +1,11 @@
 """Self-service account flows: register, verify email, forgot/reset/change password,
 change email, delete. The rules live here; the HTTP shapes live in router.py.
 
-Answers never tell whether an address is registered: flows that start from an email
-address (register, verification request, forgot password) do their per-address work
-after the response (see ``Mailbox.later``), so status, body and time are the same.
+Answers never tell whether an address is registered: flows that mail an address
+(register, verification request, forgot password, change of email) do their per-address
+work after the response (see ``Mailbox.later``), so status, body and time are the same;
+code submissions for an address without an account run the same statement as any other
+(provider.codes.service.NO_USER).
 
 Every throttle slot is reserved before the work it guards (provider.ratelimit): a
 registration before hashing, a re-entered password before verifying it, a code
@@ -23,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from provider.clock import Clock
-from provider.codes.service import EmailCodes, InvalidCode, Purpose
+from provider.codes.service import NO_USER, EmailCodes, InvalidCode, Purpose
 from provider.db import unavailable_reason
 from provider.errors import ProviderError, TooManyRequests
 from provider.mail import MailError, MailSender, Message
@@ -31,7 +33,7 @@ from provider.mail import templates as mail
 from provider.metrics import MAIL_FAILURES
 from provider.mfa.service import remove_mfa
 from provider.passwords import PasswordHasher, check_password_policy
-from provider.ratelimit import Throttled, Throttles, ThrottleUnavailable
+from provider.ratelimit import Throttle, Throttled, Throttles, ThrottleUnavailable
 from provider.settings import Settings
 from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
@@ -132,15 +134,24 @@ class Accounts:
         await self.deliver(mailbox)
 
     async def _may_send_code(self, email: str) -> bool:
-        """Take a slot of the per-address send window (after the response: the caller
+        """Take a slot of the address's window for codes (after the response: the caller
         learns nothing). Fails closed when the rate-limit storage is down."""
+        return await self._may_send(self.throttles.email_code, email, "email code")
+
+    async def _may_send_notice(self, email: str) -> bool:
+        """Take a slot of the address's window for notices, which is not the window for
+        codes: notices must never crowd out the owner's codes."""
+        return await self._may_send(self.throttles.email_notice, email, "email notice")
+
+    @staticmethod
+    async def _may_send(throttle: Throttle, email: str, what: str) -> bool:
         try:
-            await self.throttles.email_code.reserve(email)
+            await throttle.reserve(email)
         except Throttled:
-            log.info("email code throttled")
+            log.info("%s throttled", what)
             return False
         except ThrottleUnavailable as exc:
-            log.error("email code not sent: rate-limit storage unavailable (%s)", exc)
+            log.error("%s not sent: rate-limit storage unavailable (%s)", what, exc)
             return False
         return True
 
@@ -188,9 +199,9 @@ class Accounts:
             now = self.clock.now()
             if await session.scalar(select(User.id).where(User.email == email)) is not None:
                 # Someone else's address: tell its owner, tell the caller nothing. The
-                # notice counts in the address's send window as a code does, or anyone
-                # could mail its owner as fast as registrations are allowed.
-                if await self._may_send_code(email):
+                # notice counts in the address's window for notices, or anyone could mail
+                # its owner as fast as registrations are allowed.
+                if await self._may_send_notice(email):
                     mailbox.send(mail.registration_attempt(
                         email, base_url=self.settings.issuer, product=PRODUCT))
                 return
@@ -200,7 +211,7 @@ class Accounts:
             session.add(user)
             await session.flush()
             code = await self.codes.issue(session, user_id=user.id,
-                                          purpose=Purpose.VERIFY_EMAIL, now=now)
+                                          purpose=Purpose.VERIFY_EMAIL, address=email, now=now)
             mailbox.send(mail.verification_code(
                 email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
             # The new account's first code always goes out; it counts in the send window.
@@ -218,7 +229,8 @@ class Accounts:
             if not await self._may_send_code(user.email):
                 return
             code = await self.codes.issue(session, user_id=user.id,
-                                          purpose=Purpose.VERIFY_EMAIL, now=self.clock.now())
+                                          purpose=Purpose.VERIFY_EMAIL, address=user.email,
+                                          now=self.clock.now())
             mailbox.send(mail.verification_code(
                 user.email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
 
@@ -227,11 +239,14 @@ class Accounts:
     async def verify_email(self, session: AsyncSession, *, email: str, code: str,
                            client_address: str) -> None:
         await self._reserve_code_attempt(_account_key(email), client_address)
-        user = await self._user_by_email(session, email)
-        if user is None or not user.is_active:
-            raise InvalidCode()  # the same answer as a wrong code: no enumeration
-        await self.codes.consume(session, user_id=user.id, purpose=Purpose.VERIFY_EMAIL,
-                                 code=code, now=self.clock.now())
+        user = await self._active_user_by_email(session, email)
+        # No account: the same statement and the same answer as a wrong code.
+        await self.codes.consume(session, user_id=user.id if user else NO_USER,
+                                 purpose=Purpose.VERIFY_EMAIL,
+                                 address=user.email if user else "", code=code,
+                                 now=self.clock.now())
+        if user is None:
+            raise InvalidCode()  # not reached: no code belongs to NO_USER
         await self.throttles.code_account.clear(_account_key(email))
         user.is_verified = True
         user.updated_at = self.clock.now()
@@ -247,7 +262,8 @@ class Accounts:
             if not await self._may_send_code(user.email):
                 return
             code = await self.codes.issue(session, user_id=user.id,
-                                          purpose=Purpose.RESET_PASSWORD, now=self.clock.now())
+                                          purpose=Purpose.RESET_PASSWORD, address=user.email,
+                                          now=self.clock.now())
             mailbox.send(mail.password_reset_code(
                 user.email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
 
@@ -268,12 +284,14 @@ class Accounts:
             new_password, min_length=self.settings.password_min_length, email=address
         )
         await self._reserve_code_attempt(_account_key(email), client_address)
-        user = await self._user_by_email(session, email)
-        if user is None or not user.is_active:
-            raise InvalidCode()
+        user = await self._active_user_by_email(session, email)
         now = self.clock.now()
-        await self.codes.consume(session, user_id=user.id, purpose=Purpose.RESET_PASSWORD,
-                                 code=code, now=now)
+        # No account: the same statement and the same answer as a wrong code.
+        await self.codes.consume(session, user_id=user.id if user else NO_USER,
+                                 purpose=Purpose.RESET_PASSWORD,
+                                 address=user.email if user else "", code=code, now=now)
+        if user is None:
+            raise InvalidCode()  # not reached: no code belongs to NO_USER
         await self.throttles.code_account.clear(_account_key(email))
         user.password_hash = await self.hasher.hash(password)
         # The code proved control of the address.
@@ -332,29 +350,36 @@ class Accounts:
             raise UsernameTaken() from None
 
     async def request_email_change(
-        self, session: AsyncSession, mailbox: Mailbox, user: User, *, new_email: str,
-        password: str,
+        self, mailbox: Mailbox, user: User, *, new_email: str, password: str,
     ) -> str:
-        """Send a code to the new address; nothing changes until it is confirmed. A
-        taken address is answered the same way, and its owner gets a notice instead of
-        a code (no enumeration: ASVS 6.3.8); the send window counts both alike."""
+        """Send a code to the new address; nothing changes until it is confirmed. The
+        address's work runs after the response, as for every flow that mails an address:
+        a taken address is answered the same way and its owner gets a notice instead of a
+        code, and neither window of the address (codes, notices) can tell the caller
+        whether it is registered (ASVS 6.3.8). The code is bound to the account's
+        address now, so it dies with a change made meanwhile."""
         await self._check_password(user, password)
         new_email = normalize_email(new_email)
         if new_email == user.email:
             raise InvalidEmail("This is already your email address.")
-        try:
-            await self.throttles.email_code.reserve(new_email)
-        except Throttled as exc:
-            raise TooManyRequests(exc.retry_after) from None
-        try:
-            await ensure_available(session, email=new_email, exclude=user.id)
-        except EmailTaken:
-            mailbox.send(mail.email_change_attempt(new_email, product=PRODUCT))
-            return new_email
-        code = await self.codes.issue(session, user_id=user.id, purpose=Purpose.CHANGE_EMAIL,
-                                      now=self.clock.now(), target_email=new_email)
-        mailbox.send(mail.email_change_code(
-            new_email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
+        user_id, address = user.id, user.email
+
+        async def send_code(session: AsyncSession, mailbox: Mailbox) -> None:
+            try:
+                await ensure_available(session, email=new_email, exclude=user_id)
+            except EmailTaken:
+                if await self._may_send_notice(new_email):
+                    mailbox.send(mail.email_change_attempt(new_email, product=PRODUCT))
+                return
+            if not await self._may_send_code(new_email):
+                return
+            code = await self.codes.issue(session, user_id=user_id,
+                                          purpose=Purpose.CHANGE_EMAIL, address=address,
+                                          now=self.clock.now(), target_email=new_email)
+            mailbox.send(mail.email_change_code(
+                new_email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
+
+        mailbox.later(lambda: self._in_transaction(send_code))
         return new_email
 
     async def confirm_email_change(
@@ -365,7 +390,8 @@ class Accounts:
         await self._reserve_code_attempt(account, client_address)
         now = self.clock.now()
         used = await self.codes.consume(session, user_id=user.id,
-                                        purpose=Purpose.CHANGE_EMAIL, code=code, now=now)
+                                        purpose=Purpose.CHANGE_EMAIL, address=user.email,
+                                        code=code, now=now)
         await self.throttles.code_account.clear(account)
         if used.target_email is None:
             raise InvalidCode()
@@ -431,6 +457,10 @@ class Accounts:
         await self.throttles.login_account.clear(user.email)
         if new_hash is not None:
             user.password_hash = new_hash
+
+    async def _active_user_by_email(self, session: AsyncSession, email: str) -> User | None:
+        user = await self._user_by_email(session, email)
+        return user if user is not None and user.is_active else None
 
     async def _user_by_email(self, session: AsyncSession, email: str) -> User | None:
         try:

@@ -121,7 +121,7 @@ async def update_me(body: UserUpdate, user: AccountUser, claims: ClaimsDep,
             if not body.password:
                 raise WrongPassword("Changing the email address requires your password.")
             pending = await accounts.request_email_change(
-                session, mailbox, user, new_email=body.email, password=body.password)
+                mailbox, user, new_email=body.email, password=body.password)
             services.audit.add(session, EventType.EMAIL_CHANGE_REQUESTED, actor=str(user.id),
                                subject_user_id=user.id, client_id=claims.client_id,
                                context=context)

@@ -11,20 +11,22 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from provider.codes.models import EmailCode
 from provider.codes.service import MAX_ATTEMPTS, InvalidCode, Purpose
 from provider.services import Services
 from provider.settings import Settings
+from tests.admin.helpers import admin_login
 from tests.conftest import TestClock as MovableClock
-from tests.factories import Factory
-from tests.helpers import assert_oauth_error, login, password_login
+from tests.factories import Factory, unique_email
+from tests.helpers import assert_oauth_error, bearer, login, password_login
 from tests.smtp_sink import SmtpSink
 from tests.users.flows import (
     ACCEPTED,
@@ -324,7 +326,7 @@ async def test_parallel_consumes_of_one_code_succeed_once(
         async with services.sessions() as session:
             try:
                 await codes.consume(session, user_id=user_id, purpose=Purpose.RESET_PASSWORD,
-                                    code=code, now=services.clock.now())
+                                    address=user.email, code=code, now=services.clock.now())
             except InvalidCode:
                 await session.commit()  # as the unit of work does on an expected error
                 return False
@@ -333,8 +335,8 @@ async def test_parallel_consumes_of_one_code_succeed_once(
 
     for _ in range(5):
         async with services.sessions() as session:
-            code = await codes.issue(session, user_id=user_id,
-                                     purpose=Purpose.RESET_PASSWORD, now=services.clock.now())
+            code = await codes.issue(session, user_id=user_id, purpose=Purpose.RESET_PASSWORD,
+                                     address=user.email, now=services.clock.now())
             await session.commit()
         results = await asyncio.gather(consume(code), consume(code))
         assert sorted(results) == [False, True]
@@ -359,6 +361,87 @@ async def test_parallel_resets_with_one_code_succeed_once(
     await login(http, await factory.client(), credentials(user.email, password))
 
 
+# --- bound to the account's address -------------------------------------------------------
+
+
+async def test_a_reset_code_dies_when_the_account_moves_to_another_address(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    """A code proves control of the address it was mailed to, and of no other: once the
+    account has moved, whoever still reads the old mailbox cannot reset its password."""
+    user = await factory.user()
+    tokens = await login(http, await factory.client(), user)
+    auth = bearer(tokens["access_token"])
+    old_code = await request_reset_code(http, mail_sink, user.email)
+    new_email = unique_email("moved")
+    moved = await http.patch("/users/me", headers=auth,
+                             json={"email": new_email, "password": user.password})
+    assert moved.status_code == 200, moved.text
+    confirmed = await http.post("/users/me/email/confirm", headers=auth,
+                                json={"code": await last_code(mail_sink, new_email)})
+    assert confirmed.status_code == 200 and confirmed.json()["email"] == new_email
+    assert_body(await reset(http, new_email, old_code), 400, INVALID_CODE)
+    # The new address's own code works.
+    code = await request_reset_code(http, mail_sink, new_email)
+    assert_body(await reset(http, new_email, code), 200, {"status": "password_reset"})
+
+
+async def test_a_verification_code_dies_when_an_admin_changes_the_address(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    user = await register_user(http, mail_sink, verify=False)
+    old_code = await last_code(mail_sink, user.email)
+    admin = await admin_login(http, factory)
+    found = await http.get("/admin/users", headers=admin.headers,
+                           params={"email": user.email})
+    user_id = found.json()["items"][0]["id"]
+    new_email = unique_email("admin-moved")
+    changed = await http.patch(f"/admin/users/{user_id}", headers=admin.headers,
+                               json={"email": new_email})
+    assert changed.status_code == 200 and changed.json()["is_verified"] is False
+    assert_body(await verify(http, new_email, old_code), 400, INVALID_CODE)
+    await resend_verification(http, new_email)
+    code = await last_code(mail_sink, new_email)
+    assert_body(await verify(http, new_email, code), 200, {"status": "verified"})
+
+
+# --- the same work with or without an account -----------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/auth/reset-password", "/auth/verify-email"])
+async def test_a_wrong_code_runs_the_same_statements_with_or_without_an_account(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, services: Services,
+    path: str,
+) -> None:
+    """What the time of an answer could tell (ASVS 6.3.8): a wrong code for an address
+    without an account, for an account without a live code, and for one with a live code
+    runs the same statements, so the answer costs the same round trips."""
+    with_code = await register_user(http, mail_sink, verify=False)
+    await request_reset_code(http, mail_sink, with_code.email)
+    without_code = await factory.user(is_verified=False)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "email_codes" in statement or "FROM users" in statement:
+            statements.append(" ".join(statement.split()))
+
+    body = {"code": "000000", "new_password": NEW_PASSWORD}
+    if path == "/auth/verify-email":
+        del body["new_password"]
+    runs = []
+    for email in (unique_email("nobody"), without_code.email, with_code.email):
+        statements.clear()
+        event.listen(services.engine.sync_engine, "before_cursor_execute", record)
+        try:
+            response = await http.post(path, json={**body, "email": email})
+        finally:
+            event.remove(services.engine.sync_engine, "before_cursor_execute", record)
+        assert_body(response, 400, INVALID_CODE)
+        runs.append(list(statements))
+    assert len(runs[0]) == 2  # the user's lookup, the code's one UPDATE
+    assert runs[0] == runs[1] == runs[2]
+
+
 # --- storage ----------------------------------------------------------------------------
 
 
@@ -376,6 +459,7 @@ async def test_code_is_stored_only_as_a_keyed_digest(
     assert isinstance(digest, bytes)
     assert len(digest) == 32
     unkeyed = [code, f"{user.id}:{Purpose.RESET_PASSWORD.value}:{code}",
+               f"{user.id}:{Purpose.RESET_PASSWORD.value}:{user.email}:{code}",
                f"{user.id}:{code}", f"{user.email}:{code}"]
     for message in unkeyed:
         assert digest != hashlib.sha256(message.encode()).digest()
@@ -421,7 +505,8 @@ async def test_issue_makes_six_ascii_digits(
     user = await factory.user()
     async with services.sessions() as session:
         code = await services.accounts.codes.issue(
-            session, user_id=uuid.UUID(user.id), purpose=purpose, now=services.clock.now())
+            session, user_id=uuid.UUID(user.id), purpose=purpose, address=user.email,
+            now=services.clock.now())
         await session.rollback()
     assert len(code) == 6
     assert code.isascii()

@@ -139,20 +139,6 @@ def subjects(mail_sink: SmtpSink, address: str) -> list[str]:
     return [str(m["Subject"]) for m in mail_sink.messages_to(address)]
 
 
-async def settle(http: httpx.AsyncClient, mail_sink: SmtpSink, email: str) -> None:
-    """Make sure every earlier mail to the registered ``email`` was delivered.
-
-    Registering the address again mails its owner a notice; once that notice is there,
-    whatever earlier requests were going to send has been sent. The notice counts in the
-    address's send window (3 per 2 minutes): at most two earlier mails may be in it.
-    """
-    before = len(mail_sink.messages_to(email))
-    response = await register(http, email, OTHER_PASSWORD)
-    assert response.status_code == 202, response.text
-    messages = await mail_sink.wait_for(email, count=before + 1)
-    assert str(messages[-1]["Subject"]) == SUBJECT_EXISTS
-
-
 async def register_user(http: httpx.AsyncClient, mail_sink: SmtpSink, *,
                         email: str | None = None, password: str = GOOD_PASSWORD,
                         verify: bool = True, **fields: Any) -> TestUser:

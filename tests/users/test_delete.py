@@ -19,7 +19,6 @@ from tests.users.flows import (
     BAD_CREDENTIALS,
     GOOD_PASSWORD,
     SUBJECT_DELETED,
-    SUBJECT_EXISTS,
     SUBJECT_VERIFY,
     WRONG_PASSWORD,
     assert_body,
@@ -27,7 +26,6 @@ from tests.users.flows import (
     http_client,
     load_user,
     register_user,
-    settle,
     subjects,
 )
 
@@ -55,8 +53,8 @@ async def test_delete_with_wrong_password_is_400_and_changes_nothing(
     assert (await me(http, tokens["access_token"])).status_code == 200
     assert (await refresh(http, oauth, tokens["refresh_token"])).status_code == 200
     await login(http, oauth, user)
-    await settle(http, mail_sink, user.email)
-    assert subjects(mail_sink, user.email) == [SUBJECT_EXISTS]
+    # The ASGI transport returns once the request's mail work is done: no notice.
+    assert subjects(mail_sink, user.email) == []
 
 
 async def test_delete_needs_the_password_field(

@@ -20,7 +20,6 @@ from tests.users.flows import (
     ACCEPTED,
     BAD_CREDENTIALS,
     INVALID_CODE,
-    SUBJECT_EXISTS,
     SUBJECT_PASSWORD_CHANGED,
     SUBJECT_RESET,
     assert_body,
@@ -29,7 +28,6 @@ from tests.users.flows import (
     own_app,
     register_user,
     request_reset_code,
-    settle,
     subjects,
     weak_password,
 )
@@ -138,8 +136,8 @@ async def test_reset_with_a_wrong_code_keeps_the_password(
     assert_body(await reset(http, user.email, wrong), 400, INVALID_CODE)
     await login(http, oauth, user)
     assert (await refresh(http, oauth, tokens["refresh_token"])).status_code == 200
-    await settle(http, mail_sink, user.email)
-    assert subjects(mail_sink, user.email) == [SUBJECT_RESET, SUBJECT_EXISTS]
+    # The ASGI transport returns once the request's mail work is done: no notice.
+    assert subjects(mail_sink, user.email) == [SUBJECT_RESET]
 
 
 async def test_reset_without_asking_first_is_invalid_code(

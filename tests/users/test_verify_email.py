@@ -16,7 +16,6 @@ from tests.users.flows import (
     ACCEPTED,
     INVALID_CODE,
     REGISTER_ACCEPTED,
-    SUBJECT_EXISTS,
     SUBJECT_VERIFY,
     UNVERIFIED,
     assert_body,
@@ -25,7 +24,6 @@ from tests.users.flows import (
     last_code,
     register,
     register_user,
-    settle,
     subjects,
 )
 
@@ -116,8 +114,8 @@ async def test_verify_email_request_for_a_verified_user_sends_nothing(
     user = await factory.user(is_verified=True)
     response = await http.post("/auth/verify-email/request", json={"email": user.email})
     assert_body(response, 202, ACCEPTED)
-    await settle(http, mail_sink, user.email)
-    assert subjects(mail_sink, user.email) == [SUBJECT_EXISTS]
+    # The ASGI transport returns once the request's mail work is done: none was sent.
+    assert subjects(mail_sink, user.email) == []
 
 
 async def test_verify_email_request_for_an_unknown_address_sends_nothing(
