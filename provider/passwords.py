@@ -57,13 +57,17 @@ def common_passwords() -> frozenset[str]:
 def check_password_policy(password: str, *, min_length: int, email: str | None = None) -> str:
     """Return the NFKC-normalised password, or raise WeakPassword saying which rule failed.
 
-    Length is counted in code points after normalisation. No composition rules
+    Length is counted in code points (NIST SP 800-63B-4 §3.1.1.2), after normalisation
+    and, for the minimum, as typed too: NFKC turns some single characters into many
+    (U+FDFA into 18), and one character typed is one character guessed. The blocklist
+    and the email rules compare the password without surrounding spaces, so that
+    "password" followed by a no-break space is still "password". No composition rules
     (NIST 800-63B-4 SHALL NOT; ASVS 6.2.5).
     """
     normalized = normalize_password(password)
     if len(normalized) > MAX_PASSWORD_LENGTH:
         raise WeakPassword(f"The password must be at most {MAX_PASSWORD_LENGTH} characters long.")
-    if len(normalized) < min_length:
+    if min(len(normalized), len(password)) < min_length:
         raise WeakPassword(f"The password must be at least {min_length} characters long.")
     try:
         normalized.encode("utf-8")
@@ -72,14 +76,14 @@ def check_password_policy(password: str, *, min_length: int, email: str | None =
         raise WeakPassword(
             "The password contains characters that are not valid Unicode text."
         ) from None
-    folded = normalized.casefold()
+    folded = normalized.casefold().strip()
     if folded in common_passwords():
         raise WeakPassword(
             "The password is on a list of commonly used or breached passwords; "
             "choose a different one."
         )
     if email is not None:
-        folded_email = normalize_password(email).casefold()
+        folded_email = normalize_password(email).casefold().strip()
         local_part, at, _domain = folded_email.rpartition("@")
         if at and folded == local_part:
             raise WeakPassword(

@@ -86,10 +86,14 @@ async def test_policy_rejects_password_longer_than_maximum_before_hashing(
         hasher.hash_sync(password)
 
 
-def test_policy_counts_length_after_normalisation() -> None:
-    # U+FDFA is one code point that NFKC expands to 18 ("ﷺ" -> an Arabic phrase).
+def test_policy_counts_length_as_typed_and_after_normalisation() -> None:
+    # U+FDFA is one code point that NFKC expands to 18 ("ﷺ" -> an Arabic phrase): one
+    # character typed is one character to guess.
     assert len(normalize_password("\ufdfa")) == 18
-    assert check_password_policy("\ufdfa", min_length=8) == normalize_password("\ufdfa")
+    with pytest.raises(WeakPassword, match="at least 8"):
+        check_password_policy("\ufdfa", min_length=8)
+    assert (check_password_policy("\ufdfa" * 8, min_length=8)
+            == normalize_password("\ufdfa" * 8))
     # 1011 code points typed, 1011 + 17 after NFKC: too long.
     with pytest.raises(WeakPassword, match="at most 1024"):
         check_password_policy("\ufdfa" + exactly(1010), min_length=8)
@@ -154,6 +158,20 @@ def test_policy_rejects_common_password_case_insensitively(password: str) -> Non
 def test_policy_checks_blocklist_after_normalisation() -> None:
     with pytest.raises(WeakPassword, match="commonly used or breached"):
         check_password_policy(fullwidth("Password1"), min_length=8)
+
+
+@pytest.mark.parametrize("password", ["password\u00a0", " Password1", "qwerty123\u3000"])
+def test_policy_checks_blocklist_without_surrounding_spaces(password: str) -> None:
+    # A no-break space (U+00A0) or an ideographic one (U+3000) becomes a plain space
+    # under NFKC: still a common password.
+    with pytest.raises(WeakPassword, match="commonly used or breached"):
+        check_password_policy(password, min_length=8)
+
+
+def test_policy_rejects_email_local_part_with_spaces_around_it() -> None:
+    with pytest.raises(WeakPassword, match="local part"):
+        check_password_policy("alice.liddell\u00a0", min_length=8,
+                              email="alice.liddell@example.com")
 
 
 def test_policy_checks_blocklist_on_whole_password_only() -> None:
