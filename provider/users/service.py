@@ -182,12 +182,24 @@ _LOGIN_BY_EMAIL = select(*_LOGIN_COLUMNS).where(users.c.email == bindparam("iden
 _LOGIN_BY_USERNAME = select(*_LOGIN_COLUMNS).where(users.c.username == bindparam("identifier"))
 
 
-async def update_password_hash(
-    conn: AsyncConnection, user_id: uuid.UUID, password_hash: str, *, now: datetime
-) -> None:
+@dataclass(frozen=True)
+class Rehash:
+    """A new hash of a password just verified (its parameters changed, or it was an
+    imported bcrypt hash), to replace the hash it was verified against."""
+
+    user_id: uuid.UUID
+    verified_hash: str
+    new_hash: str
+
+
+async def store_rehash(conn: AsyncConnection, rehash: Rehash, *, now: datetime) -> None:
+    """Store the new hash only if the user's hash is still the one verified: a password
+    change, reset or account deletion that committed while the sign-in was verifying
+    must not be undone by it (the old password would work again)."""
     await conn.execute(
-        update(users).where(users.c.id == user_id)
-        .values(password_hash=password_hash, updated_at=now)
+        update(users)
+        .where(users.c.id == rehash.user_id, users.c.password_hash == rehash.verified_hash)
+        .values(password_hash=rehash.new_hash, updated_at=now)
     )
 
 

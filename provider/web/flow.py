@@ -50,7 +50,7 @@ from provider.oauth.scopes import ACCOUNT, ADMIN, EMAIL, OPENID, PROFILE, resolv
 from provider.oidc.logout import LogoutError, parse_logout
 from provider.tokens.authorization_codes import CodeGrant, issue_code
 from provider.tokens.revocation import revoke_session_of
-from provider.users.service import update_password_hash
+from provider.users.service import store_rehash
 from provider.web import pages
 from provider.web import session as browser_sessions
 from provider.web.session import BrowserLogin
@@ -313,7 +313,7 @@ class Flow:
         services = self.services
         client_id = request.client.client_id
         try:
-            user, new_hash = await check_credentials(
+            user, rehash = await check_credentials(
                 services, username=username, password=password, client_id=client_id,
                 context=self.context, method="login_page")
         except SlowDown as exc:
@@ -327,8 +327,8 @@ class Flow:
         now = services.clock.now()
         if user.has_mfa:
             async with services.engine.begin() as conn:
-                if new_hash is not None:
-                    await update_password_hash(conn, user.id, new_hash, now=now)
+                if rehash is not None:
+                    await store_rehash(conn, rehash, now=now)
                 mfa_token = await services.mfa.issue_token(
                     conn, user_id=user.id, client_id=client_id, scope="",
                     session_epoch=user.session_epoch, now=now)
@@ -337,8 +337,8 @@ class Flow:
                                   context=self.context)
             return self.mfa_page(request, mfa_token)
         async with services.engine.begin() as conn:
-            if new_hash is not None:
-                await update_password_hash(conn, user.id, new_hash, now=now)
+            if rehash is not None:
+                await store_rehash(conn, rehash, now=now)
             token = await browser_sessions.start(
                 conn, user_id=user.id, session_epoch=user.session_epoch, amr=PASSWORD_AMR,
                 now=now, ttl=services.settings.browser_session_ttl,

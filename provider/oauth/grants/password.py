@@ -34,8 +34,9 @@ from provider.tokens.refresh import (
 )
 from provider.users.service import (
     LoginCandidate,
+    Rehash,
     find_login_candidate,
-    update_password_hash,
+    store_rehash,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class PasswordGrant:
         username = require(form, "username")
         password = require(form, "password")
         requested = parse_scope(form.get("scope"))
-        user, new_hash = await check_credentials(
+        user, rehash = await check_credentials(
             services, username=username, password=password, client_id=client.client_id,
             context=request.context)
 
@@ -71,8 +72,8 @@ class PasswordGrant:
             otp = form.get("otp")
             if otp is None:
                 async with services.engine.begin() as conn:
-                    if new_hash is not None:
-                        await update_password_hash(conn, user.id, new_hash, now=now)
+                    if rehash is not None:
+                        await store_rehash(conn, rehash, now=now)
                     mfa_token = await services.mfa.issue_token(
                         conn, user_id=user.id, client_id=client.client_id, scope=scope,
                         session_epoch=user.session_epoch, now=now)
@@ -82,11 +83,11 @@ class PasswordGrant:
                 raise MfaRequired(mfa_token)
             return await self._with_second_factor(
                 services, request, client, user_id=user.id, scope=scope,
-                session_epoch=user.session_epoch, otp=otp, new_hash=new_hash)
+                session_epoch=user.session_epoch, otp=otp, rehash=rehash)
 
         # Every sign-in is a session, refresh token or not: it is the `sid` that lets a
         # revocation reach the access token. The epoch was read with the password.
-        if new_hash is None and services.single is not services.engine:
+        if rehash is None and services.single is not services.engine:
             # The common case on PostgreSQL: the session and its token in one statement.
             session, refresh_token = await start_session_at_once(
                 services.single, user_id=user.id, client_id=client.client_id, scope=scope,
@@ -95,8 +96,8 @@ class PasswordGrant:
                 idle_ttl=_refresh_idle_ttl(services, client))
         else:
             async with services.engine.begin() as conn:
-                if new_hash is not None:
-                    await update_password_hash(conn, user.id, new_hash, now=now)
+                if rehash is not None:
+                    await store_rehash(conn, rehash, now=now)
                 session, refresh_token = await start_sign_in(
                     services, conn, client, user_id=user.id, scope=scope,
                     session_epoch=user.session_epoch, amr=PASSWORD_AMR)
@@ -104,7 +105,7 @@ class PasswordGrant:
 
     async def _with_second_factor(
         self, services: Services, request: TokenRequest, client: ClientInfo, *,
-        user_id: uuid.UUID, scope: str, session_epoch: int, otp: str, new_hash: str | None,
+        user_id: uuid.UUID, scope: str, session_epoch: int, otp: str, rehash: Rehash | None,
     ) -> TokenResponse:
         """The password grant with ``otp``: the code is checked and the session started
         in one transaction; the per-user slot is reserved before the check."""
@@ -116,8 +117,8 @@ class PasswordGrant:
         now = services.clock.now()
         try:
             async with services.engine.begin() as conn:
-                if new_hash is not None:
-                    await update_password_hash(conn, user_id, new_hash, now=now)
+                if rehash is not None:
+                    await store_rehash(conn, rehash, now=now)
                 factor = await mfa.check(conn, user_id=user_id, code=otp, now=now)
                 if factor is None:
                     raise WrongCode()
@@ -135,12 +136,13 @@ class PasswordGrant:
 async def check_credentials(
     services: Services, *, username: str, password: str, client_id: str,
     context: RequestContext, method: str = "password",
-) -> tuple[LoginCandidate, str | None]:
+) -> tuple[LoginCandidate, Rehash | None]:
     """A user's password, checked the one way every sign-in checks it (the password
     grant and the login page): the login throttles' slots reserved before the hash is
     verified, a dummy hash verified when there is no user (the same time either way),
     one answer for an unknown user, a wrong password and a disabled account. Returns
-    the user and a rehash when the parameters changed; raises InvalidGrant or SlowDown.
+    the user and a rehash when the parameters changed (store it with ``store_rehash``,
+    which keeps a change made meanwhile); raises InvalidGrant or SlowDown.
     """
     throttles = services.throttles
     address = throttles.client(context.address or "unknown")
@@ -169,7 +171,9 @@ async def check_credentials(
         _record_failure(services, context, client_id, user.id, "unverified_email", method)
         # Said only to someone who proved the password: it reveals nothing new.
         raise InvalidGrant(UNVERIFIED)
-    return user, new_hash
+    if new_hash is None or user.password_hash is None:
+        return user, None
+    return user, Rehash(user.id, user.password_hash, new_hash)
 
 
 def _failed(services: Services, context: RequestContext, client_id: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import bcrypt
@@ -17,8 +18,17 @@ from provider.tokens.models import LoginSession, RefreshToken
 from provider.tokens.refresh import digest
 from provider.users.models import User
 from tests.factories import Factory
-from tests.helpers import TOKEN, assert_no_store, assert_oauth_error, login, password_login
+from tests.helpers import (
+    TOKEN,
+    assert_no_store,
+    assert_oauth_error,
+    bearer,
+    login,
+    password_login,
+)
 from tests.oauth.helpers import rfc7638_thumbprint, unverified
+from tests.smtp_sink import SmtpSink
+from tests.users.flows import credentials, request_reset_code
 
 BAD_CREDENTIALS = "Invalid username or password."
 
@@ -379,3 +389,53 @@ async def test_sign_in_writes_its_session_and_token_together_or_not_at_all(
     await login(client, oauth, user)
     sessions, _ = await _rows_of(services, user.id)
     assert len(sessions) == 2
+
+
+@pytest.mark.parametrize("change", ["signed-in change", "reset"])
+async def test_a_sign_in_in_flight_never_brings_back_the_old_password(
+    client, factory: Factory, services: Services, mail_sink: SmtpSink,
+    monkeypatch: pytest.MonkeyPatch, change: str,
+) -> None:
+    """A sign-in whose verify returns a rehash (an imported bcrypt hash) while the
+    password is changed or reset stores the rehash only over the hash it verified: the
+    change wins (DESIGN: revocation always wins), and the old password stays dead."""
+    user = await factory.user()
+    oauth = await factory.client()
+    tokens = await login(client, oauth, user, scope="account")
+    legacy = bcrypt.hashpw(user.password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    await factory.set_user(user.id, password_hash=legacy)
+    verified, release = asyncio.Event(), asyncio.Event()
+    verify = services.hasher.verify
+
+    async def verify_then_wait(password: str, password_hash: str | None
+                               ) -> tuple[bool, str | None]:
+        result = await verify(password, password_hash)
+        if password_hash == legacy and not verified.is_set():  # the sign-in's, once
+            verified.set()
+            await release.wait()
+        return result
+
+    monkeypatch.setattr(services.hasher, "verify", verify_then_wait)
+    in_flight = asyncio.create_task(password_login(client, oauth, user))
+    await asyncio.wait_for(verified.wait(), 10)
+    new = credentials(user.email, "juniper lantern quay", user.id)
+    if change == "reset":
+        code = await request_reset_code(client, mail_sink, user.email)
+        response = await client.post("/auth/reset-password", json={
+            "email": user.email, "code": code, "new_password": new.password})
+        assert response.status_code == 200, response.text
+    else:
+        response = await client.post(
+            "/users/me/password", headers=bearer(tokens["access_token"]),
+            json={"current_password": user.password, "new_password": new.password})
+        assert response.status_code == 204, response.text
+    release.set()
+    finished = await in_flight
+    assert finished.status_code == 200, finished.text
+    # Its session began before the change: its tokens are dead with the others.
+    me = await client.get("/users/me",
+                          headers=bearer(finished.json()["access_token"]))
+    assert me.status_code == 401
+    assert_oauth_error(await password_login(client, oauth, user), 400, "invalid_grant",
+                       BAD_CREDENTIALS)
+    await login(client, oauth, new)
