@@ -3,15 +3,17 @@
 Any active confidential client may introspect any token (a resource server checks the
 tokens it receives), as in Keycloak and node-oidc-provider; public clients may not
 (the router answers 401). The answer tells no more than the token grants:
-``username`` only under ``profile``, ``email`` only under ``email``. Anything not
-active or unknown answers exactly ``{"active": false}`` (§2.2).
+``username`` only under ``profile``, ``email`` only under ``email``; a refresh token's
+scope is what a refresh would grant now (DESIGN: refresh re-checks permissions), not
+what its sign-in was granted. Anything not active or unknown answers exactly
+``{"active": false}`` (§2.2).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from provider.oauth.scopes import EMAIL, PROFILE
+from provider.oauth.scopes import EMAIL, PROFILE, refreshed_scope
 from provider.tokens.jwt import TokenRejected
 from provider.tokens.refresh import find_refresh_token
 from provider.tokens.revocation import token_status
@@ -62,14 +64,19 @@ async def introspect(services: Services, token: str, hint: str | None) -> dict[s
         stored = await find_refresh_token(conn, token, now=now)
     if stored is None or not stored.is_live:
         return INACTIVE
+    client = await services.clients.get(stored.client_id)
+    if client is None:
+        return INACTIVE  # deleted since the rotation predicate read it
+    # The family's scope ∩ what its client and its user may have now.
+    scope = refreshed_scope(None, stored.scope, client.scopes, may_admin=stored.is_admin)
     return {
         "active": True,
         "token_type": "refresh_token",
-        "scope": stored.scope,
+        "scope": scope,
         "client_id": stored.client_id,
         "sub": str(stored.user_id),
         "iss": services.jwt.issuer,
         "exp": int(stored.expires_at.timestamp()),
         "iat": int(stored.issued_at.timestamp()),
-        **_identity(set(stored.scope.split()), stored.username, stored.email),
+        **_identity(set(scope.split()), stored.username, stored.email),
     }

@@ -456,12 +456,14 @@ class StoredRefreshToken:
     """Unused, unexpired, and its session alive (the rotation predicate, as of ``now``)."""
     username: str | None
     email: str
+    is_admin: bool
+    """The user's role now: a refresh grants ``admin`` only to a current admin."""
 
 
 _FIND = (
     select(rt.c.session_id, ls.c.client_id, ls.c.user_id, ls.c.scope, rt.c.issued_at,
            rt.c.expires_at, ls.c.expires_at.label("session_expires_at"),
-           users.c.username, users.c.email)
+           users.c.username, users.c.email, users.c.is_admin)
     .join_from(rt, ls, ls.c.id == rt.c.session_id)
     .join(users, users.c.id == ls.c.user_id)
     .where(rt.c.token_hash == P_HASH)
@@ -486,5 +488,5 @@ async def find_refresh_token(
         session_id=row.session_id, client_id=row.client_id, user_id=row.user_id,
         scope=row.scope, issued_at=row.issued_at,
         expires_at=min(row.expires_at, row.session_expires_at), is_live=bool(live),
-        username=row.username, email=row.email,
+        username=row.username, email=row.email, is_admin=row.is_admin,
     )

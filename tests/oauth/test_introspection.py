@@ -107,6 +107,27 @@ async def test_active_refresh_token(
     assert body["exp"] - body["iat"] == int(settings.refresh_token_ttl.total_seconds())
 
 
+async def test_a_refresh_tokens_scope_is_what_a_refresh_would_grant_now(
+    client, factory: Factory
+) -> None:
+    """DESIGN: a refresh grants the family's scope ∩ what the client and the user may have
+    now; introspection says the same, and shows identity only under what remains."""
+    user = await factory.user(is_admin=True)
+    oauth = await factory.client()
+    tokens = await login(client, oauth, user, scope="openid email admin")
+    body = await introspect(client, oauth, tokens["refresh_token"])
+    assert (body["scope"], body["email"]) == ("openid email admin", user.email)
+    await factory.set_user(user.id, is_admin=False)
+    await factory.set_client(oauth.client_id, scopes=["openid", "profile"])
+    body = await introspect(client, oauth, tokens["refresh_token"])
+    assert body["active"] is True
+    assert body["scope"] == "openid"
+    assert "email" not in body
+    refreshed = await refresh(client, oauth, tokens["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    assert refreshed.json()["scope"] == "openid"
+
+
 async def test_hint_does_not_matter(client, factory: Factory) -> None:
     user, oauth = await factory.user(), await factory.client()
     tokens = await login(client, oauth, user)
