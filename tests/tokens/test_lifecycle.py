@@ -143,3 +143,38 @@ async def test_reactivating_a_client_revives_none_of_its_old_tokens(
     signed_in = await login(client, oauth, user, scope="openid account")
     assert (await client.get("/users/me", headers=bearer(signed_in["access_token"]))
             ).status_code == 200
+
+
+async def test_a_reactivation_in_the_second_of_the_deactivation_revives_no_token(
+    client: httpx.AsyncClient, factory: Factory, clock
+) -> None:
+    """A client's own token carries a whole-second `iat`: one issued before a deactivation
+    and a reactivation that both fall in its second stays dead."""
+    from datetime import UTC, datetime, timedelta
+
+    actor = await admin_login(client, factory)
+    oauth = await factory.client(grants=("client_credentials",), scopes="reports:read")
+    resource_server = await factory.client(grants=("client_credentials",), scopes="")
+    second = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
+    clock.freeze(second + timedelta(milliseconds=100))
+
+    async def set_active(value: bool) -> None:
+        response = await client.patch(f"/admin/clients/{oauth.client_id}",
+                                      headers=actor.headers, json={"is_active": value})
+        assert response.status_code == 200, response.text
+
+    async def client_token() -> str:
+        response = await client.post("/oauth/token", auth=oauth.auth,
+                                     data={"grant_type": "client_credentials"})
+        assert response.status_code == 200, response.text
+        return str(response.json()["access_token"])
+
+    own = await client_token()
+    clock.advance(timedelta(milliseconds=200))
+    await set_active(False)
+    clock.advance(timedelta(milliseconds=300))
+    await set_active(True)
+    assert await introspect(client, resource_server, own) == INACTIVE
+    # From the next second, tokens work again.
+    clock.advance(timedelta(seconds=1))
+    assert (await introspect(client, resource_server, await client_token()))["active"] is True
