@@ -54,14 +54,23 @@ def common_passwords() -> frozenset[str]:
     return frozenset(line.casefold() for line in lines[start:] if line)
 
 
+def _comparable(text: str) -> str:
+    """The form the blocklist and the email rules compare: case folded, without invisible
+    format characters (a zero-width space, a soft hyphen: Unicode's Cf) and without
+    spaces around it, so that none of them makes a common password new."""
+    visible = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return visible.casefold().strip()
+
+
 def check_password_policy(password: str, *, min_length: int, email: str | None = None) -> str:
     """Return the NFKC-normalised password, or raise WeakPassword saying which rule failed.
 
     Length is counted in code points (NIST SP 800-63B-4 §3.1.1.2), after normalisation
     and, for the minimum, as typed too: NFKC turns some single characters into many
     (U+FDFA into 18), and one character typed is one character guessed. The blocklist
-    and the email rules compare the password without surrounding spaces, so that
-    "password" followed by a no-break space is still "password". No composition rules
+    and the email rules compare the password without surrounding spaces and invisible
+    characters (``_comparable``), so that "password" followed by a no-break space or a
+    zero-width space is still "password". No composition rules
     (NIST 800-63B-4 SHALL NOT; ASVS 6.2.5).
     """
     normalized = normalize_password(password)
@@ -76,14 +85,14 @@ def check_password_policy(password: str, *, min_length: int, email: str | None =
         raise WeakPassword(
             "The password contains characters that are not valid Unicode text."
         ) from None
-    folded = normalized.casefold().strip()
+    folded = _comparable(normalized)
     if folded in common_passwords():
         raise WeakPassword(
             "The password is on a list of commonly used or breached passwords; "
             "choose a different one."
         )
     if email is not None:
-        folded_email = normalize_password(email).casefold().strip()
+        folded_email = _comparable(normalize_password(email))
         local_part, at, _domain = folded_email.rpartition("@")
         if at and folded == local_part:
             raise WeakPassword(

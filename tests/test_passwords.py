@@ -160,10 +160,15 @@ def test_policy_checks_blocklist_after_normalisation() -> None:
         check_password_policy(fullwidth("Password1"), min_length=8)
 
 
-@pytest.mark.parametrize("password", ["password\u00a0", " Password1", "qwerty123\u3000"])
-def test_policy_checks_blocklist_without_surrounding_spaces(password: str) -> None:
+@pytest.mark.parametrize("password", ["password\u00a0", " Password1", "qwerty123\u3000",
+                                      "password\u200b", "pass\u00adword", "\u200bqwerty123",
+                                      "\ufeffletmein1"])
+def test_policy_checks_blocklist_without_spaces_around_or_invisible_characters(
+    password: str,
+) -> None:
     # A no-break space (U+00A0) or an ideographic one (U+3000) becomes a plain space
-    # under NFKC: still a common password.
+    # under NFKC; a zero-width space, a soft hyphen or a BOM is not seen: still a common
+    # password.
     with pytest.raises(WeakPassword, match="commonly used or breached"):
         check_password_policy(password, min_length=8)
 

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -70,12 +70,16 @@ class EmailCodes:
         address: str,
         now: datetime,
         target_email: str | None = None,
-    ) -> str:
+        requested_at: datetime | None = None,
+    ) -> str | None:
         """A fresh code for (user, purpose), bound to ``address``, the account's address
-        now; any earlier code of the pair dies."""
+        now; any earlier code of the pair dies. Given ``requested_at`` (work done after
+        the answer), a code of a later request that was issued first stands, and this
+        returns None: the user's last request wins, whatever order the work ran in."""
         code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
         digest = self._digest(user_id, purpose, address, code)
         row = await self._locked(session, user_id, purpose)
+        created_at = requested_at or now
         if row is None:
             try:
                 # A savepoint: losing the race below must not void the caller's transaction.
@@ -83,7 +87,7 @@ class EmailCodes:
                     session.add(EmailCode(
                         id=uuid.uuid4(), user_id=user_id, purpose=purpose.value,
                         code_hash=digest, target_email=target_email, failed_attempts=0,
-                        created_at=now, expires_at=now + self.ttl, used_at=None,
+                        created_at=created_at, expires_at=now + self.ttl, used_at=None,
                     ))
                 return code
             except IntegrityError:
@@ -92,12 +96,14 @@ class EmailCodes:
                 row = await self._locked(session, user_id, purpose)
                 if row is None:
                     raise
+        if requested_at is not None and row.created_at > requested_at:
+            return None  # a later request's code, issued first: it stands
         # A new code, its own tries: the account-wide throttle carries the failures that a
         # resend must not reset (NIST SP 800-63B §3.2.2; README "Throttles").
         row.failed_attempts = 0
         row.code_hash = digest
         row.target_email = target_email
-        row.created_at = now
+        row.created_at = created_at
         row.expires_at = now + self.ttl
         row.used_at = None
         await session.flush()
@@ -122,8 +128,8 @@ class EmailCodes:
 
         One statement whatever the outcome: the right code is used, a wrong one counts
         against the live code, and a user without one (or no user: callers pass
-        ``NO_USER``) costs the same round trip, so the time of the answer says nothing
-        about the account. The conditional UPDATE is the real check: of concurrent
+        ``NO_USER``) costs the same round trip (only the commit of the count's write
+        differs: README, "Email codes"). The conditional UPDATE is the real check: of concurrent
         submissions of one code exactly one sees its row still unused, and no more than
         ``MAX_ATTEMPTS`` wrong ones are counted. The digests are compared by the database:
         they are HMACs under the server secret, so how far a comparison gets tells a
@@ -139,7 +145,8 @@ class EmailCodes:
                    EmailCode.used_at.is_(None),
                    EmailCode.expires_at > now,
                    EmailCode.failed_attempts < MAX_ATTEMPTS)
-            .values(used_at=case((matched, now), else_=EmailCode.used_at),
+            .values(used_at=case((matched, literal(now, EmailCode.used_at.type)),
+                                 else_=EmailCode.used_at),
                     failed_attempts=case((matched, EmailCode.failed_attempts),
                                          else_=EmailCode.failed_attempts + 1))
             .returning(matched.label("matched"), EmailCode.target_email)

@@ -194,6 +194,7 @@ class Accounts:
             await ensure_available(session, username=username)  # usernames are public
         # Hash now, whatever happens next, so both outcomes cost the same.
         password_hash = await self.hasher.hash(password)
+        requested_at = self.clock.now()
 
         async def create_or_notify(session: AsyncSession, mailbox: Mailbox) -> None:
             now = self.clock.now()
@@ -211,7 +212,10 @@ class Accounts:
             session.add(user)
             await session.flush()
             code = await self.codes.issue(session, user_id=user.id,
-                                          purpose=Purpose.VERIFY_EMAIL, address=email, now=now)
+                                          purpose=Purpose.VERIFY_EMAIL, address=email, now=now,
+                                          requested_at=requested_at)
+            if code is None:
+                return
             mailbox.send(mail.verification_code(
                 email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
             # The new account's first code always goes out; it counts in the send window.
@@ -222,6 +226,8 @@ class Accounts:
     # --- email verification -----------------------------------------------------------
 
     def request_verification(self, mailbox: Mailbox, *, email: str) -> None:
+        requested_at = self.clock.now()
+
         async def send_code(session: AsyncSession, mailbox: Mailbox) -> None:
             user = await self._user_by_email(session, email)
             if user is None or user.is_verified or not user.is_active:
@@ -230,7 +236,9 @@ class Accounts:
                 return
             code = await self.codes.issue(session, user_id=user.id,
                                           purpose=Purpose.VERIFY_EMAIL, address=user.email,
-                                          now=self.clock.now())
+                                          now=self.clock.now(), requested_at=requested_at)
+            if code is None:
+                return
             mailbox.send(mail.verification_code(
                 user.email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
 
@@ -255,6 +263,8 @@ class Accounts:
     # --- forgotten password -----------------------------------------------------------
 
     def forgot_password(self, mailbox: Mailbox, *, email: str) -> None:
+        requested_at = self.clock.now()
+
         async def send_code(session: AsyncSession, mailbox: Mailbox) -> None:
             user = await self._user_by_email(session, email)
             if user is None or not user.is_active:
@@ -263,7 +273,9 @@ class Accounts:
                 return
             code = await self.codes.issue(session, user_id=user.id,
                                           purpose=Purpose.RESET_PASSWORD, address=user.email,
-                                          now=self.clock.now())
+                                          now=self.clock.now(), requested_at=requested_at)
+            if code is None:
+                return
             mailbox.send(mail.password_reset_code(
                 user.email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
 
@@ -362,7 +374,7 @@ class Accounts:
         new_email = normalize_email(new_email)
         if new_email == user.email:
             raise InvalidEmail("This is already your email address.")
-        user_id, address = user.id, user.email
+        user_id, address, requested_at = user.id, user.email, self.clock.now()
 
         async def send_code(session: AsyncSession, mailbox: Mailbox) -> None:
             try:
@@ -375,7 +387,10 @@ class Accounts:
                 return
             code = await self.codes.issue(session, user_id=user_id,
                                           purpose=Purpose.CHANGE_EMAIL, address=address,
-                                          now=self.clock.now(), target_email=new_email)
+                                          now=self.clock.now(), target_email=new_email,
+                                          requested_at=requested_at)
+            if code is None:
+                return  # a later request's code went out first: it stands
             mailbox.send(mail.email_change_code(
                 new_email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
 

@@ -114,8 +114,9 @@ async def update_me(body: UserUpdate, user: AccountUser, claims: ClaimsDep,
     fields = body.model_fields_set
     mailbox = mailbox_for(background, accounts)
     pending = None
-    # All of it or none: a refused part (a taken username after the email's code was
-    # issued) rolls back the others, though the answer's transaction commits.
+    # All of it or none: a refused part (a taken username after the password was
+    # re-entered) rolls back the others, though the answer's transaction commits; the
+    # email's code is mailed only after an answer of success.
     async with session.begin_nested():
         if "email" in fields and body.email is not None:
             if not body.password:

@@ -31,6 +31,7 @@ from tests.users.flows import (
     extra_forbidden,
     http_client,
     last_code,
+    load_user,
     problem,
     request_reset_code,
     subjects,
@@ -304,6 +305,34 @@ async def test_email_change_notices_never_crowd_out_the_owners_codes(
         "email": owner.email, "code": code, "new_password": "marble otter lantern"})
     assert_body(response, 200, {"status": "password_reset"})
     assert (await get_me(http, auth))["email"] == stranger.email
+
+
+async def test_the_last_email_change_request_wins_whatever_order_its_mail_work_runs_in(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, services: Services,
+    clock,
+) -> None:
+    """The code is issued after the answer: when two requests' work runs in the opposite
+    order (a mistyped address corrected at once), the later request's code stands and
+    the earlier one sends nothing."""
+    from datetime import timedelta
+
+    from provider.users.accounts import Mailbox
+
+    user, auth = await signed_in(http, factory)
+    account = await load_user(services, user.id)
+    mistyped, meant = unique_email("typo"), unique_email("meant")
+    first, second = Mailbox(), Mailbox()
+    await services.accounts.request_email_change(first, account, new_email=mistyped,
+                                                 password=user.password)
+    clock.advance(timedelta(milliseconds=5))
+    await services.accounts.request_email_change(second, account, new_email=meant,
+                                                 password=user.password)
+    await services.accounts.deliver(second)
+    await services.accounts.deliver(first)
+    assert subjects(mail_sink, mistyped) == []
+    code = await last_code(mail_sink, meant)
+    confirmed = await http.post("/users/me/email/confirm", headers=auth, json={"code": code})
+    assert confirmed.status_code == 200 and confirmed.json()["email"] == meant
 
 
 async def test_email_change_to_the_same_address_is_422(
