@@ -87,7 +87,7 @@ class EmailCodes:
                     session.add(EmailCode(
                         id=uuid.uuid4(), user_id=user_id, purpose=purpose.value,
                         code_hash=digest, target_email=target_email, failed_attempts=0,
-                        created_at=created_at, expires_at=now + self.ttl, used_at=None,
+                        created_at=created_at, expires_at=created_at + self.ttl, used_at=None,
                     ))
                 return code
             except IntegrityError:
@@ -104,7 +104,7 @@ class EmailCodes:
         row.code_hash = digest
         row.target_email = target_email
         row.created_at = created_at
-        row.expires_at = now + self.ttl
+        row.expires_at = created_at + self.ttl
         row.used_at = None
         await session.flush()
         return code
