@@ -32,5 +32,8 @@ class Client(Base):
     # When the client was last made active again after a deactivation: its own access
     # tokens (client_credentials) issued before then stay dead (provider.tokens.revocation).
     reactivated_at: Mapped[datetime | None]
+    # When the client was last deactivated: its own tokens of that second or before stay
+    # dead, also after a reactivation in the same second (their `iat` has whole seconds).
+    deactivated_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event, select
@@ -232,32 +232,20 @@ async def update_client(
             values["post_logout_redirect_uris"], field="post_logout_redirect_uris")
     changed = {name: value for name, value in values.items() if getattr(client, name) != value}
     if changed:
-        last_change = client.updated_at  # the deactivation's, or a later edit's
         for name, value in changed.items():
             setattr(client, name, value)
         if changed.get("is_active") is True:
             # What the deactivation ended stays ended (sessions are revoked below when it
-            # happens; the client's own tokens by this instant).
-            client.reactivated_at = reactivation_instant(last_change, now)
+            # happens; the client's own tokens by this instant and the deactivation's).
+            client.reactivated_at = now
+        elif changed.get("is_active") is False:
+            client.deactivated_at = now
         client.updated_at = now
         await session.flush()
     if values.get("is_active") is False:
         # Also when already inactive: nothing issued since may survive.
         await end_client_sessions(await session.connection(), client_id, now=now)
     return client
-
-
-def reactivation_instant(last_change: datetime, now: datetime) -> datetime:
-    """When a reactivation counts from. A client's own tokens carry a whole-second
-    ``iat`` and stand when issued in the reactivation's second or later
-    (provider.tokens.revocation), so a reactivation in the very second of the client's
-    last change (its deactivation, or an edit since) counts from the next second: a
-    token of that second may have been issued before the deactivation. Erring toward
-    refusal costs only tokens issued in the rest of that second."""
-    second = now.replace(microsecond=0)
-    if last_change >= second:
-        return second + timedelta(seconds=1)
-    return now
 
 
 async def rotate_secret(session: AsyncSession, client_id: str, *, now: datetime) -> str:

@@ -143,13 +143,19 @@ def access_token_stands(claims: AccessClaims) -> ColumnElement[bool]:
     if user_id is None:
         # Issued after the client was last reactivated: `iat` has whole seconds, so a
         # token of that very second counts as after (only one issued in the seconds a
-        # stale client cache elsewhere still served the deactivated client could be older).
+        # stale client cache elsewhere still served the deactivated client could be
+        # older). And issued in a second after the last deactivation: a token of the
+        # deactivation's second may be older than it, so it stays dead even when the
+        # reactivation fell in that second too (tokens issued in the rest of it with it).
         issued_by_next_second = datetime.fromtimestamp(claims.iat + 1, UTC)
+        issued_second = datetime.fromtimestamp(claims.iat, UTC)
         client_active = exists().where(
             clients.c.client_id == claims.client_id,
             clients.c.is_active.is_(True),
             or_(clients.c.reactivated_at.is_(None),
                 clients.c.reactivated_at < issued_by_next_second),
+            or_(clients.c.deactivated_at.is_(None),
+                clients.c.deactivated_at < issued_second),
         )
         return and_(client_active, not_denied)
     try:

@@ -149,11 +149,14 @@ async def test_a_reactivation_in_the_second_of_the_deactivation_revives_no_token
     client: httpx.AsyncClient, factory: Factory, clock
 ) -> None:
     """A client's own token carries a whole-second `iat`: one issued before a deactivation
-    and a reactivation that both fall in its second stays dead."""
+    and a reactivation that both fall in its second stays dead; sessions started after
+    the reactivation are not touched."""
     from datetime import UTC, datetime, timedelta
 
     actor = await admin_login(client, factory)
-    oauth = await factory.client(grants=("client_credentials",), scopes="reports:read")
+    user = await factory.user()
+    oauth = await factory.client(grants=("password", "refresh_token", "client_credentials"),
+                                 scopes="openid account reports:read")
     resource_server = await factory.client(grants=("client_credentials",), scopes="")
     second = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
     clock.freeze(second + timedelta(milliseconds=100))
@@ -175,6 +178,11 @@ async def test_a_reactivation_in_the_second_of_the_deactivation_revives_no_token
     clock.advance(timedelta(milliseconds=300))
     await set_active(True)
     assert await introspect(client, resource_server, own) == INACTIVE
-    # From the next second, tokens work again.
+    # A user's sign-in right after the reactivation, in the same second, works: the rule
+    # is the client's own tokens'.
+    signed_in = await login(client, oauth, user, scope="openid account")
+    assert (await client.get("/users/me", headers=bearer(signed_in["access_token"]))
+            ).status_code == 200
+    # From the next second, the client's own tokens work again.
     clock.advance(timedelta(seconds=1))
     assert (await introspect(client, resource_server, await client_token()))["active"] is True
