@@ -18,6 +18,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -247,14 +248,8 @@ class Accounts:
     async def verify_email(self, session: AsyncSession, *, email: str, code: str,
                            client_address: str) -> None:
         await self._reserve_code_attempt(_account_key(email), client_address)
-        user = await self._active_user_by_email(session, email)
-        # No account: the same statement and the same answer as a wrong code.
-        await self.codes.consume(session, user_id=user.id if user else NO_USER,
-                                 purpose=Purpose.VERIFY_EMAIL,
-                                 address=user.email if user else "", code=code,
-                                 now=self.clock.now())
-        if user is None:
-            raise InvalidCode()  # not reached: no code belongs to NO_USER
+        user = await self._consume_emailed_code(session, email, Purpose.VERIFY_EMAIL, code,
+                                                now=self.clock.now())
         await self.throttles.code_account.clear(_account_key(email))
         user.is_verified = True
         user.updated_at = self.clock.now()
@@ -296,14 +291,9 @@ class Accounts:
             new_password, min_length=self.settings.password_min_length, email=address
         )
         await self._reserve_code_attempt(_account_key(email), client_address)
-        user = await self._active_user_by_email(session, email)
         now = self.clock.now()
-        # No account: the same statement and the same answer as a wrong code.
-        await self.codes.consume(session, user_id=user.id if user else NO_USER,
-                                 purpose=Purpose.RESET_PASSWORD,
-                                 address=user.email if user else "", code=code, now=now)
-        if user is None:
-            raise InvalidCode()  # not reached: no code belongs to NO_USER
+        user = await self._consume_emailed_code(session, email, Purpose.RESET_PASSWORD, code,
+                                                now=now)
         await self.throttles.code_account.clear(_account_key(email))
         user.password_hash = await self.hasher.hash(password)
         # The code proved control of the address.
@@ -473,9 +463,19 @@ class Accounts:
         if new_hash is not None:
             user.password_hash = new_hash
 
-    async def _active_user_by_email(self, session: AsyncSession, email: str) -> User | None:
+    async def _consume_emailed_code(self, session: AsyncSession, email: str,
+                                    purpose: Purpose, code: str, *, now: datetime) -> User:
+        """Use the code mailed to ``email`` for ``purpose``: the active account it belongs
+        to, or InvalidCode. An address without an active account runs the same statement
+        and gets the same answer as a wrong code (no enumeration, ASVS 6.3.8)."""
         user = await self._user_by_email(session, email)
-        return user if user is not None and user.is_active else None
+        if user is None or not user.is_active:
+            await self.codes.consume(session, user_id=NO_USER, purpose=purpose, address="",
+                                     code=code, now=now)
+            raise InvalidCode()  # not reached: consume() finds no code of NO_USER
+        await self.codes.consume(session, user_id=user.id, purpose=purpose,
+                                 address=user.email, code=code, now=now)
+        return user
 
     async def _user_by_email(self, session: AsyncSession, email: str) -> User | None:
         try:
