@@ -5,7 +5,8 @@ tokens it receives), as in Keycloak and node-oidc-provider; public clients may n
 (the router answers 401). The answer tells no more than the token grants:
 ``username`` only under ``profile``, ``email`` only under ``email``; a refresh token's
 scope is what a refresh would grant now (DESIGN: refresh re-checks permissions), not
-what its sign-in was granted. Anything not active or unknown answers exactly
+what its sign-in was granted; an access token's ``admin`` shows only while its user is
+an admin (as the admin API checks it). Anything not active or unknown answers exactly
 ``{"active": false}`` (§2.2).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from provider.oauth.scopes import EMAIL, PROFILE, refreshed_scope
+from provider.oauth.scopes import ADMIN, EMAIL, PROFILE, refreshed_scope
 from provider.tokens.jwt import TokenRejected
 from provider.tokens.refresh import find_refresh_token
 from provider.tokens.revocation import token_status
@@ -46,10 +47,15 @@ async def introspect(services: Services, token: str, hint: str | None) -> dict[s
             status = await token_status(conn, claims)
         if status is None:
             return INACTIVE
+        granted = claims.scope
+        if ADMIN in granted and status.user_id is not None and not status.is_admin:
+            # Demoted since the token was issued: the admin API already refuses it, so a
+            # resource server that asks must not be told otherwise.
+            granted = granted - {ADMIN}
         return {
             "active": True,
             "token_type": "Bearer",
-            "scope": " ".join(sorted(claims.scope)),
+            "scope": " ".join(sorted(granted)),
             "client_id": claims.client_id,
             "sub": claims.sub,
             "aud": claims.raw.get("aud"),
@@ -57,7 +63,7 @@ async def introspect(services: Services, token: str, hint: str | None) -> dict[s
             "exp": claims.exp,
             "iat": claims.iat,
             "jti": claims.jti,
-            **_identity(claims.scope, status.username, status.email),
+            **_identity(granted, status.username, status.email),
         }
 
     async with services.single.connect() as conn:

@@ -182,6 +182,7 @@ class TokenStatus:
     user_id: uuid.UUID | None
     username: str | None = None
     email: str | None = None
+    is_admin: bool = False
 
 
 async def token_status(conn: AsyncConnection, claims: AccessClaims) -> TokenStatus | None:
@@ -191,7 +192,8 @@ async def token_status(conn: AsyncConnection, claims: AccessClaims) -> TokenStat
     if user_id is None:
         stands = (await conn.execute(select(condition))).scalar()
         return TokenStatus(None) if stands else None
-    row = (await conn.execute(select(users.c.username, users.c.email).where(condition))).first()
+    row = (await conn.execute(
+        select(users.c.username, users.c.email, users.c.is_admin).where(condition))).first()
     if row is None:
         return None
-    return TokenStatus(user_id, row.username, row.email)
+    return TokenStatus(user_id, row.username, row.email, bool(row.is_admin))

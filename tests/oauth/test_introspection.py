@@ -128,6 +128,30 @@ async def test_a_refresh_tokens_scope_is_what_a_refresh_would_grant_now(
     assert refreshed.json()["scope"] == "openid"
 
 
+async def test_an_access_tokens_admin_shows_only_while_its_user_is_an_admin(
+    client, factory: Factory
+) -> None:
+    """The admin API refuses a demoted admin's access token at once; introspection tells a
+    resource server the same, and the token's other scopes stand until it expires."""
+    user = await factory.user(is_admin=True)
+    oauth = await factory.client()
+    tokens = await login(client, oauth, user, scope="openid email admin")
+    access = tokens["access_token"]
+    body = await introspect(client, oauth, access)
+    assert (body["active"], body["scope"]) == (True, "admin email openid")
+    await factory.set_user(user.id, is_admin=False)
+    body = await introspect(client, oauth, access)
+    assert body["active"] is True
+    assert body["scope"] == "email openid"
+    assert body["email"] == user.email
+    admin_call = await client.get("/admin/users",
+                                  headers={"Authorization": f"Bearer {access}"})
+    assert admin_call.status_code == 403, admin_call.text
+    await factory.set_user(user.id, is_admin=True)
+    body = await introspect(client, oauth, access)
+    assert body["scope"] == "admin email openid"
+
+
 async def test_hint_does_not_matter(client, factory: Factory) -> None:
     user, oauth = await factory.user(), await factory.client()
     tokens = await login(client, oauth, user)
