@@ -212,7 +212,7 @@ async def issue_tokens(db_url: str, config: dict[str, str], count: int,
                        random_users: bool = False) -> list[str]:
     from provider.db import create_engine
     from provider.settings import Settings
-    from provider.tokens.refresh import issue_refresh_token, start_session
+    from provider.tokens.refresh import issue_refresh_token, new_session, start_session
 
     settings = Settings()  # lifetimes only; the URL is given
     engine = create_engine(db_url)
@@ -224,12 +224,11 @@ async def issue_tokens(db_url: str, config: dict[str, str], count: int,
         for start in range(0, count, 1000):
             async with engine.begin() as conn:
                 for user_id, epoch in owners[start:start + 1000]:
-                    session = await start_session(
-                        conn, user_id=user_id,
-                        client_id=config["client_id"], scope=config["scope"],
-                        session_epoch=epoch, amr=("pwd",), now=now,
-                        absolute_ttl=settings.refresh_token_absolute_ttl,
-                    )
+                    session = new_session(
+                        user_id=user_id, client_id=config["client_id"],
+                        scope=config["scope"], amr=("pwd",), now=now,
+                        absolute_ttl=settings.refresh_token_absolute_ttl)
+                    await start_session(conn, session, session_epoch=epoch, now=now)
                     tokens.append(await issue_refresh_token(
                         conn, session=session, now=now, idle_ttl=settings.refresh_token_ttl))
     finally:

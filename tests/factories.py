@@ -15,7 +15,7 @@ from provider.clients.models import Client
 from provider.clients.service import create_client
 from provider.oauth.grants import CLIENT_GRANT_RULES
 from provider.services import Services
-from provider.tokens.refresh import start_session
+from provider.tokens.refresh import new_session, start_session
 from provider.users.models import User
 from provider.users.service import create_user
 
@@ -120,10 +120,12 @@ class Factory:
         async with services.engine.begin() as conn:
             epoch = (await conn.execute(select(User.session_epoch)
                                         .where(User.id == uuid.UUID(user.id)))).scalar_one()
-            session = await start_session(
-                conn, user_id=uuid.UUID(user.id), client_id=client.client_id, scope=scope,
-                session_epoch=epoch, amr=("pwd",), now=services.clock.now(),
+            now = services.clock.now()
+            session = new_session(
+                user_id=uuid.UUID(user.id), client_id=client.client_id, scope=scope,
+                amr=("pwd",), now=now,
                 absolute_ttl=services.settings.refresh_token_absolute_ttl)
+            await start_session(conn, session, session_epoch=epoch, now=now)
         return str(session.id)
 
     async def set_client(self, client_id: str, **values: Any) -> None:

@@ -108,9 +108,11 @@ _INSERT_SESSION = insert(ls)
 _INSERT_TOKEN = insert(rt)
 
 
-def _new_session(*, user_id: uuid.UUID, client_id: str, scope: str, amr: tuple[str, ...],
-                 now: datetime, absolute_ttl: timedelta, auth_time: datetime | None,
-                 session_id: uuid.UUID | None) -> Session:
+def new_session(*, user_id: uuid.UUID, client_id: str, scope: str, amr: tuple[str, ...],
+                now: datetime, absolute_ttl: timedelta, auth_time: datetime | None = None,
+                session_id: uuid.UUID | None = None) -> Session:
+    """A sign-in's session, not yet recorded: ``auth_time`` is now unless the login
+    happened earlier (an authorization code's), whose ``session_id`` it then keeps."""
     return Session(id=session_id or uuid7(), user_id=user_id, client_id=client_id,
                    scope=scope, expires_at=now + absolute_ttl,
                    auth_time=auth_time or now, amr=amr)
@@ -130,27 +132,11 @@ def _token_row(session: Session, token: str, *, now: datetime, idle_ttl: timedel
             "expires_at": min(now + idle_ttl, session.expires_at), "rotated_at": None}
 
 
-async def start_session(
-    conn: AsyncConnection,
-    *,
-    user_id: uuid.UUID,
-    client_id: str,
-    scope: str,
-    session_epoch: int,
-    amr: tuple[str, ...],
-    now: datetime,
-    absolute_ttl: timedelta,
-    auth_time: datetime | None = None,
-    session_id: uuid.UUID | None = None,
-) -> Session:
-    """Record a sign-in. ``session_epoch`` is the user's, read with the credentials;
-    ``auth_time`` is now unless the login happened earlier (an authorization code's)."""
-    session = _new_session(user_id=user_id, client_id=client_id, scope=scope, amr=amr,
-                           now=now, absolute_ttl=absolute_ttl, auth_time=auth_time,
-                           session_id=session_id)
+async def start_session(conn: AsyncConnection, session: Session, *, session_epoch: int,
+                        now: datetime) -> None:
+    """Record a sign-in. ``session_epoch`` is the user's, read with the credentials."""
     await conn.execute(_INSERT_SESSION, _session_row(session, session_epoch=session_epoch,
                                                      now=now))
-    return session
 
 
 async def issue_refresh_token(
@@ -186,23 +172,11 @@ def _pg_sign_in(*, with_token: bool) -> Any:
 _PG_SIGN_IN = {with_token: _pg_sign_in(with_token=with_token) for with_token in (False, True)}
 
 
-async def start_session_at_once(
-    single: AsyncEngine,
-    *,
-    user_id: uuid.UUID,
-    client_id: str,
-    scope: str,
-    session_epoch: int,
-    amr: tuple[str, ...],
-    now: datetime,
-    absolute_ttl: timedelta,
-    idle_ttl: timedelta | None,
-) -> tuple[Session, str | None]:
-    """``start_session`` and, given ``idle_ttl``, ``issue_refresh_token``, as one
-    statement in autocommit: PostgreSQL's ``single_statement_engine`` only."""
-    session = _new_session(user_id=user_id, client_id=client_id, scope=scope, amr=amr,
-                           now=now, absolute_ttl=absolute_ttl, auth_time=None,
-                           session_id=None)
+async def start_session_at_once(single: AsyncEngine, session: Session, *, session_epoch: int,
+                                now: datetime, idle_ttl: timedelta | None) -> str | None:
+    """``start_session`` and, given ``idle_ttl``, ``issue_refresh_token`` (whose token it
+    returns), as one statement in autocommit: PostgreSQL's ``single_statement_engine``
+    only."""
     row = _session_row(session, session_epoch=session_epoch, now=now)
     # The driver takes JSON as text (provider.db.fetchrow_autocommit).
     params = {f"s_{name}": value for name, value in row.items()}
@@ -213,7 +187,7 @@ async def start_session_at_once(
         params.update({f"t_{name}": value for name, value in _token_row(
             session, token, now=now, idle_ttl=idle_ttl, parent_id=None).items()})
     await fetchrow_autocommit(single, _PG_SIGN_IN[token is not None], params)
-    return session, token
+    return token
 
 
 # --- the one predicate --------------------------------------------------------------------

@@ -65,10 +65,11 @@ async def engine(database: str) -> AsyncIterator[AsyncEngine]:
 
 
 async def sign_in(engine: AsyncEngine) -> tuple[refresh.Session, str]:
-    session, token = await refresh.start_session_at_once(
-        single_statement_engine(engine), user_id=USER_ID, client_id=CLIENT_ID,
-        scope="api", session_epoch=0, amr=("pwd",), now=datetime.now(UTC),
-        absolute_ttl=timedelta(days=30), idle_ttl=TTL)
+    now = datetime.now(UTC)
+    session = refresh.new_session(user_id=USER_ID, client_id=CLIENT_ID, scope="api",
+                                  amr=("pwd",), now=now, absolute_ttl=timedelta(days=30))
+    token = await refresh.start_session_at_once(
+        single_statement_engine(engine), session, session_epoch=0, now=now, idle_ttl=TTL)
     assert token is not None
     return session, token
 

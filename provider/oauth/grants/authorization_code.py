@@ -22,7 +22,7 @@ from provider.oauth.errors import InvalidGrant, InvalidRequest
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
 from provider.oauth.scopes import refreshed_scope
 from provider.tokens.authorization_codes import find_used, redeem_code
-from provider.tokens.refresh import issue_refresh_token, start_session
+from provider.tokens.refresh import issue_refresh_token, new_session, start_session
 from provider.tokens.revocation import revoke_session
 
 if TYPE_CHECKING:
@@ -61,11 +61,12 @@ class AuthorizationCodeGrant:
                 # client, or the admin role, since the consent is not granted).
                 scope = refreshed_scope(None, grant.scope, client.scopes,
                                         may_admin=redeemed.user_is_admin)
-                session = await start_session(
-                    conn, user_id=grant.user_id, client_id=client.client_id, scope=scope,
-                    session_epoch=grant.session_epoch, amr=grant.amr, now=now,
-                    absolute_ttl=settings.refresh_token_absolute_ttl,
+                session = new_session(
+                    user_id=grant.user_id, client_id=client.client_id, scope=scope,
+                    amr=grant.amr, now=now, absolute_ttl=settings.refresh_token_absolute_ttl,
                     auth_time=grant.auth_time, session_id=session_id)
+                await start_session(conn, session, session_epoch=grant.session_epoch,
+                                    now=now)
                 refresh_token = None
                 if "refresh_token" in client.grant_types:
                     refresh_token = await issue_refresh_token(

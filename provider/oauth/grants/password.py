@@ -29,6 +29,7 @@ from provider.ratelimit import Throttled
 from provider.tokens.refresh import (
     Session,
     issue_refresh_token,
+    new_session,
     start_session,
     start_session_at_once,
 )
@@ -89,10 +90,11 @@ class PasswordGrant:
         # revocation reach the access token. The epoch was read with the password.
         if rehash is None and services.single is not services.engine:
             # The common case on PostgreSQL: the session and its token in one statement.
-            session, refresh_token = await start_session_at_once(
-                services.single, user_id=user.id, client_id=client.client_id, scope=scope,
-                session_epoch=user.session_epoch, amr=PASSWORD_AMR, now=now,
-                absolute_ttl=services.settings.refresh_token_absolute_ttl,
+            session = new_session(
+                user_id=user.id, client_id=client.client_id, scope=scope, amr=PASSWORD_AMR,
+                now=now, absolute_ttl=services.settings.refresh_token_absolute_ttl)
+            refresh_token = await start_session_at_once(
+                services.single, session, session_epoch=user.session_epoch, now=now,
                 idle_ttl=_refresh_idle_ttl(services, client))
         else:
             async with services.engine.begin() as conn:
@@ -193,11 +195,9 @@ async def start_sign_in(
     first refresh token when the client may refresh."""
     settings = services.settings
     now = services.clock.now()
-    session = await start_session(
-        conn, user_id=user_id, client_id=client.client_id, scope=scope,
-        session_epoch=session_epoch, amr=amr, now=now,
-        absolute_ttl=settings.refresh_token_absolute_ttl,
-    )
+    session = new_session(user_id=user_id, client_id=client.client_id, scope=scope, amr=amr,
+                          now=now, absolute_ttl=settings.refresh_token_absolute_ttl)
+    await start_session(conn, session, session_epoch=session_epoch, now=now)
     refresh_token = None
     idle_ttl = _refresh_idle_ttl(services, client)
     if idle_ttl is not None:
