@@ -296,7 +296,9 @@ for _index, _extra in enumerate([{"crit": ["exp"]}, {"crit": ["b64"], "b64": Fal
 # --- not a JWT at all ---------------------------------------------------------------------------
 
 MALFORMED = ["", "abc", "a.b", "a.b.c", "a.b.c.d", "..", "e30.e30.", "x" * 9000,
-             "eyJhbGciOiJSUzI1NiJ9.!!!.sig", "é.é.é"]
+             "eyJhbGciOiJSUzI1NiJ9.!!!.sig", "é.é.é",
+             # A header that is JSON but not an object, naming "alg" (joserfc passes it).
+             "WyJhbGciXQ.e30.eA", "ImFsZyI.e30.eA", "WyJhbGciLCJ0eXAiLCJraWQiXQ.e30.eA"]
 
 for _index, _token in enumerate(MALFORMED):
     @case(f"malformed-{_index}")

@@ -167,6 +167,10 @@ class JwtService:
             header = jws.extract_compact(token.encode("ascii")).protected
         except (JoseError, ValueError, UnicodeError):
             raise TokenRejected("malformed") from None
+        if not isinstance(header, dict):
+            # joserfc returns whatever JSON the segment holds: ["alg"] and "alg" pass its
+            # own check for the member.
+            raise TokenRejected("malformed")
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise TokenRejected("algorithm not allowed")

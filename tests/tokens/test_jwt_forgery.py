@@ -73,6 +73,35 @@ async def test_forged_token_is_refused(
         await assert_refused(client, services, token)
 
 
+# JSON headers that are not objects but name "alg", which joserfc's parse lets through.
+NOT_AN_OBJECT = ["WyJhbGciXQ.e30.eA", "ImFsZyI.e30.eA"]
+
+
+@pytest.mark.parametrize("token", NOT_AN_OBJECT)
+async def test_a_header_that_is_not_an_object_is_refused_everywhere_a_token_is_read(
+    client, factory: Factory, services: Services, token: str
+) -> None:
+    """Each endpoint answers what its RFC says for a token it cannot read, never a 500."""
+    for verify in (lambda: services.jwt.verify_access_token(token, now=services.clock.now()),
+                   lambda: services.jwt.verify_id_token_hint(token)):
+        with pytest.raises(TokenRejected):
+            verify()
+    oauth = await factory.client()
+    for path in ("/users/me", "/oauth/userinfo", "/admin/users"):
+        assert_invalid_token(await client.get(path, headers=bearer(token)))
+    introspected = await client.post("/oauth/introspect", data={"token": token},
+                                     auth=oauth.auth)
+    assert (introspected.status_code, introspected.json()) == (200, {"active": False})
+    for hint in ({}, {"token_type_hint": "access_token"}):
+        revoked = await client.post("/oauth/revoke", data={"token": token, **hint},
+                                    auth=oauth.auth)
+        assert revoked.status_code == 200, revoked.text  # RFC 7009 §2.2
+    for logout in (client.get("/oauth/logout", params={"id_token_hint": token}),
+                   client.post("/oauth/logout", data={"id_token_hint": token})):
+        answer = await logout
+        assert answer.status_code < 500, answer.text
+
+
 async def test_a_real_token_once_its_lifetime_is_over_is_refused(
     client, services: Services, factory: Factory, clock, settings: Settings,
 ) -> None:

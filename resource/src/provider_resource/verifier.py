@@ -297,6 +297,10 @@ class _Core:
             header = extract_compact(token.encode("ascii")).protected
         except (JoseError, ValueError, UnicodeError, TypeError):
             raise InvalidToken("malformed") from None
+        if not isinstance(header, dict):
+            # joserfc returns whatever JSON the segment holds: ["alg"] and "alg" pass its
+            # own check for the member.
+            raise InvalidToken("malformed")
         alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
         if not isinstance(alg, str) or alg not in ASYMMETRIC or alg not in self.allowed:
             raise InvalidToken("algorithm not allowed")
