@@ -70,9 +70,10 @@ class Factor(enum.StrEnum):
 # (RFC 8176 ties that to HOTP/TOTP) nor `kba` (knowledge-based questions), so only
 # `mfa` says that a second factor was shown. README, "Two-step verification".
 PASSWORD_AMR: tuple[str, ...] = ("pwd",)
+SECOND_FACTOR_AMR = "mfa"
 AMR: dict[Factor, tuple[str, ...]] = {
-    Factor.TOTP: ("pwd", "otp", "mfa"),
-    Factor.RECOVERY_CODE: ("pwd", "mfa"),
+    Factor.TOTP: ("pwd", "otp", SECOND_FACTOR_AMR),
+    Factor.RECOVERY_CODE: ("pwd", SECOND_FACTOR_AMR),
 }
 
 

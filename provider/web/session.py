@@ -5,7 +5,10 @@ starts a new session and ends the one the browser had (no session fixation: a va
 planted before the login is worthless after it). Whether a session is live is one
 query over the session and its user: not ended, not past its absolute lifetime
 (PROVIDER_BROWSER_SESSION_TTL), and the user active in the epoch of the login, so a
-password change or reset, disabling or deletion ends every browser session at once.
+password change or reset, disabling or deletion ends every browser session at once. A
+session signed in with the password alone stops counting once its user turns two-step
+verification on: single sign-on never gives a code without the factor the account now
+requires (the login page asks for it again).
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from provider.mfa.models import TotpAuthenticator
+from provider.mfa.service import SECOND_FACTOR_AMR
 from provider.users.models import User
 from provider.web.models import BrowserSession
 
 sessions = cast(Table, BrowserSession.__table__)
 users = cast(Table, User.__table__)
+totp = cast(Table, TotpAuthenticator.__table__)
 
 TOKEN_BYTES = 32
 MAX_TOKEN_LENGTH = 256
@@ -58,9 +64,12 @@ class BrowserLogin:
 _FIND = (
     select(sessions.c.id, sessions.c.user_id, sessions.c.auth_time, sessions.c.amr,
            sessions.c.session_epoch, sessions.c.expires_at, users.c.email,
-           users.c.is_admin)
+           users.c.is_admin,
+           exists().where(totp.c.user_id == users.c.id,
+                          totp.c.confirmed_at.is_not(None)).label("has_mfa"))
     .join_from(sessions, users, users.c.id == sessions.c.user_id)
 )
+
 
 
 async def find_live(conn: AsyncConnection, token: str | None, *,
@@ -74,8 +83,11 @@ async def find_live(conn: AsyncConnection, token: str | None, *,
     ))).first()
     if row is None:
         return None
+    amr = tuple(row.amr or ())
+    if row.has_mfa and SECOND_FACTOR_AMR not in amr:
+        return None  # signed in before two-step verification was turned on
     return BrowserLogin(id=row.id, user_id=row.user_id, auth_time=row.auth_time,
-                        amr=tuple(row.amr or ()), session_epoch=row.session_epoch,
+                        amr=amr, session_epoch=row.session_epoch,
                         email=row.email, is_admin=bool(row.is_admin),
                         expires_at=row.expires_at)
 

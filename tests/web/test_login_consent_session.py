@@ -486,6 +486,34 @@ async def test_login_with_totp_asks_for_the_code(
     assert row.amr == ["pwd", "otp", "mfa"]
 
 
+async def test_a_password_only_session_gives_no_code_once_totp_is_on(
+    browser: Browser, factory: Factory, client: httpx.AsyncClient, clock: TestClock,
+) -> None:
+    """Single sign-on never skips the factor the account requires now: a browser signed
+    in with the password before TOTP was turned on signs in again, with the code."""
+    user, app = await factory.user(), await factory.code_client(first_party=True)
+    request = Authorization(app.client_id)
+    assert "code" in await browser.sign_in(request, user.email, user.password,
+                                           consent=False)
+    freeze_in_a_step(clock)
+    enrolled = await enrol(client, clock, await factory.client(), user)
+    silent = await browser.authorize(request, prompt="none")
+    assert silent.status_code == 302
+    assert query_of(silent.headers["location"])["error"] == "login_required"
+    page = await browser.authorize(request)
+    assert is_page(page, "Sign in"), page.text
+    page = await browser.login(page, user.email, user.password)
+    assert is_page(page, "Two-step verification")
+    clock.advance(timedelta(seconds=30))
+    right = await browser.submit(page, otp=code_at(enrolled.secret, clock.now()))
+    code = query_of((await browser.follow(right)).headers["location"])["code"]
+    body = (await exchange(browser.http, request, code, auth=app.auth)).json()
+    assert id_claims(body)["amr"] == ["pwd", "otp", "mfa"]
+    # With the factor shown, single sign-on works again.
+    assert "code" in query_of((await browser.authorize(request, prompt="none")
+                               ).headers["location"])
+
+
 async def test_login_with_a_recovery_code(
     browser: Browser, factory: Factory, client: httpx.AsyncClient, clock: TestClock
 ) -> None:
