@@ -33,14 +33,16 @@ async def list_my_consents(user: AccountUser, session: SessionDep) -> ConsentLis
 @router.delete("/users/me/consents/{client_id}", status_code=204, response_class=Response,
                responses={**BEARER_ERRORS, **INVALID,
                           404: {"model": Problem, "description":
-                                "consent_not_found: no consent or session with this client"}})
+                                "consent_not_found: no consent, unredeemed code or session with "
+                                "this client"}})
 async def withdraw_my_consent(
     client_id: Annotated[str, Path(max_length=128, description="The application's client_id")],
     user: AccountUser, session: SessionDep, services: ServicesDep,
     context: RequestContextDep,
 ) -> Response:
-    """Withdraw the consent: the application's refresh tokens of yours stop working, and
-    it must ask again before it gets new ones."""
+    """Withdraw the consent: the application's refresh tokens of yours stop working, the
+    codes it has not redeemed yet get no tokens, and it must ask again before it gets new
+    ones."""
     withdrawn = await service.withdraw(await session.connection(), user_id=user.id,
                                        client_id=client_id, now=services.clock.now())
     if not withdrawn:

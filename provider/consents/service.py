@@ -2,8 +2,9 @@
 
 A consent covers a request when every requested scope was granted before; a wider
 request asks again and adds the new scopes (one insert per scope, so parallel consents
-lose nothing). Withdrawing deletes the client's consents and ends the user's sessions
-with that client: its refresh tokens (and access tokens, at our endpoints) stop working.
+lose nothing). Withdrawing deletes the client's consents, uses up the codes it was
+issued and has not redeemed yet, and ends the user's sessions with that client: its
+refresh tokens (and access tokens, at our endpoints) stop working.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from provider.clients.models import Client
 from provider.consents.models import Consent
-from provider.tokens.models import LoginSession
+from provider.tokens.models import AuthorizationCode, LoginSession
 
 consents = cast(Table, Consent.__table__)
 clients = cast(Table, Client.__table__)
 ls = cast(Table, LoginSession.__table__)
+codes = cast(Table, AuthorizationCode.__table__)
 
 
 async def granted_scopes(conn: AsyncConnection, user_id: uuid.UUID, client_id: str
@@ -75,8 +77,20 @@ async def list_consents(conn: AsyncConnection, user_id: uuid.UUID) -> list[Clien
 
 async def withdraw(conn: AsyncConnection, *, user_id: uuid.UUID, client_id: str,
                    now: datetime) -> bool:
-    """Delete the consent and end the user's sessions with the client; whether there was
-    anything to withdraw (a consent or a live session)."""
+    """Delete the consent, use up the client's unredeemed codes of the user and end the
+    user's sessions with the client; whether there was anything to withdraw (a consent,
+    a code or a live session)."""
+    # The codes first: a redemption in flight holds its code's row, so this waits for it
+    # to commit, and the sessions' update below (a statement of its own, which sees that
+    # commit) ends the session it started. A redemption that comes later finds its code
+    # used (invalid_grant).
+    unredeemed = (await conn.execute(
+        update(codes)
+        .where(codes.c.user_id == user_id, codes.c.client_id == client_id,
+               codes.c.used_at.is_(None), codes.c.expires_at > now)
+        .values(used_at=now)
+        .returning(codes.c.id)
+    )).all()
     removed = (await conn.execute(
         delete(consents)
         .where(consents.c.user_id == user_id, consents.c.client_id == client_id)
@@ -89,5 +103,5 @@ async def withdraw(conn: AsyncConnection, *, user_id: uuid.UUID, client_id: str,
         .values(revoked_at=now)
         .returning(ls.c.id)
     )).all()
-    return bool(removed) or bool(ended)
+    return bool(removed) or bool(unredeemed) or bool(ended)
 

@@ -5,7 +5,8 @@ revoked. The redemption is one conditional UPDATE that records the session it st
 (provider.tokens.authorization_codes), so of N parallel presentations exactly one gets
 tokens, none answers 5xx, and every loser's presentation is a reuse that revokes the
 winner's session: its refresh token and (at our endpoints) its access token die. Many
-trials, each with a fresh code, on PostgreSQL and SQLite.
+trials, each with a fresh code, on PostgreSQL and SQLite. And a consent withdrawn while
+the app redeems a code at the other process wins over that redemption.
 """
 
 from __future__ import annotations
@@ -97,3 +98,59 @@ async def test_one_redemption_keeps_its_tokens(pair: ServerPair, pair_factory: F
                 me = await check.get("/users/me", headers={
                     "Authorization": f"Bearer {tokens['access_token']}"})
             assert me.status_code == 200, me.text
+
+
+WITHDRAW_TRIALS = 15
+
+
+async def withdraw(server: LiveServer, app: OAuthClient, account: dict[str, str],
+                   start: asyncio.Event) -> httpx.Response:
+    async with server.http() as http:
+        await start.wait()
+        return await http.delete(f"/users/me/consents/{app.client_id}", headers=account)
+
+
+async def test_a_withdrawal_wins_over_a_redemption_in_flight(
+    pair: ServerPair, pair_factory: Factory
+) -> None:
+    """A third-party app redeems a code at one process while the user withdraws its
+    consent at the other. Whichever commits first, the withdrawal wins: the redemption
+    gets no tokens, or the tokens it got are dead at both processes."""
+    user = await pair_factory.user()
+    app = await pair_factory.code_client(scopes="openid email", redirect_uris=(CALLBACK,))
+    first_party = await pair_factory.client()
+    redeemed = 0
+    async with pair[0].http() as http:
+        me = await http.post("/oauth/token", auth=first_party.auth, data={
+            "grant_type": "password", "username": user.email, "password": user.password,
+            "scope": "account"})
+        assert me.status_code == 200, me.text
+        account = {"Authorization": f"Bearer {me.json()['access_token']}"}
+        browser = Browser(http)
+        for trial in range(WITHDRAW_TRIALS):
+            request = Authorization(app.client_id, scope="openid email")
+            code = (await browser.sign_in(request, user.email, user.password))["code"]
+            start = asyncio.Event()
+            redemption = asyncio.create_task(redeem(pair[trial], app, request, code, start))
+            withdrawal = asyncio.create_task(withdraw(pair[trial + 1], app, account, start))
+            await asyncio.sleep(0)
+            start.set()
+            answer, withdrawn = await asyncio.gather(redemption, withdrawal)
+            assert withdrawn.status_code == 204, (trial, withdrawn.text)
+            if answer.status_code != 200:
+                assert answer.status_code == 400 and answer.json() == INVALID_CODE, (
+                    trial, answer.text)
+                continue
+            redeemed += 1
+            tokens = answer.json()
+            for server in pair.servers:
+                async with server.http() as check:
+                    info = await check.get("/oauth/userinfo", headers={
+                        "Authorization": f"Bearer {tokens['access_token']}"})
+                    assert info.status_code == 401, (trial, info.text)
+                    refreshed = await check.post("/oauth/token", auth=app.auth, data={
+                        "grant_type": "refresh_token",
+                        "refresh_token": tokens["refresh_token"]})
+                    assert refreshed.status_code == 400, (trial, refreshed.text)
+    # Which side came first is the machine's to decide; both outcomes are checked above.
+    print(f"withdrawal race: {redeemed} of {WITHDRAW_TRIALS} redemptions answered first")

@@ -411,6 +411,29 @@ async def test_third_party_consent_is_asked_remembered_listed_and_withdrawn(
     assert gone.json()["code"] == "consent_not_found"
 
 
+async def test_withdrawing_consent_uses_up_the_apps_unredeemed_codes(
+    browser: Browser, factory: Factory, client: httpx.AsyncClient
+) -> None:
+    """A code issued before the withdrawal gets no tokens after it ("it must ask again
+    before it gets new ones"), and the withdrawal answers 204 for it alone."""
+    user = await factory.user()
+    app = await factory.code_client(scopes="openid email", name="Third Party App")
+    request = Authorization(app.client_id, scope="openid email")
+    code = (await browser.sign_in(request, user.email, user.password))["code"]
+    me = bearer((await login(client, await factory.client(), user))["access_token"])
+    withdrawn = await client.delete(f"/users/me/consents/{app.client_id}", headers=me)
+    assert withdrawn.status_code == 204
+    late = await exchange(browser.http, request, code, auth=app.auth)
+    assert late.status_code == 400 and late.json()["error"] == "invalid_grant", late.text
+    # A code alone is something to withdraw too.
+    await factory.set_client(app.client_id, is_first_party=True)
+    code = (await browser.sign_in(request, user.email, user.password, consent=False))["code"]
+    only_a_code = await client.delete(f"/users/me/consents/{app.client_id}", headers=me)
+    assert only_a_code.status_code == 204
+    late = await exchange(browser.http, request, code, auth=app.auth)
+    assert late.status_code == 400, late.text
+
+
 async def test_consent_denied_goes_back_as_access_denied(
     browser: Browser, factory: Factory
 ) -> None:
