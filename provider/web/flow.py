@@ -135,6 +135,18 @@ class Browser:
                                                     now=self.services.clock.now())
 
 
+def _must_sign_in(request: AuthorizationRequest, login: BrowserLogin, now: datetime) -> bool:
+    """The login is not good enough for this request: ``prompt=login``, or older than
+    its ``max_age`` (OIDC Core §3.1.2.1)."""
+    return "login" in request.prompt or (
+        request.max_age is not None
+        and (now - login.auth_time).total_seconds() > request.max_age)
+
+
+def _consent_purpose(request_query: str) -> str:
+    return f"consent\n{request_query}"
+
+
 async def read_form(request: Request) -> dict[str, str] | None:
     """A page's form: url-encoded, not too large, no repeated field; None otherwise."""
     content_type = request.headers.get("content-type", "")
@@ -217,7 +229,8 @@ class Flow:
         return self.page(
             "consent.html", targets=[form_action_source(request.target.redirect_uri)],
             title="Allow access?", action=pages.CONSENT_PATH,
-            csrf=self.browser.csrf("consent"), request_query=request.query(),
+            csrf=self.browser.csrf(_consent_purpose(request.query())),
+            request_query=request.query(),
             client_name=request.client.name or request.client.client_id,
             scopes=[SCOPE_WORDS.get(s, f"Use the scope “{s}”") for s in scope.split()]
             or ["Sign you in"],
@@ -238,9 +251,7 @@ class Flow:
                       ) -> Response:
         """Ask for what is missing (a login, a consent), or answer with a code."""
         now = self.services.clock.now()
-        if login is None or "login" in request.prompt or (
-                request.max_age is not None
-                and (now - login.auth_time).total_seconds() > request.max_age):
+        if login is None or _must_sign_in(request, login, now):
             if "none" in request.prompt:
                 return self.to_client(RedirectError(request.target, LoginRequired()))
             return self.login_page(request)
@@ -291,6 +302,10 @@ class Flow:
         """The form's authorization request, or the page that answers a bad form."""
         if form is None:
             return self.error_page("The form could not be read.")
+        if purpose == "consent":
+            # The consent form's token names the request the page showed: an answer
+            # cannot be moved onto another request (another client, scope or prompt).
+            purpose = _consent_purpose(form.get("request", ""))
         if not self.browser.check_csrf(purpose, form.get("csrf")):
             return self.error_page(EXPIRED_FORM, status=403)
         try:
@@ -413,7 +428,9 @@ class Flow:
             return parsed
         request, form = parsed
         login = await self.browser.login()
-        if login is None:  # signed out meanwhile (or the session ended): sign in again
+        if login is None or _must_sign_in(request, login, self.services.clock.now()):
+            # Signed out meanwhile (or the session ended), or the login is now older than
+            # the request's max_age: the authorization endpoint asks for it again.
             return self.redirect(f"{pages.AUTHORIZE_PATH}?{request.query()}", status=303)
         if form.get("decision") != "allow":
             return self.to_client(RedirectError(request.target, AccessDenied()), status=303)

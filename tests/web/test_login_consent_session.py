@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import jwt
@@ -34,6 +35,7 @@ from tests.web.helpers import (
     Authorization,
     Browser,
     exchange,
+    form_action,
     hidden_fields,
     is_page,
     query_of,
@@ -432,6 +434,49 @@ async def test_withdrawing_consent_uses_up_the_apps_unredeemed_codes(
     assert only_a_code.status_code == 204
     late = await exchange(browser.http, request, code, auth=app.auth)
     assert late.status_code == 400, late.text
+
+
+async def test_a_consent_form_answers_only_the_request_it_showed(
+    browser: Browser, factory: Factory, clock: TestClock
+) -> None:
+    """The consent form's token names its request: moving the answer onto another one
+    (another client, or a first-party request with prompt=login, which would skip the
+    new login it asks for) is refused like a forged form, and nothing is issued."""
+    user = await factory.user()
+    app = await factory.code_client(scopes="openid email", name="Third Party App")
+    ours = await factory.code_client(first_party=True)
+    request = Authorization(app.client_id, scope="openid email")
+    page = await browser.login(await browser.authorize(request), user.email, user.password)
+    clock.advance(timedelta(hours=2))
+    page = await browser.follow(page)
+    assert is_page(page, "Allow access?"), page.text
+    fields = hidden_fields(page)
+    for moved in (Authorization(ours.client_id).params(prompt="login", max_age="0"),
+                  Authorization(app.client_id, scope="openid").params()):
+        answer = await browser.http.post(
+            form_action(page), data={**fields, "request": urlencode(moved),
+                                     "decision": "allow"})
+        assert answer.status_code == 403 and EXPIRED_FORM in answer.text, answer.text
+    assert (await browser.submit(page, decision="allow")).status_code == 303  # the control
+
+
+async def test_a_consent_answered_past_the_requests_max_age_asks_for_the_login(
+    browser: Browser, factory: Factory, clock: TestClock
+) -> None:
+    user = await factory.user()
+    app = await factory.code_client(scopes="openid email", name="Third Party App")
+    request = Authorization(app.client_id, scope="openid email", extra={"max_age": "600"})
+    page = await browser.follow(await browser.login(await browser.authorize(request),
+                                                    user.email, user.password))
+    # After the login the flow goes on without max_age (the login just met it): ask
+    # with it again from a live session, as a later request of the app would.
+    page = await browser.authorize(request)
+    assert is_page(page, "Allow access?"), page.text
+    clock.advance(timedelta(seconds=601))
+    answer = await browser.submit(page, decision="allow")
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith("/oauth/authorize?"), answer.headers
+    assert is_page(await browser.follow(answer), "Sign in")
 
 
 async def test_consent_denied_goes_back_as_access_denied(
