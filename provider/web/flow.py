@@ -459,10 +459,12 @@ class Flow:
         if confirmed:
             if not self.browser.check_csrf("logout", params.get("csrf")):
                 return self.error_page(EXPIRED_FORM, status=403)
-        elif request.hint is None or not (
-                (login is not None and str(login.user_id) == request.hinted_user)
-                # A GET carries the SameSite=Lax cookie: no session seen, none to end.
-                or (login is None and not is_post)):
+        elif request.hint is None or login is None \
+                or str(login.user_id) != request.hinted_user:
+            # OIDC RP-Initiated Logout §2: the End-User MUST be asked when the hint does
+            # not belong to the browser's signed-in user, no browser session included
+            # (an ID token is no proof that its holder is that user: it may have leaked
+            # from a log or an API call, and would end the app's session).
             return self.page(
                 "logout.html", title="Sign out",
                 targets=[form_action_source(request.post_logout_redirect_uri)]

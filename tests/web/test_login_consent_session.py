@@ -622,6 +622,31 @@ async def test_logout_with_id_token_hint_ends_the_session_and_returns_with_state
     assert query_of(answer.headers["location"])["error"] == "login_required"
 
 
+async def test_a_hint_from_a_browser_without_its_session_asks_first(
+    browser: Browser, factory: Factory, client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """An ID token is no proof that its holder is its user (it may have leaked from a log
+    or an API call): a logout link followed without that user's browser session ends
+    nothing until the person at the browser confirms (RP-Initiated Logout §2)."""
+    user, rp = await factory.user(), await factory.code_client(first_party=True)
+    request = Authorization(rp.client_id)
+    answer = await browser.sign_in(request, user.email, user.password)
+    tokens = (await exchange(browser.http, request, answer["code"], auth=rp.auth)).json()
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
+        stranger = Browser(http)
+        for ask in (http.get("/oauth/logout", params={"id_token_hint": tokens["id_token"]}),
+                    http.post("/oauth/logout", data={"id_token_hint": tokens["id_token"]})):
+            page = await ask
+            assert is_page(page, "Sign out"), page.text
+        rotated = await refresh(client, rp, tokens["refresh_token"])
+        assert rotated.status_code == 200, rotated.text  # nothing ended
+        bye = await stranger.submit(page, confirm="yes")
+        assert bye.status_code == 303, bye.text
+    assert (await refresh(client, rp, rotated.json()["refresh_token"])).status_code == 400
+    assert (await browser.authorize(request)).status_code == 302  # another browser's
+
+
 @pytest.mark.parametrize(("params", "message"), [
     ({"post_logout_redirect_uri": "https://evil.example.net/"},
      "post_logout_redirect_uri needs id_token_hint or client_id."),
