@@ -642,7 +642,7 @@ async def test_a_hint_from_a_browser_without_its_session_asks_first(
         rotated = await refresh(client, rp, tokens["refresh_token"])
         assert rotated.status_code == 200, rotated.text  # nothing ended
         bye = await stranger.submit(page, confirm="yes")
-        assert bye.status_code == 303, bye.text
+        assert is_page(bye, "Signed out"), bye.text  # no post_logout_redirect_uri
     assert (await refresh(client, rp, rotated.json()["refresh_token"])).status_code == 400
     assert (await browser.authorize(request)).status_code == 302  # another browser's
 
