@@ -538,7 +538,8 @@ def clients_create(
         "--post-logout-redirect-uri",
         help="Where /oauth/logout may return to (repeat), matched exactly.")] = None,
     first_party: Annotated[bool, typer.Option(
-        "--first-party", help="A client of ours: the login page asks no consent for it; "
+        "--first-party", help="A client of ours: the login page asks no consent for it "
+        "(except a public one on a loopback or private-use redirect, RFC 8252 §8.6); "
         "required for the password grant (RFC 9700 §2.4)."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -23,7 +23,8 @@ class Client(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     # The authorization code flow (OAuth 2.1): where codes may be sent (exact match; a
     # loopback http URI matches any port, RFC 8252 §7.3), where a logout may return to
-    # (OIDC RP-Initiated Logout), and whether the client is ours (no consent screen).
+    # (OIDC RP-Initiated Logout), and whether the client is ours (no consent screen, but
+    # for a public native app).
     redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     post_logout_redirect_uris: Mapped[list[str]] = mapped_column(
         JSON, default=list, server_default="[]")

@@ -24,8 +24,9 @@ LOGOUT_REDIRECT_HELP = (
     "OIDC RP-Initiated Logout: where /oauth/logout may return to, matched exactly (same "
     "rules as redirect_uris)"
 )
-FIRST_PARTY_HELP = ("A client of ours: the login page asks no consent for it; required for "
-                    "the password grant (RFC 9700 §2.4)")
+FIRST_PARTY_HELP = ("A client of ours: the login page asks no consent for it (except a "
+                    "public one on a loopback or private-use redirect, RFC 8252 §8.6); "
+                    "required for the password grant (RFC 9700 §2.4)")
 # Documented only: the service checks the name after stripping it, with its own message.
 NAME_SCHEMA: dict[str, Any] = {"minLength": 1, "pattern": r"\S"}
 

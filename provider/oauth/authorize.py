@@ -99,6 +99,14 @@ class AuthorizationRequest:
     def client(self) -> ClientInfo:
         return self.target.client
 
+    @property
+    def client_unassured(self) -> bool:
+        """RFC 8252 §8.6: a public client going back to a loopback address or a private-use
+        scheme could be any program on the device (any may listen on a port or claim a
+        scheme), so nothing proves the request is the app's own: the user confirms each
+        one, whatever was granted before, first-party or not."""
+        return self.client.is_public and not self.target.redirect_uri.startswith("https://")
+
     def query(self, *, drop_login: bool = False) -> str:
         """The request as a query string; ``drop_login`` leaves out what a login just
         satisfied (``prompt=login``, ``max_age``), so the flow goes on after it."""

@@ -260,13 +260,17 @@ class Flow:
                                   may_admin=login.is_admin)
         except InvalidScope as exc:
             return self.to_client(RedirectError(request.target, exc))
-        if not request.client.is_first_party:
-            async with self.services.single.connect() as conn:
-                granted = await granted_scopes(conn, login.user_id,
-                                               request.client.client_id)
+        unassured = request.client_unassured
+        if unassured or not request.client.is_first_party:
+            granted: set[str] = set()
+            if not unassured:  # an earlier answer says nothing of who asks now
+                async with self.services.single.connect() as conn:
+                    granted = await granted_scopes(conn, login.user_id,
+                                                   request.client.client_id)
             # An empty scope (a client allowed none) still signs the user in to the
             # app: it is asked every time, never taken as covered by nothing.
-            if "consent" in request.prompt or not scope or not set(scope.split()) <= granted:
+            if "consent" in request.prompt or unassured or not scope \
+                    or not set(scope.split()) <= granted:
                 if "none" in request.prompt:
                     return self.to_client(RedirectError(request.target, ConsentRequired()))
                 return self.consent_page(request, login, scope)

@@ -265,7 +265,8 @@ def test_first_party_without_consent_then_sso_and_prompt_login(browser: Session)
     live = browser.live
     user = create_user(live)
     first = create_client(browser, first_party=True, name="First App")
-    second = create_client(browser, first_party=True, name="Second App", public=True)
+    second = create_client(browser, first_party=True, name="Second App")
+    native = create_client(browser, first_party=True, name="Native App", public=True)
     # The browser arrives with a planted session cookie: it is worthless, and replaced.
     browser.context.add_cookies([{"name": "provider_session", "value": "planted",
                                   "url": live.base_url}])
@@ -282,12 +283,26 @@ def test_first_party_without_consent_then_sso_and_prompt_login(browser: Session)
     second_tokens = redeem(live, second, sso, browser.wait_for_client(2)["code"])
     assert verified_id_token(live, second, second_tokens["id_token"])["auth_time"] == \
         verified_id_token(live, first, first_tokens["id_token"])["auth_time"]
+    # A public app on a loopback redirect (RFC 8252 §8.6: any program on the device could
+    # stand behind it): no password, but the user confirms, every time, and prompt=none
+    # cannot skip that.
+    for arrival in (3, 4):
+        ask = browser.authorize_url(native.client_id)
+        browser.page.goto(ask["url"])
+        expect(browser.page.locator("h1")).to_have_text("Allow access?")
+        expect(browser.page.locator("main")).to_contain_text("Native App")
+        browser.page.click("button[value=allow]")
+        native_answer = browser.wait_for_client(arrival)
+    assert "refresh_token" in redeem(live, native, ask, native_answer["code"])
+    silent = browser.authorize_url(native.client_id, prompt="none")
+    browser.page.goto(silent["url"])
+    assert browser.wait_for_client(5)["error"] == "consent_required"
     # prompt=login: the password again, and a new session cookie.
     before = browser.session_cookie()
     login = browser.authorize_url(second.client_id, prompt="login")
     browser.page.goto(login["url"])
     browser.sign_in(user)
-    assert "code" in browser.wait_for_client(3)
+    assert "code" in browser.wait_for_client(6)
     after = browser.session_cookie()
     assert before is not None and after is not None and after["value"] != before["value"]
 
@@ -392,6 +407,9 @@ def test_native_app_on_another_loopback_port(browser: Session) -> None:
         browser.context.route(f"{native.origin}/**", lambda route: route.continue_())
         browser.page.goto(request["url"])
         browser.sign_in(user)
+        # A public app on loopback: the user confirms (RFC 8252 §8.6).
+        expect(browser.page.locator("h1")).to_have_text("Allow access?")
+        browser.page.click("button[value=allow]")
         browser.page.wait_for_url(lambda url: bool(native.arrived), timeout=TIMEOUT_MS)
         answer = query_of(native.arrived[0])
     assert browser.arrived == []  # nothing went to the registered port

@@ -512,6 +512,50 @@ async def test_consent_form_without_a_valid_csrf_token_is_refused(
             ).status_code == 303
 
 
+@pytest.mark.parametrize("redirect_uri", ["http://127.0.0.1/cb", "http://[::1]/cb",
+                                          "com.example.app:/cb"])
+@pytest.mark.parametrize("first_party", [True, False])
+async def test_a_public_app_on_loopback_or_its_own_scheme_is_confirmed_every_time(
+    browser: Browser, factory: Factory, redirect_uri: str, first_party: bool
+) -> None:
+    """RFC 8252 §8.6: any program on the device can listen on a loopback port or claim a
+    scheme and ask in a public app's name, so neither single sign-on, an earlier
+    answer nor being first-party lets such a request through without the user."""
+    user = await factory.user()
+    app = await factory.code_client(public=True, first_party=first_party,
+                                    redirect_uris=(redirect_uri,), scopes="openid email")
+    asked = redirect_uri.replace("127.0.0.1/", "127.0.0.1:51234/")  # any port (§7.3)
+    request = Authorization(app.client_id, redirect_uri=asked, scope="openid email")
+    answer = await browser.sign_in(request, user.email, user.password)
+    assert (await exchange(browser.http, request, answer["code"])).status_code == 200
+    # Signed in, and the app was allowed a moment ago: asked again all the same.
+    page = await browser.authorize(request)
+    assert is_page(page, "Allow access?"), page.text
+    allowed = await browser.submit(page, decision="allow")
+    code = query_of(allowed.headers["location"])["code"]
+    assert (await exchange(browser.http, request, code)).status_code == 200
+    silent = await browser.authorize(request, prompt="none")
+    assert silent.status_code == 302
+    assert query_of(silent.headers["location"])["error"] == "consent_required"
+
+
+async def test_a_public_app_on_https_and_a_confidential_one_on_loopback_get_sso(
+    browser: Browser, factory: Factory
+) -> None:
+    """The controls: an https redirect proves its origin, a secret proves its client."""
+    user = await factory.user()
+    spa = await factory.code_client(public=True, first_party=True)
+    confidential = await factory.code_client(first_party=True,
+                                             redirect_uris=("http://127.0.0.1/cb",))
+    await browser.sign_in(Authorization(spa.client_id), user.email, user.password,
+                          consent=False)
+    for app, redirect_uri in ((spa, CALLBACK), (confidential, "http://127.0.0.1:4321/cb")):
+        silent = await browser.authorize(Authorization(app.client_id,
+                                                       redirect_uri=redirect_uri),
+                                         prompt="none")
+        assert "code" in query_of(silent.headers["location"]), silent.headers
+
+
 async def test_first_party_client_asks_no_consent(browser: Browser, factory: Factory
                                                   ) -> None:
     user, app = await factory.user(), await factory.code_client(first_party=True)
