@@ -101,7 +101,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
                     audit=audit,
                     mfa=Mfa(server_secret=secret, issuer_name=PRODUCT,
                             mfa_token_ttl=settings.mfa_token_ttl,
-                            throttle=throttles.mfa_account),
+                            throttle=throttles.mfa_account, engine=single,
+                            lockout_failures=settings.mfa_lockout_failures),
                     csrf=Csrf(secret),
                     jwks_headers={"Cache-Control": "public, max-age="
                                   f"{int(settings.jwks_max_age.total_seconds())}"})

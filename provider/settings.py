@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     # its own slot back and clears nothing else; a signed-in password change clears it,
     # a reset does not (whoever holds the mailbox could reset for a fresh window).
     mfa_throttle_account: str = "5 per minute; 20 per hour; 50 per day"
+    # Wrong second-factor codes in a row at sign-in, after which the second factor takes
+    # no code at all until an administrator resets it (NIST SP 800-63B §3.2.2: at most
+    # 100); a right code starts the count again. The owner is emailed.
+    mfa_lockout_failures: int = Field(default=100, ge=1, le=100)
     # Every limit "per client address" counts an IPv6 client by its network of this many
     # bits: one subscriber's /64 holds 2^64 addresses, each a fresh start if counted
     # alone. 128: one address. IPv4 addresses count one by one.

@@ -70,6 +70,7 @@ class EventType(enum.StrEnum):
     MFA_DISABLED = "mfa.disabled"
     MFA_RECOVERY_CODES_REGENERATED = "mfa.recovery_codes_regenerated"
     MFA_RESET = "mfa.reset"
+    MFA_LOCKED = "mfa.locked"
     LOGOUT = "logout"
     CONSENT_GRANTED = "consent.granted"
     CONSENT_WITHDRAWN = "consent.withdrawn"

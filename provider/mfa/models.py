@@ -35,6 +35,10 @@ class TotpAuthenticator(Base):
     # The replay guard (RFC 6238 §5.2): the newest 30 s step whose code was accepted. A
     # code is accepted only for a later step, by one conditional UPDATE.
     last_used_step: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Wrong codes in a row at sign-in (NIST SP 800-63B §3.2.2): each check takes a place
+    # here before it runs (``failures < limit``), a right code sets it back to 0; at the
+    # limit no code is checked until the authenticator is removed.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RecoveryCode(Base):

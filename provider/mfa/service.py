@@ -10,10 +10,15 @@ Every check that could be raced is one conditional statement (STYLE 12b):
   SET used_at WHERE used_at IS NULL``;
 - wrong codes also count per user on the shared throttle storage (``mfa_account``),
   reserved before the check, so N parallel guesses count like N sequential ones, and a
-  new mfa_token resets nothing.
+  new mfa_token resets nothing;
+- a sign-in's check also takes a place in the authenticator's count of wrong codes in a
+  row, by ``UPDATE ... SET failures = failures + 1 WHERE failures < limit`` in a
+  statement of its own, so that it stands when the sign-in fails; at the limit no code
+  is checked (NIST SP 800-63B §3.2.2), and a right code sets the count back to 0.
 
 Statements run on the connection the caller gives, inside its transaction; nothing here
-commits. Domain errors say nothing about HTTP; the routers and grants translate them.
+commits, except the count of wrong codes in a row (``reserve``). Domain errors say
+nothing about HTTP; the routers and grants translate them.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import cast
 from sqlalchemy import Table, delete, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Exists
 
 from provider.mfa import recovery
@@ -94,6 +99,11 @@ class WrongCode(Exception):
     than the one asked for. One exception: the answers must not tell which."""
 
 
+class SecondFactorLocked(Exception):
+    """Too many wrong codes in a row at sign-in: the second factor takes none until an
+    administrator removes it (NIST SP 800-63B §3.2.2)."""
+
+
 class CheckThrottled(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"throttled for {retry_after} s")
@@ -123,12 +133,15 @@ def _digest(token: str) -> bytes:
 
 class Mfa:
     def __init__(self, *, server_secret: bytes, issuer_name: str, mfa_token_ttl: timedelta,
-                 throttle: Throttle) -> None:
+                 throttle: Throttle, engine: AsyncEngine, lockout_failures: int) -> None:
         self._box = SecretBox(server_secret)
         self._digests = RecoveryDigests(server_secret)
         self.issuer_name = issuer_name
         self.mfa_token_ttl = mfa_token_ttl
         self._throttle = throttle
+        # provider.db.single_statement_engine: the count stands whatever the sign-in does.
+        self._engine = engine
+        self.lockout_failures = lockout_failures
 
     # --- enrolment ------------------------------------------------------------------------
 
@@ -148,7 +161,8 @@ class Mfa:
                     confirmed_at=None, last_used_step=0)
             .on_conflict_do_update(
                 index_elements=[totp_table.c.user_id],
-                set_={"secret_encrypted": sealed, "created_at": now, "last_used_step": 0},
+                set_={"secret_encrypted": sealed, "created_at": now, "last_used_step": 0,
+                      "failures": 0},
                 where=totp_table.c.confirmed_at.is_(None),
             )
             .returning(totp_table.c.user_id)
@@ -240,7 +254,17 @@ class Mfa:
                     ) -> Factor | None:
         """The unthrottled check: the factor a right code used (and used up), or None.
         Callers reserve a throttle slot first (``reserve``)."""
-        code = code.strip()
+        factor = await self._use(conn, user_id, code.strip(), now, accept)
+        if factor is not None:
+            # A right code: the count of wrong ones in a row starts again (with the
+            # caller's transaction, so only with what the code was used for).
+            await conn.execute(update(totp_table).where(totp_table.c.user_id == user_id,
+                                                        totp_table.c.failures > 0)
+                               .values(failures=0))
+        return factor
+
+    async def _use(self, conn: AsyncConnection, user_id: uuid.UUID, code: str,
+                   now: datetime, accept: Collection[Factor]) -> Factor | None:
         if is_code_shaped(code):
             if Factor.TOTP not in accept:
                 return None
@@ -281,8 +305,30 @@ class Mfa:
         )).first()
         return won is not None
 
-    async def reserve(self, user_id: uuid.UUID) -> None:
+    async def reserve(self, user_id: uuid.UUID) -> bool:
+        """Before a sign-in checks a code: the user's throttle slot, then a place in the
+        count of wrong codes in a row, both taken before the check so that parallel
+        guesses count like sequential ones. Whether a wrong code now locks the second
+        factor. CheckThrottled; SecondFactorLocked (the slot given back: no check)."""
         await self._reserve(user_id)
+        active = (totp_table.c.user_id == user_id, totp_table.c.confirmed_at.is_not(None))
+        try:
+            async with self._engine.begin() as conn:
+                count = (await conn.execute(
+                    update(totp_table)
+                    .where(*active, totp_table.c.failures < self.lockout_failures)
+                    .values(failures=totp_table.c.failures + 1)
+                    .returning(totp_table.c.failures)
+                )).scalar()
+                locked = count is None and (await conn.execute(
+                    select(totp_table.c.user_id).where(*active))).first() is not None
+        except BaseException:
+            await self._refund(user_id)
+            raise
+        if locked:
+            await self._refund(user_id)
+            raise SecondFactorLocked()
+        return count is not None and count >= self.lockout_failures
 
     async def refund(self, user_id: uuid.UUID) -> None:
         await self._refund(user_id)

@@ -27,7 +27,13 @@ from provider.audit.service import Outcome as AuditOutcome
 from provider.consents.service import grant as grant_consent
 from provider.consents.service import granted_scopes
 from provider.deps import request_context
-from provider.mfa.service import AMR, PASSWORD_AMR, CheckThrottled, WrongCode
+from provider.mfa.service import (
+    AMR,
+    PASSWORD_AMR,
+    CheckThrottled,
+    SecondFactorLocked,
+    WrongCode,
+)
 from provider.oauth.authorize import (
     AuthorizationRequest,
     PageError,
@@ -45,7 +51,7 @@ from provider.oauth.errors import (
     LoginRequired,
     SlowDown,
 )
-from provider.oauth.grants.password import check_credentials
+from provider.oauth.grants.password import LOCKED, check_credentials, second_factor_locked
 from provider.oauth.scopes import ACCOUNT, ADMIN, EMAIL, OPENID, PROFILE, resolve_scope
 from provider.oidc.logout import LogoutError, parse_logout
 from provider.tokens.authorization_codes import CodeGrant, issue_code
@@ -393,7 +399,12 @@ class Flow:
                 await mfa.give_back_attempt(conn, reserved.id)
             return self.mfa_page(request, token, status=400, error="Enter the code.")
         try:
-            await mfa.reserve(reserved.user_id)
+            locks = await mfa.reserve(reserved.user_id)
+        except SecondFactorLocked:
+            async with services.single.begin() as conn:
+                await mfa.give_back_attempt(conn, reserved.id)
+            self._failed_second_factor(client_id, reserved.user_id, "mfa_locked")
+            return self.mfa_page(request, token, status=400, error=LOCKED)
         except CheckThrottled as exc:
             async with services.single.begin() as conn:
                 await mfa.give_back_attempt(conn, reserved.id)
@@ -413,10 +424,10 @@ class Flow:
                     previous_token=self.browser.session_token)
         except WrongCode:
             # The per-user slot stays taken: a failure.
-            services.audit.record(EventType.LOGIN, actor=client_id,
-                                  outcome=AuditOutcome.FAILURE, client_id=client_id,
-                                  subject_user_id=reserved.user_id, context=self.context,
-                                  details={"method": "login_page", "reason": "wrong_otp"})
+            self._failed_second_factor(client_id, reserved.user_id, "wrong_otp")
+            if locks:
+                await second_factor_locked(services, self.context, client_id,
+                                           reserved.user_id)
             return self.mfa_page(request, token, status=400, error=WRONG_CODE)
         except _TokenGone:
             await mfa.refund(reserved.user_id)
@@ -425,6 +436,13 @@ class Flow:
         return self._signed_in(request, session_token, user_id=reserved.user_id,
                                client_id=client_id,
                                details={"method": "login_page", "mfa": factor.value})
+
+    def _failed_second_factor(self, client_id: str, user_id: uuid.UUID, reason: str
+                              ) -> None:
+        self.services.audit.record(EventType.LOGIN, actor=client_id,
+                                   outcome=AuditOutcome.FAILURE, client_id=client_id,
+                                   subject_user_id=user_id, context=self.context,
+                                   details={"method": "login_page", "reason": reason})
 
     async def consent(self, form: dict[str, str] | None) -> Response:
         parsed = await self._form_request(form, "consent")

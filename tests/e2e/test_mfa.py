@@ -9,7 +9,8 @@
 - The caps under concurrency (two workers sharing Redis): 20 parallel wrong codes on one
   mfa_token are 5 wrong codes and 15 refusals; 20 parallel wrong codes over four tokens
   are 5 wrong codes and 15 429s, exactly as 20 sequential ones; a new mfa_token resets
-  neither.
+  neither. 30 parallel wrong codes with PROVIDER_MFA_LOCKOUT_FAILURES=7 are 7 wrong codes
+  and 23 refusals, one lock notice, and then no code is taken.
 
 TOTP codes come from pyotp and the real clock: a code is accepted in its own step and
 the next, so a code computed just before a step boundary still works; the flow waits for
@@ -51,6 +52,7 @@ from tests.mfa.helpers import (
     WRONG_CODE,
     enable_totp,
 )
+from tests.smtp_sink import SmtpSink
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="The httpx module is deprecated",
@@ -368,3 +370,51 @@ async def test_twenty_wrong_codes_over_four_tokens_parallel_like_sequential(
                               right)()
         assert fresh.status_code == 429, fresh.text
     assert outcomes == [Counter({"wrong code": 5, "throttled": BURST - 5})] * 2
+
+
+# --- wrong codes in a row lock the second factor, across processes -----------------------
+
+LOCKOUT = 7
+
+
+@pytest.fixture(scope="module")
+def lockout_server(caps_database: str, keys_dir: Path, e2e_dir: Path,
+                   mail_sink: SmtpSink) -> Iterator[LiveServer]:
+    """Two workers, PROVIDER_MFA_LOCKOUT_FAILURES=7 and a per-user throttle too wide to
+    interfere: only the count of wrong codes in a row (in the database) limits them."""
+    redis_url = _require_redis()
+    with LiveServer(database_url=caps_database, keys_dir=keys_dir,
+                    rundir=e2e_dir / f"mfa-lockout-{secrets.token_hex(3)}", workers=2,
+                    extra_env={"PROVIDER_REDIS_URL": redis_url,
+                               "PROVIDER_DB_POOL_SIZE": "3",
+                               "PROVIDER_SMTP_URL": mail_sink.url,
+                               "PROVIDER_MFA_LOCKOUT_FAILURES": str(LOCKOUT),
+                               "PROVIDER_MFA_THROTTLE_ACCOUNT": "1000 per minute"}) as server:
+        yield server
+
+
+async def test_parallel_wrong_codes_over_two_workers_lock_after_exactly_the_limit(
+        lockout_server: LiveServer, caps_factory: Factory, mail_sink: SmtpSink) -> None:
+    oauth, user = await caps_factory.client(), await caps_factory.user()
+    secret, recovery_codes = await enable_totp(caps_factory.services, user)
+    tokens = [await _mfa_token(lockout_server, oauth, user) for _ in range(6)]
+    answers = await _at_once(*(_finish(lockout_server, oauth, tokens[i % 6], code)
+                               for i, code in enumerate(wrong_codes(secret, 30))))
+    locked = {"error": "invalid_grant",
+              "error_description": "Two-step verification is locked after too many wrong "
+                                   "codes in a row; an administrator must reset it."}
+    counted = Counter("wrong code" if body_of(a) == WRONG_CODE else
+                      "locked" if body_of(a) == locked else a.text for a in answers)
+    assert counted == Counter({"wrong code": LOCKOUT, "locked": 30 - LOCKOUT})
+    # The right code and a recovery code are refused too, and the owner was told once.
+    for otp in (pyotp.TOTP(secret).now(), recovery_codes[0]):
+        late = await _finish(lockout_server, oauth,
+                             await _mfa_token(lockout_server, oauth, user), otp)()
+        assert body_of(late) == locked
+    subject = f"Your provider sign-in is locked after {LOCKOUT} wrong codes"
+    deadline = time.monotonic() + 10
+    while not [m for m in mail_sink.messages_to(user.email) if m["Subject"] == subject]:
+        assert time.monotonic() < deadline, "no lock notice"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    assert [m["Subject"] for m in mail_sink.messages_to(user.email)] == [subject]

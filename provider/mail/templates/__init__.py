@@ -157,6 +157,17 @@ def mfa_reset(to: str, *, product: str = "provider") -> Message:
     )
 
 
+def mfa_locked(to: str, *, failures: int, product: str = "provider") -> Message:
+    """Sent when wrong codes in a row at sign-in locked the second factor."""
+    return _render(
+        "mfa_locked",
+        to,
+        subject=f"Your {product} sign-in is locked after {failures} wrong codes",
+        product=product,
+        failures=str(failures),
+    )
+
+
 def _checked_code(code: str) -> str:
     # Users, tests and mail clients all look for a standalone 6-digit number.
     if not _CODE.fullmatch(code):

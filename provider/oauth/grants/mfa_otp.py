@@ -16,10 +16,15 @@ from typing import TYPE_CHECKING, ClassVar, cast
 from sqlalchemy import Table, select
 
 from provider.clients.service import ClientInfo
-from provider.mfa.service import AMR, CheckThrottled, WrongCode
+from provider.mfa.service import AMR, CheckThrottled, SecondFactorLocked, WrongCode
 from provider.oauth.errors import InvalidGrant, InvalidScope, SlowDown
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require
-from provider.oauth.grants.password import signed_in, start_sign_in, wrong_second_factor
+from provider.oauth.grants.password import (
+    second_factor_refused,
+    signed_in,
+    start_sign_in,
+    wrong_second_factor,
+)
 from provider.oauth.scopes import parse_scope, refreshed_scope
 from provider.users.models import User
 
@@ -63,11 +68,13 @@ class MfaOtpGrant:
             # Bound to the scope of the password step: no widening, no other scope.
             raise InvalidScope("The scope must be the one the mfa_token was issued for.")
         try:
-            await mfa.reserve(reserved.user_id)
-        except CheckThrottled as exc:
+            locks = await mfa.reserve(reserved.user_id)
+        except (CheckThrottled, SecondFactorLocked) as exc:
             # Never checked: the token's attempt is given back, the user's wait stands.
             async with services.single.begin() as conn:
                 await mfa.give_back_attempt(conn, reserved.id)
+            if isinstance(exc, SecondFactorLocked):
+                second_factor_refused(services, request, client, reserved.user_id)
             raise SlowDown(exc.retry_after) from None
         try:
             async with services.engine.begin() as conn:
@@ -89,7 +96,8 @@ class MfaOtpGrant:
                     services, conn, client, user_id=reserved.user_id, scope=scope,
                     session_epoch=reserved.session_epoch, amr=AMR[factor])
         except WrongCode:
-            wrong_second_factor(services, request, client, reserved.user_id)
+            await wrong_second_factor(services, request, client, reserved.user_id,
+                                      locks=locks)
         except _TokenGone:
             await mfa.refund(reserved.user_id)  # not a wrong code
             raise InvalidGrant(INVALID_MFA_TOKEN) from None

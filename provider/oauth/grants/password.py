@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, ClassVar, NoReturn, cast
 
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from provider.audit.service import EventType, RequestContext
 from provider.audit.service import Outcome as AuditOutcome
 from provider.clients.service import ClientInfo
+from provider.mail import templates as mail
 from provider.metrics import LOGIN_FAILURES
-from provider.mfa.service import AMR, PASSWORD_AMR, CheckThrottled, Factor, WrongCode
+from provider.mfa.service import (
+    AMR,
+    PASSWORD_AMR,
+    CheckThrottled,
+    Factor,
+    SecondFactorLocked,
+    WrongCode,
+)
 from provider.oauth.errors import InvalidGrant, MfaRequired, SlowDown, UnauthorizedClient
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require, token_response
 from provider.oauth.scopes import parse_scope, resolve_scope
@@ -33,6 +42,8 @@ from provider.tokens.refresh import (
     start_session,
     start_session_at_once,
 )
+from provider.users.accounts import PRODUCT, Mailbox
+from provider.users.models import User
 from provider.users.service import (
     LoginCandidate,
     Rehash,
@@ -43,9 +54,13 @@ from provider.users.service import (
 if TYPE_CHECKING:
     from provider.services import Services
 
+users = cast(Table, User.__table__)
+
 BAD_CREDENTIALS = "Invalid username or password."
 UNVERIFIED = "The email address has not been verified yet."
 WRONG_CODE = "The one-time code is wrong or was already used."
+LOCKED = ("Two-step verification is locked after too many wrong codes in a row; an "
+          "administrator must reset it.")
 
 
 class PasswordGrant:
@@ -113,9 +128,11 @@ class PasswordGrant:
         in one transaction; the per-user slot is reserved before the check."""
         mfa = services.mfa
         try:
-            await mfa.reserve(user_id)
+            locks = await mfa.reserve(user_id)
         except CheckThrottled as exc:
             raise SlowDown(exc.retry_after) from None
+        except SecondFactorLocked:
+            second_factor_refused(services, request, client, user_id)
         now = services.clock.now()
         try:
             async with services.engine.begin() as conn:
@@ -129,7 +146,7 @@ class PasswordGrant:
                     session_epoch=session_epoch, amr=AMR[factor])
         except WrongCode:
             # The slot stays taken: a failure.
-            wrong_second_factor(services, request, client, user_id)
+            await wrong_second_factor(services, request, client, user_id, locks=locks)
         await mfa.refund(user_id)
         return signed_in(services, request, client, session, refresh_token, factor=factor)
 
@@ -227,10 +244,37 @@ def signed_in(services: Services, request: TokenRequest, client: ClientInfo,
                           refresh_token=refresh_token)
 
 
-def wrong_second_factor(services: Services, request: TokenRequest, client: ClientInfo,
-                        user_id: uuid.UUID) -> NoReturn:
+async def wrong_second_factor(services: Services, request: TokenRequest, client: ClientInfo,
+                              user_id: uuid.UUID, *, locks: bool) -> NoReturn:
     _record_failure(services, request.context, client.client_id, user_id, "wrong_otp")
+    if locks:
+        await second_factor_locked(services, request.context, client.client_id, user_id)
     raise InvalidGrant(WRONG_CODE)
+
+
+def second_factor_refused(services: Services, request: TokenRequest, client: ClientInfo,
+                          user_id: uuid.UUID) -> NoReturn:
+    """The second factor is locked: no code was checked. Said only to a caller who got
+    past the password (or holds an mfa_token from it)."""
+    _record_failure(services, request.context, client.client_id, user_id, "mfa_locked")
+    raise InvalidGrant(LOCKED)
+
+
+async def second_factor_locked(services: Services, context: RequestContext, client_id: str,
+                               user_id: uuid.UUID) -> None:
+    """The wrong code that reached PROVIDER_MFA_LOCKOUT_FAILURES in a row: its audit event,
+    and a notice to the owner (NIST SP 800-63B §3.2.2), whose password someone has."""
+    failures = services.settings.mfa_lockout_failures
+    services.audit.record(EventType.MFA_LOCKED, actor=client_id, client_id=client_id,
+                          subject_user_id=user_id, context=context,
+                          details={"failures": failures})
+    async with services.single.connect() as conn:
+        email = (await conn.execute(select(users.c.email).where(users.c.id == user_id))
+                 ).scalar()
+    if email:
+        mailbox = Mailbox()
+        mailbox.send(mail.mfa_locked(email, failures=failures, product=PRODUCT))
+        await services.accounts.deliver(mailbox)
 
 
 def _record_failure(services: Services, context: RequestContext, client_id: str,
