@@ -23,6 +23,7 @@ nothing about HTTP; the routers and grants translate them.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import secrets
@@ -332,6 +333,21 @@ class Mfa:
 
     async def refund(self, user_id: uuid.UUID) -> None:
         await self._refund(user_id)
+
+    async def unchecked(self, user_id: uuid.UUID) -> None:
+        """A sign-in that took its places (``reserve``) and ended with no verdict on its
+        code: its mfa_token used meanwhile (the right code's reset rolled back with it),
+        a database fault, a cancelled request. Its throttle slot and its place in the
+        count go back, so that only wrong codes lock. Best effort, never raising over the
+        error that ended the sign-in: with the storage down, the places stay taken."""
+        with contextlib.suppress(Exception):
+            await self._refund(user_id)
+        with contextlib.suppress(Exception):
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    update(totp_table)
+                    .where(totp_table.c.user_id == user_id, totp_table.c.failures > 0)
+                    .values(failures=totp_table.c.failures - 1))
 
     async def _reserve(self, user_id: uuid.UUID) -> None:
         try:

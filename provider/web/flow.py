@@ -430,8 +430,11 @@ class Flow:
                                            reserved.user_id)
             return self.mfa_page(request, token, status=400, error=WRONG_CODE)
         except _TokenGone:
-            await mfa.refund(reserved.user_id)
+            await mfa.unchecked(reserved.user_id)  # not a wrong code
             return self.login_page(request, status=400, error=LOGIN_EXPIRED)
+        except BaseException:
+            await mfa.unchecked(reserved.user_id)  # no verdict on the code
+            raise
         await mfa.refund(reserved.user_id)
         return self._signed_in(request, session_token, user_id=reserved.user_id,
                                client_id=client_id,
@@ -494,7 +497,11 @@ class Flow:
                 action=pages.LOGOUT_PATH, csrf=self.browser.csrf("logout"),
                 hidden=list(request.params), email=login.email if login else None)
         now = self.services.clock.now()
-        hinted = request.hinted_session
+        # The ID token's app session ends only with its own user's browser session: an
+        # ID token is no credential (whoever holds a leaked one could otherwise end it,
+        # by confirming the page), and the app itself can revoke its tokens (RFC 7009).
+        hinted = (request.hinted_session if login is not None
+                  and str(login.user_id) == request.hinted_user else None)
         async with self.services.engine.begin() as conn:
             await browser_sessions.end(conn, self.browser.session_token, now=now)
             if hinted is not None and request.client is not None and request.hint:

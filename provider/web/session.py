@@ -71,7 +71,6 @@ _FIND = (
 )
 
 
-
 async def find_live(conn: AsyncConnection, token: str | None, *,
                     now: datetime) -> BrowserLogin | None:
     if not token or len(token) > MAX_TOKEN_LENGTH:

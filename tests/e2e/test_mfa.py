@@ -377,13 +377,22 @@ async def test_twenty_wrong_codes_over_four_tokens_parallel_like_sequential(
 LOCKOUT = 7
 
 
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def lockout_database(request: pytest.FixtureRequest, postgres_server: str | None) -> str:
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_e2e_url"))
+    if postgres_server is None:
+        pytest.skip("no PostgreSQL")
+    return str(request.getfixturevalue("migrated"))
+
+
 @pytest.fixture(scope="module")
-def lockout_server(caps_database: str, keys_dir: Path, e2e_dir: Path,
+def lockout_server(lockout_database: str, keys_dir: Path, e2e_dir: Path,
                    mail_sink: SmtpSink) -> Iterator[LiveServer]:
     """Two workers, PROVIDER_MFA_LOCKOUT_FAILURES=7 and a per-user throttle too wide to
     interfere: only the count of wrong codes in a row (in the database) limits them."""
     redis_url = _require_redis()
-    with LiveServer(database_url=caps_database, keys_dir=keys_dir,
+    with LiveServer(database_url=lockout_database, keys_dir=keys_dir,
                     rundir=e2e_dir / f"mfa-lockout-{secrets.token_hex(3)}", workers=2,
                     extra_env={"PROVIDER_REDIS_URL": redis_url,
                                "PROVIDER_DB_POOL_SIZE": "3",
@@ -393,10 +402,20 @@ def lockout_server(caps_database: str, keys_dir: Path, e2e_dir: Path,
         yield server
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def lockout_factory(lockout_server: LiveServer, keys_dir: Path
+                          ) -> AsyncIterator[Factory]:
+    services = build_services(make_settings(lockout_server.database_url, keys_dir))
+    try:
+        yield Factory(services)
+    finally:
+        await services.engine.dispose()
+
+
 async def test_parallel_wrong_codes_over_two_workers_lock_after_exactly_the_limit(
-        lockout_server: LiveServer, caps_factory: Factory, mail_sink: SmtpSink) -> None:
-    oauth, user = await caps_factory.client(), await caps_factory.user()
-    secret, recovery_codes = await enable_totp(caps_factory.services, user)
+        lockout_server: LiveServer, lockout_factory: Factory, mail_sink: SmtpSink) -> None:
+    oauth, user = await lockout_factory.client(), await lockout_factory.user()
+    secret, recovery_codes = await enable_totp(lockout_factory.services, user)
     tokens = [await _mfa_token(lockout_server, oauth, user) for _ in range(6)]
     answers = await _at_once(*(_finish(lockout_server, oauth, tokens[i % 6], code)
                                for i, code in enumerate(wrong_codes(secret, 30))))

@@ -78,7 +78,8 @@ class AuthorizationCodeGrant:
                     # its first use issued ends (kept: the transaction commits).
                     await revoke_session(conn, used.session_id, now=now)
         if redeemed is None:
-            if used is not None:
+            # A code used up by a consent's withdrawal (no session) is no reuse.
+            if used is not None and used.session_id is not None:
                 services.audit.record(
                     EventType.AUTHORIZATION_CODE_REUSED, actor=client.client_id,
                     outcome=AuditOutcome.FAILURE, client_id=client.client_id,

@@ -99,7 +99,10 @@ class MfaOtpGrant:
             await wrong_second_factor(services, request, client, reserved.user_id,
                                       locks=locks)
         except _TokenGone:
-            await mfa.refund(reserved.user_id)  # not a wrong code
+            await mfa.unchecked(reserved.user_id)  # not a wrong code
             raise InvalidGrant(INVALID_MFA_TOKEN) from None
+        except BaseException:
+            await mfa.unchecked(reserved.user_id)  # no verdict on the code
+            raise
         await mfa.refund(reserved.user_id)
         return signed_in(services, request, client, session, refresh_token, factor=factor)

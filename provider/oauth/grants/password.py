@@ -147,9 +147,11 @@ class PasswordGrant:
         except WrongCode:
             # The slot stays taken: a failure.
             await wrong_second_factor(services, request, client, user_id, locks=locks)
+        except BaseException:
+            await mfa.unchecked(user_id)  # no verdict on the code: not a wrong one
+            raise
         await mfa.refund(user_id)
         return signed_in(services, request, client, session, refresh_token, factor=factor)
-
 
 
 async def check_credentials(
