@@ -467,8 +467,10 @@ class Accounts:
                                     purpose: Purpose, code: str, *, now: datetime) -> User:
         """Use the code mailed to ``email`` for ``purpose``: the active account it belongs
         to, or InvalidCode. An address without an active account runs the same statement
-        and gets the same answer as a wrong code (no enumeration, ASVS 6.3.8)."""
-        user = await self._user_by_email(session, email)
+        and gets the same answer as a wrong code (no enumeration, ASVS 6.3.8). The row is
+        held until the request commits: a deletion or disabling in flight is waited for,
+        and then the account is no longer active (DESIGN: revocation always wins)."""
+        user = await self._user_by_email(session, email, hold=True)
         if user is None or not user.is_active:
             await self.codes.consume(session, user_id=NO_USER, purpose=purpose, address="",
                                      code=code, now=now)
@@ -477,12 +479,16 @@ class Accounts:
                                  address=user.email, code=code, now=now)
         return user
 
-    async def _user_by_email(self, session: AsyncSession, email: str) -> User | None:
+    async def _user_by_email(self, session: AsyncSession, email: str, *,
+                             hold: bool = False) -> User | None:
         try:
             address = normalize_email(email)
         except InvalidEmail:
             return None
-        user: User | None = await session.scalar(select(User).where(User.email == address))
+        query = select(User).where(User.email == address)
+        if hold:
+            query = query.with_for_update().execution_options(populate_existing=True)
+        user: User | None = await session.scalar(query)
         return user
 
 

@@ -169,6 +169,7 @@ async def change_password(body: ChangePassword, user: AccountUser, claims: Claim
 async def delete_me(body: DeleteAccount, user: AccountUser, claims: ClaimsDep,
                     background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
                     services: ServicesDep, context: RequestContextDep) -> Response:
+    await hold_account(session, user)  # a revocation that answered first wins
     await accounts.delete_account(session, mailbox_for(background, accounts), user,
                                   password=body.password)
     services.audit.add(session, EventType.ACCOUNT_DELETED, actor=str(user.id),

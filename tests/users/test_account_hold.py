@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import httpx
 import pytest
 from sqlalchemy import select, text
 
@@ -16,6 +17,9 @@ from provider.services import Services
 from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
 from tests.factories import Factory
+from tests.helpers import bearer, login
+from tests.smtp_sink import SmtpSink
+from tests.users.flows import request_reset_code
 
 
 def postgres_only(services: Services) -> None:
@@ -77,3 +81,50 @@ async def test_a_later_revocation_waits_for_the_change_and_then_wins(
         assert stored is not None
         assert stored.username == user.username  # the change stayed
         assert stored.session_epoch == epoch + 1  # and the revocation came after it
+
+
+async def test_an_account_deletion_holds_the_row_while_it_checks_the_password(
+        client: httpx.AsyncClient, services: Services, factory: Factory,
+        mail_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reset asked while the deletion verifies the password waits for it, and finds the
+    account gone; without the hold the reset answered first and the deletion, with the
+    replaced password and a revoked token, went through after it."""
+    postgres_only(services)
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user, scope="account")
+    code = await request_reset_code(client, mail_sink, user.email)
+    verified, release = asyncio.Event(), asyncio.Event()
+    verify = services.hasher.verify
+
+    async def verify_then_wait(password: str, password_hash: str | None
+                               ) -> tuple[bool, str | None]:
+        result = await verify(password, password_hash)
+        if not verified.is_set():
+            verified.set()
+            await release.wait()
+        return result
+
+    monkeypatch.setattr(services.hasher, "verify", verify_then_wait)
+    deletion = asyncio.create_task(client.request(
+        "DELETE", "/users/me", headers=bearer(tokens["access_token"]),
+        json={"password": user.password}))
+    await asyncio.wait_for(verified.wait(), 10)
+    reset = asyncio.create_task(client.post("/auth/reset-password", json={
+        "email": user.email, "code": code, "new_password": "juniper lantern quay"}))
+    waiting = 0
+    for _ in range(1000):
+        async with services.engine.connect() as watch:
+            waiting = await watch.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"))
+        if waiting or reset.done():
+            break
+        await asyncio.sleep(0.005)
+    assert waiting >= 1 and not reset.done()
+    release.set()
+    assert (await deletion).status_code == 204
+    answer = await reset
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_code", answer.text
+    async with services.sessions() as fresh:
+        stored = await fresh.get(User, uuid.UUID(user.id))
+        assert stored is not None and not stored.is_active
