@@ -80,7 +80,9 @@ def client_address(request: Request, settings: Settings) -> str:
     peer = request.client.host if request.client else "unknown"
     proxies = settings.trusted_proxies
     if proxies and is_trusted_proxy(peer, proxies):
-        forwarded = request.headers.get("x-forwarded-for")
+        # Every line of the header, in order (RFC 9110 §5.3): a proxy may add its own
+        # line after the one the client sent, and only the last hops are the proxies'.
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         if forwarded:
             # The right-most address not of a trusted proxy is the one that reached us.
             for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):

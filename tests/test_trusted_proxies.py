@@ -15,8 +15,10 @@ def settings(proxies: str) -> Settings:
     return Settings(_env_file=None, env="test", trusted_proxies=proxies)  # type: ignore[call-arg]
 
 
-def request(peer: str, forwarded: str | None = None) -> Request:
-    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded is not None else []
+def request(peer: str, forwarded: str | list[str] | None = None) -> Request:
+    lines = [] if forwarded is None else [forwarded] if isinstance(forwarded, str) \
+        else forwarded
+    headers = [(b"x-forwarded-for", line.encode()) for line in lines]
     return Request({"type": "http", "method": "POST", "path": "/oauth/token",
                     "headers": headers, "client": (peer, 40000)})
 
@@ -50,12 +52,17 @@ def request(peer: str, forwarded: str | None = None) -> Request:
     # Outside every range: the header is ignored.
     ("10.0.0.0/8", "11.0.0.1", "203.0.113.9", "11.0.0.1"),
     ("", "10.0.0.1", "203.0.113.9", "10.0.0.1"),
+    # Several lines are one list (RFC 9110 §5.3): a proxy that appends a line of its own
+    # after the client's (HAProxy's option forwardfor) is read at its last hop.
+    ("10.0.0.0/8", "10.0.0.1", ["6.6.6.6", "203.0.113.9"], "203.0.113.9"),
+    ("10.0.0.0/8", "10.0.0.1", ["6.6.6.6, 7.7.7.7", "203.0.113.9, 10.0.0.2"],
+     "203.0.113.9"),
     # Trusted, but no header (or only trusted hops): the peer itself.
     ("10.0.0.0/8", "10.0.0.1", None, "10.0.0.1"),
     ("10.0.0.0/8", "10.0.0.1", "10.1.1.1", "10.0.0.1"),
 ])
 def test_client_address_believes_only_trusted_ranges(
-    proxies: str, peer: str, forwarded: str | None, expected: str
+    proxies: str, peer: str, forwarded: str | list[str] | None, expected: str
 ) -> None:
     assert client_address(request(peer, forwarded), settings(proxies)) == expected
 
