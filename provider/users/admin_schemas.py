@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from provider.users.schemas import UserRead
+from provider.users.schemas import Profile, UserRead
 
 # Strict: a JSON "false" string or 0 is not quietly taken for a boolean on these fields.
 REQUEST = ConfigDict(extra="forbid", strict=True)
@@ -24,7 +24,7 @@ class AdminUserCreate(BaseModel):
     email: str = Field(max_length=320)
     password: str
     username: str | None = None
-    profile: dict[str, Any] = Field(default_factory=dict)
+    profile: Profile = Field(default_factory=dict, max_length=32)
     is_admin: bool = False
     is_verified: bool = False
 
@@ -41,7 +41,7 @@ class AdminUserUpdate(BaseModel):
 
     email: str = Field(default=UNSET, max_length=320)
     username: str | None = None
-    profile: dict[str, Any] = UNSET
+    profile: Profile = Field(default=UNSET, max_length=32)
     is_active: bool = Field(
         default=UNSET, description="false disables the account and revokes its refresh tokens"
     )

@@ -13,7 +13,9 @@ Email = Field(min_length=3, max_length=320)
 Password = Field(min_length=1, max_length=4096)
 Code = Field(min_length=1, max_length=16)
 # Profile fields are flat and small: names such as "name", "given_name", "locale".
-ProfileValue = Annotated[str, Field(max_length=1000)] | int | float | bool | None
+# Finite numbers only: JSON has no NaN or Infinity (PostgreSQL's json type refuses them).
+ProfileValue = (Annotated[str, Field(max_length=1000)] | int
+                | Annotated[float, Field(allow_inf_nan=False)] | bool | None)
 Profile = dict[Annotated[str, Field(min_length=1, max_length=64)], ProfileValue]
 
 

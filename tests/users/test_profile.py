@@ -149,6 +149,35 @@ async def test_patch_profile_values_are_flat_and_small(
     assert (await get_me(http, auth))["profile"] == {"name": "Before"}
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+async def test_a_profile_number_is_finite_everywhere_a_profile_is_written(
+    http: httpx.AsyncClient, factory: Factory, services: Services, number: str
+) -> None:
+    """JSON has no NaN or Infinity, and PostgreSQL's json type refuses them: 422 and
+    nothing written (it was a 500 here, and a registration silently dropped)."""
+    json = {"Content-Type": "application/json"}
+    _, auth = await signed_in(http, factory, name="Before")
+    patched = await http.patch("/users/me", headers={**auth, **json},
+                               content=f'{{"profile": {{"n": {number}}}}}')
+    assert patched.status_code == 422, patched.text
+    assert (await get_me(http, auth))["profile"] == {"name": "Before"}
+    email = unique_email("nan")
+    registered = await http.post("/auth/register", headers=json, content=(
+        f'{{"email": "{email}", "password": "a sturdy enough passphrase", '
+        f'"profile": {{"n": {number}}}}}'))
+    assert registered.status_code == 422, registered.text
+    admin = await factory.user(is_admin=True)
+    tokens = await login(http, await factory.client(), admin, scope="admin")
+    created = await http.post("/admin/users", headers={**bearer(tokens["access_token"]), **json},
+                              content=(f'{{"email": "{unique_email("nan-admin")}", '
+                                       f'"password": "a sturdy enough passphrase", '
+                                       f'"profile": {{"n": {number}}}}}'))
+    assert created.status_code == 422, created.text
+    async with services.engine.connect() as conn:
+        assert (await conn.scalar(text("SELECT count(*) FROM users WHERE email = :e"),
+                                  {"e": email})) == 0
+
+
 async def test_patch_profile_has_at_most_32_keys(
     http: httpx.AsyncClient, factory: Factory
 ) -> None:
