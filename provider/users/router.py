@@ -33,6 +33,7 @@ from provider.users.schemas import (
     UserUpdated,
     VerifyEmail,
 )
+from provider.users.service import ensure_another_active_admin
 
 router = APIRouter(tags=["accounts"])
 
@@ -169,6 +170,10 @@ async def change_password(body: ChangePassword, user: AccountUser, claims: Claim
 async def delete_me(body: DeleteAccount, user: AccountUser, claims: ClaimsDep,
                     background: BackgroundTasks, accounts: AccountsDep, session: SessionDep,
                     services: ServicesDep, context: RequestContextDep) -> Response:
+    if user.is_admin:
+        # Every active admin's row in id order first, its own among them, as the admin
+        # API takes them: two admins deleting themselves at once queue, never deadlock.
+        await ensure_another_active_admin(session, user.id)
     await hold_account(session, user)  # a revocation that answered first wins
     await accounts.delete_account(session, mailbox_for(background, accounts), user,
                                   password=body.password)
