@@ -26,7 +26,7 @@ from provider.clients.router import document_grant_types
 from provider.clients.router import router as admin_clients_router
 from provider.clock import Clock
 from provider.consents.router import router as consents_router
-from provider.db import Unavailable, unavailable_reason
+from provider.db import Unavailable, is_nul_in_text, unavailable_reason
 from provider.docs import install_docs
 from provider.errors import (
     InternalError,
@@ -247,6 +247,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def database_error(request: Request, exc: Exception) -> Response:
         reason = unavailable_reason(exc)
         if reason is None:
+            if is_nul_in_text(exc):  # a path, query or body value; nothing was written
+                return ValidationFailed("Text may not contain NUL characters.").response()
             return await unexpected(request, exc)
         return await database_unavailable(request, reason)
 

@@ -413,6 +413,17 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
                 todo.append(linked)
 
 
+# PostgreSQL's text holds no NUL character ("invalid byte sequence for encoding UTF8:
+# 0x00"): the request's input, not a fault of ours.
+NUL_IN_TEXT_SQLSTATE = "22021"
+
+
+def is_nul_in_text(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing a NUL character in text a request sent."""
+    return any(getattr(current, "sqlstate", None) == NUL_IN_TEXT_SQLSTATE
+               for current in _chain(exc))
+
+
 def unavailable_reason(exc: BaseException) -> Unavailable | None:
     """Why ``exc`` means "the database cannot serve now" (503), or None (a fault: 500).
 

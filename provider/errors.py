@@ -138,12 +138,18 @@ HTTP_ERRORS: dict[int, type[ProviderError]] = {
 }
 
 
+FASTAPI_BODY_UNPARSABLE = "There was an error parsing the body"
+
+
 def from_http_exception(exc: HTTPException) -> ProviderError:
     """An error Starlette raised itself (no route, wrong method, ...) as ours, in its own
     words: its status, its detail as the title, its headers (e.g. ``Allow``)."""
-    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-        # FastAPI's bare 400 for a JSON body that is not UTF-8 (RFC 8259 §8.1), where
-        # any other malformed JSON is a 422: both get the answer the API documents.
+    if exc.status_code == 400 and exc.__cause__ is not None \
+            and exc.detail == FASTAPI_BODY_UNPARSABLE:
+        # FastAPI's bare 400 for a JSON body its decoder gives up on with something other
+        # than a syntax error: not UTF-8 (RFC 8259 §8.1), nested past the recursion limit,
+        # an integer of more digits than Python converts. Malformed JSON is a 422: all get
+        # the answer the API documents.
         return ValidationFailed.from_errors(
             [{"loc": ("body",), "msg": "JSON decode error", "type": "json_invalid"}])
     error = HTTP_ERRORS.get(exc.status_code, HTTPError)()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import uuid
+from datetime import UTC, datetime
 
 from provider.errors import ValidationFailed
 
@@ -29,3 +31,17 @@ def decode_cursor(cursor: str, parts: int) -> list[str]:
     if len(values) != parts or not all(values):
         raise InvalidCursor()
     return values
+
+
+def decode_time_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """A (timestamp, id) cursor's key, the timestamp in UTC; InvalidCursor for anything
+    else: a naive or unparsable time, one that has no UTC equivalent (year 1 with a
+    positive offset), an id that is no UUID."""
+    at_text, id_text = decode_cursor(cursor, 2)
+    try:
+        at = datetime.fromisoformat(at_text)
+        if at.tzinfo is None:
+            raise InvalidCursor()
+        return at.astimezone(UTC), uuid.UUID(id_text)
+    except (ValueError, OverflowError):
+        raise InvalidCursor() from None

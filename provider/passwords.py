@@ -85,6 +85,10 @@ def check_password_policy(password: str, *, min_length: int, email: str | None =
         raise WeakPassword(
             "The password contains characters that are not valid Unicode text."
         ) from None
+    if any(unicodedata.category(ch) == "Cc" for ch in normalized):
+        # NUL and the other control characters cannot be typed, and the sign-in forms
+        # refuse NUL: a password holding one could be set but never used.
+        raise WeakPassword("The password must not contain control characters.")
     folded = _comparable(normalized)
     if folded in common_passwords():
         raise WeakPassword(

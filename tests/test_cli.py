@@ -401,7 +401,7 @@ def test_clients_create_list_delete(cli: Cli) -> None:
 
 def test_clients_create_for_the_authorization_code_flow(cli: Cli) -> None:
     name = unique("web")
-    web, native, bad_http, fragment = cli.many(
+    web, native, bad_http, fragment, bracket = cli.many(
         ["clients", "create", "--name", name, "--grant", "authorization_code", "--grant",
          "refresh_token", "--scope", "openid profile", "--redirect-uri",
          "https://app.example.com/cb", "--redirect-uri", "https://app.example.com/cb2",
@@ -414,6 +414,8 @@ def test_clients_create_for_the_authorization_code_flow(cli: Cli) -> None:
          "--redirect-uri", "http://app.example.com/cb", "--json"],
         ["clients", "create", "--name", unique("bad"), "--grant", "authorization_code",
          "--redirect-uri", "https://app.example.com/cb#frag", "--json"],
+        ["clients", "create", "--name", unique("bad"), "--grant", "authorization_code",
+         "--public", "--redirect-uri", "https://[::1/cb", "--json"],
     )
     made, app = web.json(), native.json()
     assert bad_http.usage_error() == (
@@ -421,6 +423,7 @@ def test_clients_create_for_the_authorization_code_flow(cli: Cli) -> None:
         "and [::1] (RFC 8252 §7.3; use https elsewhere)")
     assert fragment.usage_error() == (
         "error: redirect_uris: a redirect URI may not have a fragment (RFC 6749 §3.1.2)")
+    assert bracket.usage_error() == "error: redirect_uris: the URI cannot be parsed"
     items = {c["client_id"]: c for c in cli("clients", "list", "--json").json()["items"]}
     assert items[made["client_id"]]["redirect_uris"] == [
         "https://app.example.com/cb", "https://app.example.com/cb2"]

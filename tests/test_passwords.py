@@ -122,6 +122,14 @@ def test_policy_rejects_unencodable_password() -> None:
         check_password_policy("abc\ud800defgh", min_length=8)
 
 
+@pytest.mark.parametrize("control", ["\x00", "\x01", "\t", "\x7f", "\x9b"])
+def test_policy_rejects_control_characters(control: str) -> None:
+    """NUL cannot reach a sign-in (the forms refuse it), and no control character can be
+    typed: a password holding one would be set and then never usable."""
+    with pytest.raises(WeakPassword, match="control characters"):
+        check_password_policy(f"juniper{control}lantern quay", min_length=8)
+
+
 # --- policy: normalisation ------------------------------------------------------------
 
 

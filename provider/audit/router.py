@@ -6,9 +6,8 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
-from provider.audit.schemas import AuditEventPage, AuditEventRead
+from provider.audit.schemas import AuditEventPage, AuditEventRead, Instant
 from provider.audit.service import EventType, list_events
 from provider.deps import AdminUser, ServicesDep, SessionDep
 from provider.responses import ADMIN_BEARER_ERRORS, INVALID
@@ -25,9 +24,9 @@ async def admin_list_audit_events(
     user_id: Annotated[uuid.UUID | None, Query(
         description="Only events about this user (subject_user_id)")] = None,
     type: Annotated[EventType | None, Query(description="Only events of this type")] = None,
-    since: Annotated[AwareDatetime | None, Query(
+    since: Annotated[Instant | None, Query(
         description="From this instant on (inclusive; ISO 8601 with a UTC offset)")] = None,
-    until: Annotated[AwareDatetime | None, Query(
+    until: Annotated[Instant | None, Query(
         description="Before this instant (exclusive; ISO 8601 with a UTC offset)")] = None,
     cursor: Annotated[str | None, Query(
         max_length=512, description="next_cursor of the previous page")] = None,

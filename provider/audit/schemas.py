@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise ValueError("the instant has no UTC equivalent") from None
+
+
+# A filter's bound: an instant with its UTC offset, as UTC.
+Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class AuditEventRead(BaseModel):

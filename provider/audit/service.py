@@ -29,7 +29,7 @@ from provider.audit.models import AuditEvent
 from provider.clock import Clock
 from provider.db import uuid7, uuid7s
 from provider.errors import ValidationFailed
-from provider.pagination import InvalidCursor, decode_cursor, encode_cursor
+from provider.pagination import decode_time_cursor, encode_cursor
 
 log = logging.getLogger("provider.audit")
 audit_events = cast(Table, AuditEvent.__table__)
@@ -263,7 +263,7 @@ async def list_events(
     if until is not None:
         query = query.where(AuditEvent.occurred_at < until)
     if cursor is not None:
-        at, event_id = _decode_event_cursor(cursor)
+        at, event_id = decode_time_cursor(cursor)
         query = query.where(or_(AuditEvent.occurred_at < at,
                                 and_(AuditEvent.occurred_at == at, AuditEvent.id < event_id)))
     query = query.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc()).limit(limit + 1)
@@ -274,17 +274,6 @@ async def list_events(
         last = events[-1]
         next_cursor = encode_cursor(last.occurred_at.isoformat(), str(last.id))
     return events, next_cursor
-
-
-def _decode_event_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    at_text, id_text = decode_cursor(cursor, 2)
-    try:
-        at, event_id = datetime.fromisoformat(at_text), uuid.UUID(id_text)
-    except ValueError:
-        raise InvalidCursor() from None
-    if at.tzinfo is None:
-        raise InvalidCursor()
-    return at, event_id
 
 
 _COLUMNS = tuple(column.name for column in audit_events.columns)

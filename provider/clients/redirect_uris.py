@@ -56,7 +56,10 @@ def check_redirect_uri(uri: str, *, field: str = "redirect_uris") -> str:
         raise refuse("a redirect URI may not have a fragment (RFC 6749 §3.1.2)")
     if not _URI_CHARS.fullmatch(uri):
         raise refuse("the URI holds characters a URI may not (percent-encode them)")
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # an unclosed IPv6 bracket: "https://[::1/cb"
+        raise refuse("the URI cannot be parsed") from None
     scheme = parts.scheme
     if scheme == "https":
         if not parts.hostname or "@" in parts.netloc:

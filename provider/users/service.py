@@ -18,7 +18,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from provider.db import fetchrow_autocommit
 from provider.errors import Conflict, NotFound, ValidationFailed
 from provider.mfa.models import TotpAuthenticator
-from provider.pagination import InvalidCursor, decode_cursor, encode_cursor
+from provider.pagination import decode_time_cursor, encode_cursor
 from provider.passwords import PasswordHasher, check_password_policy
 from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
@@ -232,17 +232,6 @@ def _encode_user_cursor(user: User) -> str:
     return encode_cursor(user.created_at.isoformat(), str(user.id))
 
 
-def _decode_user_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    created, user_id = decode_cursor(cursor, 2)
-    try:
-        created_at = datetime.fromisoformat(created)
-        if created_at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return created_at, uuid.UUID(user_id)
-    except ValueError:
-        raise InvalidCursor() from None
-
-
 async def list_users(
     session: AsyncSession,
     *,
@@ -261,7 +250,7 @@ async def list_users(
         prefix = unicodedata.normalize("NFC", email_prefix.strip()).lower()
         query = query.where(User.email.startswith(prefix, autoescape=True))
     if cursor is not None:
-        after_created_at, after_id = _decode_user_cursor(cursor)
+        after_created_at, after_id = decode_time_cursor(cursor)
         query = query.where(
             (User.created_at > after_created_at)
             | ((User.created_at == after_created_at) & (User.id > after_id))

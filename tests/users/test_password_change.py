@@ -101,6 +101,7 @@ async def test_change_password_to_a_weak_one_is_422(
         local_part: "The password must not be the same as your email's local part "
                     "(the part before the @).",
         user.email: "The password must not be the same as your email address.",
+        "juniper\x00lantern quay": "The password must not contain control characters.",
     }
     for new, detail in cases.items():
         response = await change(http, tokens["access_token"], user.password, new)

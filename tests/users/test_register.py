@@ -251,12 +251,19 @@ async def test_register_unknown_field_is_422_and_creates_nothing(
     assert mail_sink.messages_to(email) == []
 
 
-@pytest.mark.parametrize("body", [b'{"email": "a@example.com", "password', b"\x80r\x81\x08",
-                                  b'{"email": "\xff@example.com"}'])
+@pytest.mark.parametrize("body", [
+    b'{"email": "a@example.com", "password', b"\x80r\x81\x08",
+    b'{"email": "\xff@example.com"}',
+    b"[" * 30_000,  # past the decoder's recursion limit
+    b'{"profile": ' + b'{"a": ' * 5_000 + b"1" + b"}" * 5_001,
+    b'{"email": "a@example.com", "n": ' + b"9" * 5_000 + b"}",  # past int's digit limit
+], ids=["truncated", "not-utf8", "not-utf8-in-a-string", "deep-array", "deep-object",
+        "long-integer"])
 async def test_register_malformed_json_is_the_documented_422(
     http: httpx.AsyncClient, body: bytes
 ) -> None:
-    """Broken JSON, UTF-8 or not (FastAPI's own answer to the latter is a bare 400)."""
+    """Broken JSON, UTF-8 or not, or more than the decoder takes (FastAPI's own answer to
+    all but the first is a bare 400)."""
     response = await http.post("/auth/register", content=body,
                                headers={"Content-Type": "application/json"})
     assert response.status_code == 422, response.text
