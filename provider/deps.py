@@ -245,3 +245,36 @@ async def get_admin_user(claims: ClaimsDep, user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(get_admin_user)]
+
+
+async def hold_admin(session: AsyncSession, admin: User) -> None:
+    """Before an admin's change: every active admin's row, in id order (as
+    ``ensure_another_active_admin`` takes them, so the two never deadlock), this admin's
+    among them as the token found it, until the request commits. A disabling, demotion
+    or password reset of this admin that answered first leaves nothing to change (401,
+    or 403 when only the admin role went), and one that comes later waits for this
+    commit and then wins (DESIGN: revocation always wins). SQLite's write lock, taken
+    by the request's first statement, does the same there."""
+    held = (await session.execute(
+        select(User.id, User.session_epoch)
+        .where(User.is_admin.is_(True), User.is_active.is_(True))
+        .order_by(User.id)
+        .with_for_update())).all()
+    if any(row.id == admin.id and row.session_epoch == admin.session_epoch for row in held):
+        return
+    demoted = await session.scalar(
+        select(User.id).where(User.id == admin.id, User.is_active.is_(True),
+                              User.session_epoch == admin.session_epoch))
+    session.expunge(admin)  # nothing of it is written when the answer commits
+    if demoted is not None:
+        raise InsufficientScope(ADMIN)
+    raise InvalidToken()
+
+
+async def get_admin_writer(admin: AdminUser, session: SessionDep) -> User:
+    await hold_admin(session, admin)
+    return admin
+
+
+# An admin whose change is about to be written (POST, PATCH, DELETE of the admin API).
+AdminWriter = Annotated[User, Depends(get_admin_writer)]

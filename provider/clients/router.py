@@ -31,7 +31,14 @@ from provider.clients.service import (
     rotate_secret,
     update_client,
 )
-from provider.deps import AdminUser, ClockDep, RequestContextDep, ServicesDep, SessionDep
+from provider.deps import (
+    AdminUser,
+    AdminWriter,
+    ClockDep,
+    RequestContextDep,
+    ServicesDep,
+    SessionDep,
+)
 from provider.oauth.grants import CLIENT_GRANT_RULES
 from provider.responses import (
     ADMIN_BEARER_ERRORS,
@@ -77,7 +84,7 @@ async def admin_list_clients(
 @router.post("/clients", status_code=201, response_model=ClientCreated,
              responses={**ADMIN_BEARER_ERRORS, **INVALID})
 async def admin_create_client(
-    admin: AdminUser, body: ClientCreate, session: SessionDep, clock: ClockDep,
+    admin: AdminWriter, body: ClientCreate, session: SessionDep, clock: ClockDep,
     services: ServicesDep, context: RequestContextDep,
 ) -> ClientCreated:
     """Create a client. Its secret (none for a public client) is shown only here."""
@@ -104,7 +111,7 @@ async def admin_read_client(admin: AdminUser, client_id: ClientId, session: Sess
 @router.patch("/clients/{client_id}", response_model=ClientRead,
               responses={**ADMIN_BEARER_ERRORS, **CLIENT_NOT_FOUND, **INVALID})
 async def admin_update_client(
-    admin: AdminUser, client_id: ClientId, body: ClientUpdate, session: SessionDep,
+    admin: AdminWriter, client_id: ClientId, body: ClientUpdate, session: SessionDep,
     services: ServicesDep, clock: ClockDep, context: RequestContextDep,
 ) -> ClientRead:
     """Change only the fields sent; grants and scopes are validated as at creation.
@@ -124,7 +131,7 @@ async def admin_update_client(
 @router.delete("/clients/{client_id}", status_code=204, response_model=None,
                responses={**ADMIN_BEARER_ERRORS, **CLIENT_NOT_FOUND, **INVALID})
 async def admin_delete_client(
-    admin: AdminUser, client_id: ClientId, session: SessionDep, services: ServicesDep,
+    admin: AdminWriter, client_id: ClientId, session: SessionDep, services: ServicesDep,
     context: RequestContextDep,
 ) -> Response:
     """Delete the client and, with it, every refresh token issued to it."""
@@ -140,7 +147,7 @@ async def admin_delete_client(
              responses={**ADMIN_BEARER_ERRORS, **CLIENT_NOT_FOUND,
                         **PUBLIC_CLIENT_HAS_NO_SECRET})
 async def admin_rotate_client_secret(
-    admin: AdminUser, client_id: ClientId, session: SessionDep, services: ServicesDep,
+    admin: AdminWriter, client_id: ClientId, session: SessionDep, services: ServicesDep,
     clock: ClockDep, context: RequestContextDep,
 ) -> ClientSecret:
     """Replace the secret; the old one stops working at once. The new one is shown only here."""

@@ -18,7 +18,7 @@ from provider.codes.service import InvalidCode
 from provider.deps import (
     AccountsDep,
     AccountUser,
-    AdminUser,
+    AdminWriter,
     ClaimsDep,
     RequestContextDep,
     ServicesDep,
@@ -180,7 +180,7 @@ async def disable_totp(body: DisableTotp, user: AccountUser, claims: ClaimsDep,
 
 @admin_router.delete("/users/{user_id}/mfa", status_code=204, response_class=Response,
                      responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND, **INVALID})
-async def admin_reset_mfa(admin: AdminUser, user_id: TargetUserId, session: SessionDep,
+async def admin_reset_mfa(admin: AdminWriter, user_id: TargetUserId, session: SessionDep,
                           background: BackgroundTasks, accounts: AccountsDep,
                           services: ServicesDep, context: RequestContextDep) -> Response:
     """Remove a user's TOTP and recovery codes (e.g. a lost phone). The user is emailed

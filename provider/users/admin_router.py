@@ -14,7 +14,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from provider.audit.service import EventType
-from provider.deps import AdminUser, ClockDep, RequestContextDep, ServicesDep, SessionDep
+from provider.deps import (
+    AdminUser,
+    AdminWriter,
+    ClockDep,
+    RequestContextDep,
+    ServicesDep,
+    SessionDep,
+)
 from provider.responses import (
     ADMIN_BEARER_ERRORS,
     INVALID,
@@ -68,7 +75,7 @@ async def admin_list_users(
 @router.post("/users", status_code=201, response_model=UserRead,
              responses={**ADMIN_BEARER_ERRORS, **USER_TAKEN, **INVALID})
 async def admin_create_user(
-    admin: AdminUser, body: AdminUserCreate, session: SessionDep, services: ServicesDep,
+    admin: AdminWriter, body: AdminUserCreate, session: SessionDep, services: ServicesDep,
     clock: ClockDep, context: RequestContextDep,
 ) -> UserRead:
     """Create an active user; the password must meet the same policy as at registration."""
@@ -95,7 +102,7 @@ async def admin_read_user(admin: AdminUser, user_id: TargetUserId, session: Sess
 @router.patch("/users/{user_id}", response_model=UserRead,
               responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND, **USER_CONFLICT, **INVALID})
 async def admin_update_user(
-    admin: AdminUser, user_id: TargetUserId, body: AdminUserUpdate, session: SessionDep,
+    admin: AdminWriter, user_id: TargetUserId, body: AdminUserUpdate, session: SessionDep,
     clock: ClockDep, services: ServicesDep, context: RequestContextDep,
 ) -> UserRead:
     """Change only the fields sent. ``is_active: false`` also revokes the user's refresh
@@ -113,7 +120,7 @@ async def admin_update_user(
 @router.delete("/users/{user_id}", status_code=204, response_model=None,
                responses={**ADMIN_BEARER_ERRORS, **USER_NOT_FOUND, **USER_CONFLICT, **INVALID})
 async def admin_disable_user(
-    admin: AdminUser, user_id: TargetUserId, session: SessionDep, clock: ClockDep,
+    admin: AdminWriter, user_id: TargetUserId, session: SessionDep, clock: ClockDep,
     services: ServicesDep, context: RequestContextDep,
 ) -> Response:
     """Disable the account (it is kept, not erased) and revoke its tokens. Idempotent."""

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from provider.deps import hold_account
-from provider.oauth.errors import InvalidToken
+from provider.deps import hold_account, hold_admin
+from provider.oauth.errors import InsufficientScope, InvalidToken
 from provider.services import Services
 from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
@@ -128,3 +128,62 @@ async def test_an_account_deletion_holds_the_row_while_it_checks_the_password(
     async with services.sessions() as fresh:
         stored = await fresh.get(User, uuid.UUID(user.id))
         assert stored is not None and not stored.is_active
+
+
+async def test_an_admins_change_in_flight_holds_off_the_admins_disabling(
+        client: httpx.AsyncClient, services: Services, factory: Factory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admin B creates an admin account (the password's hash takes a while) when admin A
+    disables B: A's disabling waits for B's change and then wins (B's token is dead
+    after it); without the hold, A answered first and B's request, from a disabled
+    admin, still made an active admin after it."""
+    postgres_only(services)
+    oauth = await factory.client()
+    first, second = await factory.user(is_admin=True), await factory.user(is_admin=True)
+    a = bearer((await login(client, oauth, first, scope="admin"))["access_token"])
+    b = bearer((await login(client, oauth, second, scope="admin"))["access_token"])
+    hashing, release = asyncio.Event(), asyncio.Event()
+    hash_password = services.hasher.hash
+
+    async def hash_then_wait(password: str) -> str:
+        result = await hash_password(password)
+        hashing.set()
+        await release.wait()
+        return result
+
+    monkeypatch.setattr(services.hasher, "hash", hash_then_wait)
+    made = f"made-{uuid.uuid4().hex[:8]}@example.com"
+    creating = asyncio.create_task(client.post("/admin/users", headers=b, json={
+        "email": made, "password": "juniper lantern quay", "is_admin": True}))
+    await asyncio.wait_for(hashing.wait(), 10)
+    disabling = asyncio.create_task(client.delete(f"/admin/users/{second.id}", headers=a))
+    waiting = 0
+    for _ in range(1000):
+        async with services.engine.connect() as watch:
+            waiting = await watch.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"))
+        if waiting or disabling.done():
+            break
+        await asyncio.sleep(0.005)
+    assert waiting >= 1 and not disabling.done()
+    release.set()
+    assert (await creating).status_code == 201  # it came first
+    assert (await disabling).status_code == 204  # and the disabling after it
+    assert (await client.get("/admin/users", headers=b)).status_code == 401
+
+
+@pytest.mark.parametrize(("change", "refused"), [
+    ({"is_active": False}, InvalidToken), ({"is_admin": False}, InsufficientScope)])
+async def test_an_admins_disabling_or_demotion_that_answered_first_leaves_nothing_to_change(
+        services: Services, factory: Factory, change: dict[str, bool],
+        refused: type[Exception]) -> None:
+    postgres_only(services)
+    await factory.user(is_admin=True)  # another admin, so that the change is allowed
+    admin_id = uuid.UUID((await factory.user(is_admin=True)).id)
+    async with services.sessions() as session:
+        admin = await session.get(User, admin_id)  # as the bearer check found it
+        assert admin is not None
+        await factory.set_user(str(admin_id), **change)  # answers while in flight
+        with pytest.raises(refused):
+            await hold_admin(session, admin)
