@@ -418,6 +418,16 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 NUL_IN_TEXT_SQLSTATE = "22021"
 
 
+FOREIGN_KEY_VIOLATION_SQLSTATE = "23503"
+
+
+def is_foreign_key_violation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a row naming one that is gone (PostgreSQL; SQLite enforces no
+    foreign keys here)."""
+    return any(getattr(current, "sqlstate", None) == FOREIGN_KEY_VIOLATION_SQLSTATE
+               for current in _chain(exc))
+
+
 def is_nul_in_text(exc: BaseException) -> bool:
     """Whether ``exc`` is PostgreSQL refusing a NUL character in text a request sent."""
     return any(getattr(current, "sqlstate", None) == NUL_IN_TEXT_SQLSTATE

@@ -7,7 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 
+from provider.db import is_foreign_key_violation
 from provider.deps import (
     ClaimsDep,
     CurrentUser,
@@ -158,7 +160,15 @@ async def token(request: Request) -> Response:
     if CLIENT_GRANT_TYPE[grant_type] not in auth.client.grant_types:
         raise UnauthorizedClient()
     token_request = TokenRequest(form, address, request.headers.get("user-agent"))
-    body = await grant.exchange(services, token_request, auth.client)
+    try:
+        body = await grant.exchange(services, token_request, auth.client)
+    except IntegrityError as exc:
+        if not is_foreign_key_violation(exc):
+            raise
+        # The client was deleted by another process (the CLI, another worker) since this
+        # one's cache read it: its session, code or mfa_token has no client row to name.
+        services.clients.invalidate(auth.client.client_id)
+        raise InvalidClient(used_basic=auth.used_basic) from None
     count_tokens_issued(grant_type)
     return TokenJSON(body)
 

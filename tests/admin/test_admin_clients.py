@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from provider.clients.models import Client
 from provider.clients.service import invalidate_on_commit, rotate_secret
@@ -482,6 +482,24 @@ async def test_rotate_secret_of_public_client_answers_422(
 
 
 # --- delete -----------------------------------------------------------------------------
+
+
+async def test_a_client_deleted_by_another_process_is_refused_not_a_500(
+    client: httpx.AsyncClient, factory: Factory, services: Services
+) -> None:
+    """This process's cache still has the client (5 s) when the CLI or another worker
+    deletes its row: the sign-in's session has no client to name. 401 invalid_client,
+    and the cache forgets it at once."""
+    oauth, user = await factory.client(), await factory.user()
+    await login(client, oauth, user)  # the client is in this process's cache now
+    async with services.engine.begin() as conn:  # what `provider clients delete` does
+        await conn.execute(delete(Client).where(Client.client_id == oauth.client_id))
+    for _ in range(2):  # the refusal, then the cache's own miss
+        response = await password_login(client, oauth, user)
+        if services.engine.dialect.name != "postgresql":
+            assert response.status_code < 500, response.text  # SQLite checks no keys
+            return
+        assert_oauth_error(response, 401, *INVALID_CLIENT, www_authenticate=BASIC_CHALLENGE)
 
 
 async def test_delete_client_ends_its_refresh_tokens(
