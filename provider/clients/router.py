@@ -150,7 +150,8 @@ async def admin_rotate_client_secret(
     admin: AdminWriter, client_id: ClientId, session: SessionDep, services: ServicesDep,
     clock: ClockDep, context: RequestContextDep,
 ) -> ClientSecret:
-    """Replace the secret; the old one stops working at once. The new one is shown only here."""
+    """Replace the secret; the old one stops working at once in this process and within 5
+    seconds in the others. The new one is shown only here."""
     secret = await rotate_secret(session, client_id, now=clock.now())
     invalidate_on_commit(session, services.clients, client_id)
     audit.info("admin=%s action=client.rotate_secret target=%s", admin.id, client_id)

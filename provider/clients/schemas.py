@@ -88,7 +88,8 @@ class ClientUpdate(BaseModel):
 
 
 class ClientSecret(BaseModel):
-    """A rotated secret, shown only in this response; the old one stops working at once."""
+    """A rotated secret, shown only in this response; the old one stops working at once in
+    this process and within 5 seconds in the others (their client caches)."""
 
     client_id: str
     client_secret: str
