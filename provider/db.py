@@ -365,9 +365,12 @@ async def unit_of_work(
 
 # SQLSTATEs of a database that cannot serve right now, as opposed to a wrong request:
 # class 08 (connection exception), operator intervention (admin shutdown, crash
-# shutdown, cannot connect now / starting up), statement timeout, too many connections.
+# shutdown, cannot connect now / starting up), statement timeout, too many connections,
+# and a transaction the server rolled back so that others could go on (a deadlock's
+# victim, a serialization failure): the same request succeeds when retried.
 UNAVAILABLE_SQLSTATE_CLASSES = ("08",)
-UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57014", "53300"})
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57014", "53300",
+                                   "40P01", "40001"})
 
 
 @dataclass(frozen=True)

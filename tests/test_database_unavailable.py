@@ -379,3 +379,34 @@ async def test_failed_deferred_account_work_logs_one_line_without_values(
         "deferred account work failed: database unavailable: ConnectionRefusedError",
     ]
     assert not any(r.exc_info for r in records)
+
+
+async def test_a_deadlocks_victim_is_unavailable_not_a_fault(
+    services: Services, factory: Factory
+) -> None:
+    """Two transactions that take two rows in opposite orders: PostgreSQL rolls one back
+    (40P01). That request is retried with success, so it answers 503 with Retry-After
+    like an outage, never 500 (no lock order of ours is known to allow one; this is the
+    net under it)."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises writers: no deadlock")
+    first, second = uuid.UUID((await factory.user()).id), uuid.UUID((await factory.user()).id)
+    both_hold = asyncio.Barrier(2)
+
+    async def lock(order: tuple[uuid.UUID, uuid.UUID]) -> BaseException | None:
+        try:
+            async with services.engine.begin() as conn:
+                for index, user_id in enumerate(order):
+                    await conn.execute(text("SELECT id FROM users WHERE id = :id FOR UPDATE"),
+                                       {"id": user_id})
+                    if index == 0:
+                        await both_hold.wait()
+        except DBAPIError as exc:
+            return exc
+        return None
+
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(lock((first, second)), lock((second, first))), 30)
+    [victim] = [outcome for outcome in outcomes if outcome is not None]
+    reason = unavailable_reason(victim)
+    assert reason is not None and reason.sqlstate == "40P01", repr(victim)
