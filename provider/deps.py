@@ -227,12 +227,14 @@ async def hold_account(session: AsyncSession, user: User) -> None:
     a disabling: each moves the user's epoch) leaves nothing to change (401), and one
     that comes later waits for this commit and then wins, so a request in flight never
     undoes it (DESIGN: revocation always wins). SQLite's write lock, taken by the
-    request's first statement, does the same there."""
+    request's first statement, does the same there. FOR NO KEY UPDATE: it waits for and
+    holds off every UPDATE of the row, but not the foreign-key checks of rows that name
+    the user (a sign-in's session), which would otherwise wait, or deadlock."""
     held = await session.scalar(
         select(User.id)
         .where(User.id == user.id, User.session_epoch == user.session_epoch,
                User.is_active.is_(True))
-        .with_for_update())
+        .with_for_update(key_share=True))
     if held is None:
         session.expunge(user)  # nothing of it is written when the answer commits
         raise InvalidToken()
@@ -259,7 +261,7 @@ async def hold_admin(session: AsyncSession, admin: User) -> None:
         select(User.id, User.session_epoch)
         .where(User.is_admin.is_(True), User.is_active.is_(True))
         .order_by(User.id)
-        .with_for_update())).all()
+        .with_for_update(key_share=True))).all()
     if any(row.id == admin.id and row.session_epoch == admin.session_epoch for row in held):
         return
     demoted = await session.scalar(

@@ -49,7 +49,11 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     if not sep:
         raise InvalidClient("Malformed Basic credentials.", used_basic=True)
     # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-    return unquote_plus(client_id), unquote_plus(secret)
+    client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+    if "\x00" in client_id or "\x00" in secret:
+        # Refused as the form's fields are (provider.oauth.form): no client has one.
+        raise InvalidClient("Malformed Basic credentials.", used_basic=True)
+    return client_id, secret
 
 
 async def authenticate_client(

@@ -467,28 +467,31 @@ class Accounts:
                                     purpose: Purpose, code: str, *, now: datetime) -> User:
         """Use the code mailed to ``email`` for ``purpose``: the active account it belongs
         to, or InvalidCode. An address without an active account runs the same statement
-        and gets the same answer as a wrong code (no enumeration, ASVS 6.3.8). The row is
-        held until the request commits: a deletion or disabling in flight is waited for,
-        and then the account is no longer active (DESIGN: revocation always wins)."""
-        user = await self._user_by_email(session, email, hold=True)
+        and gets the same answer as a wrong code (no enumeration, ASVS 6.3.8). Once the
+        code matched, and only then (a lock would write, for a registered address alone),
+        the account's row is held until the request commits and read again: a deletion or
+        disabling in flight is waited for, and then the account is no longer active
+        (DESIGN: revocation always wins)."""
+        user = await self._user_by_email(session, email)
         if user is None or not user.is_active:
             await self.codes.consume(session, user_id=NO_USER, purpose=purpose, address="",
                                      code=code, now=now)
             raise InvalidCode()  # not reached: consume() finds no code of NO_USER
         await self.codes.consume(session, user_id=user.id, purpose=purpose,
                                  address=user.email, code=code, now=now)
-        return user
+        held: User | None = await session.scalar(
+            select(User).where(User.id == user.id, User.is_active.is_(True))
+            .with_for_update(key_share=True).execution_options(populate_existing=True))
+        if held is None:
+            raise InvalidCode()  # deleted or disabled while the code was checked
+        return held
 
-    async def _user_by_email(self, session: AsyncSession, email: str, *,
-                             hold: bool = False) -> User | None:
+    async def _user_by_email(self, session: AsyncSession, email: str) -> User | None:
         try:
             address = normalize_email(email)
         except InvalidEmail:
             return None
-        query = select(User).where(User.email == address)
-        if hold:
-            query = query.with_for_update().execution_options(populate_existing=True)
-        user: User | None = await session.scalar(query)
+        user: User | None = await session.scalar(select(User).where(User.email == address))
         return user
 
 

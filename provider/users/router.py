@@ -33,7 +33,7 @@ from provider.users.schemas import (
     UserUpdated,
     VerifyEmail,
 )
-from provider.users.service import ensure_another_active_admin
+from provider.users.service import lock_active_admins
 
 router = APIRouter(tags=["accounts"])
 
@@ -173,7 +173,8 @@ async def delete_me(body: DeleteAccount, user: AccountUser, claims: ClaimsDep,
     if user.is_admin:
         # Every active admin's row in id order first, its own among them, as the admin
         # API takes them: two admins deleting themselves at once queue, never deadlock.
-        await ensure_another_active_admin(session, user.id)
+        # (The count comes after the password, in delete_account.)
+        await lock_active_admins(session)
     await hold_account(session, user)  # a revocation that answered first wins
     await accounts.delete_account(session, mailbox_for(background, accounts), user,
                                   password=body.password)

@@ -262,18 +262,23 @@ async def list_users(
     return page, _encode_user_cursor(page[-1])
 
 
-async def ensure_another_active_admin(session: AsyncSession, user_id: uuid.UUID) -> None:
-    """Raise LastActiveAdmin unless an active admin other than ``user_id`` remains."""
-    # Lock the active admins' rows (in id order, so that concurrent demotions queue rather
-    # than deadlock) and count the others: two admins demoting each other at once cannot
-    # both succeed. SQLite ignores FOR UPDATE; there the write lock serialises requests.
-    admins = await session.scalars(
+async def lock_active_admins(session: AsyncSession) -> list[uuid.UUID]:
+    """Hold the active admins' rows until the request commits, in id order (so that
+    concurrent admin changes queue rather than deadlock), FOR NO KEY UPDATE (so that a
+    sign-in's foreign-key check of its user is not held off). SQLite ignores it; there
+    the write lock serialises requests. Their ids."""
+    return list(await session.scalars(
         select(User.id)
         .where(User.is_admin.is_(True), User.is_active.is_(True))
         .order_by(User.id)
-        .with_for_update()
-    )
-    if not any(admin_id != user_id for admin_id in admins):
+        .with_for_update(key_share=True)
+    ))
+
+
+async def ensure_another_active_admin(session: AsyncSession, user_id: uuid.UUID) -> None:
+    """Raise LastActiveAdmin unless an active admin other than ``user_id`` remains: two
+    admins demoting each other at once cannot both succeed."""
+    if not any(admin_id != user_id for admin_id in await lock_active_admins(session)):
         raise LastActiveAdmin()
 
 

@@ -185,6 +185,8 @@ async def test_malformed_basic_header_is_invalid_client_with_challenge(client) -
     for value in ("Basic !!!not-base64!!!",
                   "Basic " + base64.b64encode(b"no-colon-here").decode(),
                   "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+                  "Basic " + base64.b64encode(b"cl_a\x00b:secret").decode(),
+                  "Basic " + base64.b64encode(b"cl_a:se%00cret").decode(),
                   "Basic"):
         response = await client.post(TOKEN, data=CC, headers={"Authorization": value})
         assert_oauth_error(response, 401, "invalid_client", "Malformed Basic credentials.",

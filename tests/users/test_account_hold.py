@@ -10,14 +10,16 @@ import uuid
 import httpx
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
+import provider.clients.router as clients_router
 from provider.deps import hold_account, hold_admin
 from provider.oauth.errors import InsufficientScope, InvalidToken
 from provider.services import Services
 from provider.tokens.revocation import end_user_sessions
 from provider.users.models import User
 from tests.factories import Factory
-from tests.helpers import bearer, login
+from tests.helpers import bearer, login, password_login
 from tests.smtp_sink import SmtpSink
 from tests.users.flows import request_reset_code
 
@@ -187,3 +189,33 @@ async def test_an_admins_disabling_or_demotion_that_answered_first_leaves_nothin
         await factory.set_user(str(admin_id), **change)  # answers while in flight
         with pytest.raises(refused):
             await hold_admin(session, admin)
+
+
+async def test_an_admins_change_does_not_hold_off_an_admins_sign_in(
+        client: httpx.AsyncClient, services: Services, factory: Factory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admins' rows are held FOR NO KEY UPDATE: a sign-in's session names its user
+    (a foreign-key check, FOR KEY SHARE of the row), which that does not hold off. Held
+    FOR UPDATE, an admin deleting the client another admin signed in with deadlocked
+    with that sign-in, and the sign-in lost (503)."""
+    postgres_only(services)
+    oauth = await factory.client()
+    first, second = await factory.user(is_admin=True), await factory.user(is_admin=True)
+    a = bearer((await login(client, oauth, first, scope="admin"))["access_token"])
+    app = await factory.client()
+    held, release = asyncio.Event(), asyncio.Event()
+    delete_client = clients_router.delete_client
+
+    async def hold_then_delete(session: AsyncSession, client_id: str) -> None:
+        held.set()
+        await release.wait()
+        await delete_client(session, client_id)
+
+    monkeypatch.setattr(clients_router, "delete_client", hold_then_delete)
+    deleting = asyncio.create_task(client.delete(f"/admin/clients/{app.client_id}",
+                                                 headers=a))
+    await asyncio.wait_for(held.wait(), 10)
+    signed_in = await asyncio.wait_for(password_login(client, app, second), 10)
+    assert signed_in.status_code == 200, signed_in.text  # while the admin change is held
+    release.set()
+    assert (await deleting).status_code == 204

@@ -58,6 +58,10 @@ async def test_the_last_active_admin_cannot_delete_their_account(
     oauth = await factory.client()
     admin = await factory.user(is_admin=True)
     token = (await login(http, oauth, admin))["access_token"]
+    # The password is checked first: a wrong one is a wrong password, for anyone.
+    wrong = await http.request("DELETE", "/users/me", headers=bearer(token),
+                               json={"password": "not the password at all"})
+    assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_password", wrong.text
     assert_problem(await delete_me(http, token, admin), 409, *LAST_ADMIN)
     # Nothing changed: the account and its session work.
     me = await http.get("/users/me", headers=bearer(token))
