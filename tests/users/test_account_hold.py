@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +28,22 @@ from tests.users.flows import request_reset_code
 def postgres_only(services: Services) -> None:
     if services.engine.dialect.name != "postgresql":
         pytest.skip("SQLite's write lock serialises whole requests; no row lock to test")
+
+
+async def waits_on_a_lock(services: Services, task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is seen waiting on a row lock (pg_stat_activity) before it ends,
+    whatever the scheduling: each run has a database of its own."""
+    for _ in range(1000):
+        async with services.engine.connect() as watch:  # a fresh statistics snapshot
+            waiting = await watch.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"))
+        if waiting:
+            return not task.done()
+        if task.done():
+            return False
+        await asyncio.sleep(0.005)
+    return False
 
 
 async def revoke(services: Services, user_id: uuid.UUID) -> None:
@@ -113,16 +130,7 @@ async def test_an_account_deletion_holds_the_row_while_it_checks_the_password(
     await asyncio.wait_for(verified.wait(), 10)
     reset = asyncio.create_task(client.post("/auth/reset-password", json={
         "email": user.email, "code": code, "new_password": "juniper lantern quay"}))
-    waiting = 0
-    for _ in range(1000):
-        async with services.engine.connect() as watch:
-            waiting = await watch.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"))
-        if waiting or reset.done():
-            break
-        await asyncio.sleep(0.005)
-    assert waiting >= 1 and not reset.done()
+    assert await waits_on_a_lock(services, reset)
     release.set()
     assert (await deletion).status_code == 204
     answer = await reset
@@ -159,16 +167,7 @@ async def test_an_admins_change_in_flight_holds_off_the_admins_disabling(
         "email": made, "password": "juniper lantern quay", "is_admin": True}))
     await asyncio.wait_for(hashing.wait(), 10)
     disabling = asyncio.create_task(client.delete(f"/admin/users/{second.id}", headers=a))
-    waiting = 0
-    for _ in range(1000):
-        async with services.engine.connect() as watch:
-            waiting = await watch.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"))
-        if waiting or disabling.done():
-            break
-        await asyncio.sleep(0.005)
-    assert waiting >= 1 and not disabling.done()
+    assert await waits_on_a_lock(services, disabling)
     release.set()
     assert (await creating).status_code == 201  # it came first
     assert (await disabling).status_code == 204  # and the disabling after it
