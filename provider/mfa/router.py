@@ -113,11 +113,16 @@ async def confirm_totp(body: TotpCode, user: AccountUser, claims: ClaimsDep,
                        session: SessionDep, services: ServicesDep,
                        context: RequestContextDep) -> RecoveryCodes:
     """Turn two-step verification on with a code from the app; answers the recovery
-    codes, shown this once."""
+    codes, shown this once. Every other session of the user ends (signed in with the
+    password alone, whoever holds them); the caller's stays."""
     await hold_account(session, user)
+    now = services.clock.now()
+    conn = await session.connection()
     with _answers():
-        codes = await services.mfa.confirm(await session.connection(), user_id=user.id,
-                                           code=body.code, now=services.clock.now())
+        codes = await services.mfa.confirm(conn, user_id=user.id, code=body.code, now=now)
+    # ASVS 7.4.3: a new factor ends the other sessions, as a removed one does.
+    await end_user_sessions(conn, user.id, now=now,
+                            keep=uuid.UUID(claims.sid) if claims.sid else None)
     services.audit.add(session, EventType.MFA_ENABLED, actor=str(user.id),
                        subject_user_id=user.id, client_id=claims.client_id, context=context)
     mailbox_for(background, accounts).send(mail.mfa_changed(user.email, enabled=True,

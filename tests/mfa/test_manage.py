@@ -14,7 +14,7 @@ from provider.mfa.models import RecoveryCode, TotpAuthenticator
 from provider.services import Services
 from tests.conftest import TestClock
 from tests.factories import Factory, TestUser
-from tests.helpers import assert_problem, bearer, login, password_login
+from tests.helpers import assert_problem, bearer, login, password_login, refresh
 from tests.mfa.helpers import (
     TOTP_AMR,
     WRONG_CODE,
@@ -71,6 +71,21 @@ async def test_enable_is_emailed_and_audited(client: httpx.AsyncClient, factory:
     assert "recovery codes" in plain_text(message)
     assert [(e.type, e.outcome, e.actor, e.client_id) for e in await events(services, user)] \
         == [("mfa.enabled", "success", user.id, oauth.client_id)]
+
+
+async def test_enable_ends_the_other_sessions_and_keeps_the_callers(
+        client: httpx.AsyncClient, factory: Factory, clock: TestClock) -> None:
+    """ASVS 7.4.3: a new factor ends the other sessions, as a removed one does: a
+    password-only session someone else holds does not outlive the second factor."""
+    user, oauth = await factory.user(), await factory.client()
+    elsewhere = await login(client, oauth, user, scope="openid account")
+    enrolled = await enrol(client, clock, oauth, user)
+    gone = await client.get("/users/me", headers=bearer(elsewhere["access_token"]))
+    assert gone.status_code == 401
+    assert (await refresh(client, oauth, elsewhere["refresh_token"])).status_code == 400
+    mine = await client.get("/users/me", headers=bearer(enrolled.tokens["access_token"]))
+    assert mine.status_code == 200 and mine.json()["mfa_enabled"] is True
+    assert (await refresh(client, oauth, enrolled.tokens["refresh_token"])).status_code == 200
 
 
 async def test_regenerate_recovery_codes_kills_the_old_set(
