@@ -416,7 +416,7 @@ class Accounts:
             # rollback expired ``user``: nothing may read it after this.
             raise EmailTaken() from None
         mailbox.send(mail.email_change_notice(
-            old_email, new_email_hint=_hint(used.target_email), product=PRODUCT))
+            old_email, new_email_hint=email_hint(used.target_email), product=PRODUCT))
 
     async def delete_account(
         self, session: AsyncSession, mailbox: Mailbox, user: User, *, password: str
@@ -504,7 +504,7 @@ def _account_key(email: str) -> str:
         return email
 
 
-def _hint(email: str) -> str:
+def email_hint(email: str) -> str:
     """j***@example.com: enough for the owner to recognise, little for anyone else."""
     local, _, domain = email.partition("@")
     return f"{local[:1]}***@{domain}"

@@ -11,10 +11,11 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Response
 
 from provider.audit.service import EventType
 from provider.deps import (
+    AccountsDep,
     AdminUser,
     AdminWriter,
     ClockDep,
@@ -22,6 +23,7 @@ from provider.deps import (
     ServicesDep,
     SessionDep,
 )
+from provider.mail import templates as mail
 from provider.responses import (
     ADMIN_BEARER_ERRORS,
     INVALID,
@@ -29,7 +31,9 @@ from provider.responses import (
     USER_NOT_FOUND,
     USER_TAKEN,
 )
+from provider.users.accounts import PRODUCT, email_hint
 from provider.users.admin_schemas import AdminUserCreate, AdminUserUpdate, UserPage
+from provider.users.router import mailbox_for
 from provider.users.schemas import UserRead
 from provider.users.service import (
     create_user,
@@ -104,11 +108,18 @@ async def admin_read_user(admin: AdminUser, user_id: TargetUserId, session: Sess
 async def admin_update_user(
     admin: AdminWriter, user_id: TargetUserId, body: AdminUserUpdate, session: SessionDep,
     clock: ClockDep, services: ServicesDep, context: RequestContextDep,
+    background: BackgroundTasks, accounts: AccountsDep,
 ) -> UserRead:
-    """Change only the fields sent. ``is_active: false`` also revokes the user's refresh
-    tokens; an admin cannot disable or demote their own account (409 cannot_modify_self)."""
+    """Change only the fields sent. A new email is told to the old address.
+    ``is_active: false`` also revokes the user's refresh tokens; an admin cannot disable
+    or demote their own account (409 cannot_modify_self)."""
     changes = body.model_dump(exclude_unset=True)
+    old_email = (await get_user(session, user_id)).email
     user = await update_user_admin(session, user_id, changes, actor_id=admin.id, now=clock.now())
+    if user.email != old_email:
+        # The old address hears of it (OWASP: an email change notifies the old one).
+        mailbox_for(background, accounts).send(mail.email_changed_by_admin(
+            old_email, new_email_hint=email_hint(user.email), product=PRODUCT))
     audit.info("admin=%s action=user.update target=%s fields=%s", admin.id, user.id,
                ",".join(sorted(changes)))
     services.audit.add(session, EventType.USER_UPDATED, actor=str(admin.id),

@@ -29,6 +29,7 @@ from tests.admin.helpers import (
 from tests.factories import DEFAULT_PASSWORD, Factory
 from tests.factories import TestUser as Credentials
 from tests.helpers import assert_oauth_error, assert_problem, bearer, login, password_login, refresh
+from tests.smtp_sink import SmtpSink, plain_text
 
 USER_FIELDS = {"id", "email", "username", "profile", "is_verified", "is_active", "is_admin",
                "mfa_enabled", "created_at", "updated_at"}
@@ -351,6 +352,26 @@ async def test_patch_email_is_normalised_and_unverified_unless_said(
     response = await client.patch(f"/admin/users/{user.id}", headers=admin.headers,
                                   json={"email": other.upper()})
     assert (response.json()["email"], response.json()["is_verified"]) == (other, True)
+
+
+async def test_an_admins_email_change_is_told_to_the_old_address(
+    client: httpx.AsyncClient, factory: Factory, admin: Session, mail_sink: SmtpSink
+) -> None:
+    """OWASP (Authentication): an email change notifies the old address, also when an
+    administrator made it; nothing is mailed for any other change."""
+    user = await factory.user()
+    old = user.email
+    await client.patch(f"/admin/users/{user.id}", headers=admin.headers,
+                       json={"username": prefix("quiet")})
+    new_email = f"{prefix('moved')}@example.com"
+    response = await client.patch(f"/admin/users/{user.id}", headers=admin.headers,
+                                  json={"email": new_email})
+    assert response.status_code == 200, response.text
+    [notice] = await mail_sink.wait_for(old)
+    assert notice["Subject"] == "The email address of your provider account was changed"
+    text = plain_text(notice)
+    assert f"{new_email[0]}***@example.com" in text and new_email not in text
+    assert mail_sink.messages_to(new_email) == []
 
 
 async def test_patch_username_is_normalised_and_can_be_cleared(

@@ -108,6 +108,18 @@ def email_change_notice(to: str, *, new_email_hint: str, product: str = "provide
     )
 
 
+def email_changed_by_admin(to: str, *, new_email_hint: str,
+                           product: str = "provider") -> Message:
+    """Sent to the old address when an administrator changed it (API or CLI)."""
+    return _render(
+        "email_changed_by_admin",
+        to,
+        subject=f"The email address of your {product} account was changed",
+        product=product,
+        new_email_hint=new_email_hint,
+    )
+
+
 def email_change_attempt(to: str, *, product: str = "provider") -> Message:
     """Sent instead of a code when an account asks to move to a taken address: the
     caller is answered as for a free one (no enumeration)."""
