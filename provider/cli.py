@@ -666,8 +666,11 @@ def clients_ensure_dev() -> None:
     creds = in_session(work)
     if creds != saved:
         current.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text(json.dumps(creds))
-        path.chmod(0o600)
+        # Private from its first byte: created 0600 (and made so when it was not).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(creds))
     typer.echo(
         "Development client for Swagger UI (Authorize -> client_id / client_secret):\n"
         f"  client_id:     {creds['client_id']}\n  client_secret: {creds['client_secret']}\n"

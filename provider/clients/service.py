@@ -12,6 +12,7 @@ import hmac
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -124,6 +125,18 @@ def validate_scopes(scopes: Iterable[str]) -> list[str]:
     return chosen
 
 
+def _checked_name(name: str) -> str:
+    """A client's name as people will see it (the consent page, lists, the CLI): 1 to 200
+    characters once stripped, none of them a control character (a terminal would obey
+    an escape sequence in it)."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ValidationFailed("name must be 1 to 200 characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise ValidationFailed("name must not contain control characters")
+    return name
+
+
 async def create_client(
     session: AsyncSession,
     *,
@@ -138,9 +151,7 @@ async def create_client(
     is_first_party: bool = False,
 ) -> tuple[Client, str | None]:
     """Create a client; return it with its secret (None for public clients), shown once."""
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise ValidationFailed("name must be 1 to 200 characters")
+    name = _checked_name(name)
     chosen_grants = validate_grant_types(grant_types, is_public=is_public, rules=grant_rules)
     check_first_party(chosen_grants, is_first_party=is_first_party)
     secret = None if is_public else generate_secret()
@@ -214,9 +225,7 @@ async def update_client(
     client = await get_client(session, client_id)
     values = dict(changes)
     if "name" in values:
-        values["name"] = values["name"].strip()
-        if not values["name"] or len(values["name"]) > 200:
-            raise ValidationFailed("name must be 1 to 200 characters")
+        values["name"] = _checked_name(values["name"])
     if "grant_types" in values:
         values["grant_types"] = validate_grant_types(
             values["grant_types"], is_public=client.is_public, rules=grant_rules

@@ -153,6 +153,8 @@ async def test_create_public_client_has_no_secret(
      "unknown grant type 'implicit'; choose from password, refresh_token, client_credentials, "
      "authorization_code"),
     ({"name": "   "}, "name must be 1 to 200 characters"),
+    # A terminal would obey it in `provider clients list`.
+    ({"name": "Friendly \x1b]0;owned\x07App"}, "name must not contain control characters"),
     ({"scopes": ['bad"scope']}, "invalid scope token 'bad\"scope'"),
     ({"redirect_uris": ["https://app.example.com/cb#x"]},
      "redirect_uris: a redirect URI may not have a fragment (RFC 6749 §3.1.2)"),
