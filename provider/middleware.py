@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provider.deps import client_address, is_trusted_proxy
-from provider.docs import DOCS_PAGES, DOCS_PREFIX
+from provider.docs import DOCS_PAGES, DOCS_PREFIX, inline_script_hashes
 from provider.errors import PayloadTooLarge
 from provider.logs import (
     ACCESS_LOGGER,
@@ -46,10 +46,13 @@ API_SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+# Swagger UI's and ReDoc's own scripts, and the docs pages' inline scripts by hash only
+# (provider.docs); their styles need inline style attributes.
 DOCS_CSP = (
     b"content-security-policy",
-    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+    b"default-src 'self'; script-src 'self' " + " ".join(inline_script_hashes()).encode()
+    + b"; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+    b"frame-ancestors 'none'",
 )
 NO_STORE = (b"cache-control", b"no-store")
 # Two years, the HSTS preload list's floor; sent only when the issuer is https (RFC 6797

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import difflib
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -175,3 +177,25 @@ def test_every_bearer_operation_documents_the_query_token_400(spec: dict[str, An
         content = operation["responses"]["400"]["content"]
         assert content["application/json"]["schema"]["$ref"] == oauth_body, (method, path)
     assert bearer > 20
+
+
+@pytest.mark.parametrize(("path", "inline"), [
+    ("/docs", 1), ("/docs/oauth2-redirect.html", 1), ("/redoc", 0)])
+async def test_the_docs_pages_run_only_their_own_inline_scripts(
+    client: Any, path: str, inline: int
+) -> None:
+    """script-src names each inline script of the docs pages by its hash: any other
+    inline script (an injection) would not run. No CDN either: the rest is 'self'."""
+    response = await client.get(path)
+    assert response.status_code == 200
+    policy = dict(part.strip().split(" ", 1)
+                  for part in response.headers["content-security-policy"].split(";"))
+    sources = policy["script-src"].split()
+    assert "'unsafe-inline'" not in sources and "'unsafe-eval'" not in sources
+    scripts = re.findall(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", response.text,
+                         re.DOTALL)
+    assert len(scripts) == inline
+    for script in scripts:
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in sources
+    assert "cdn.jsdelivr" not in response.text
