@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,11 +92,15 @@ class Counting(httpx.BaseTransport):
         self.inner = httpx.HTTPTransport()
         self.paths: list[str] = []
         self.down = False
+        # Set: a JWKS request waits for this event first (a provider slow to answer).
+        self.slow_jwks: threading.Event | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.paths.append(request.url.path)
         if self.down:
             raise httpx.ConnectError("the provider is unreachable", request=request)
+        if self.slow_jwks is not None and request.url.path.endswith("/jwks.json"):
+            self.slow_jwks.wait(30)
         return self.inner.handle_request(request)
 
     def count(self, suffix: str) -> int:

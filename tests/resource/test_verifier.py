@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -115,6 +117,41 @@ def test_unknown_kids_refetch_at_most_once_per_interval(provider: Provider) -> N
         assert transport.count("/jwks.json") == 3
         verifier.verify(forge.sign())  # the real key is still known
         assert transport.count("/jwks.json") == 3
+
+
+def test_a_slow_fetch_holds_up_no_token_of_a_known_key(provider: Provider) -> None:
+    """A garbage kid's refetch that hangs on a slow provider (up to the timeout) leaves
+    every other thread's token of a known key to go through: only the threads that need
+    a fetch wait for it."""
+    transport, forge = Counting(), provider.forge()
+    with verifier_for(provider, transport) as verifier:
+        good = forge.sign()
+        verifier.verify(good)  # metadata and keys cached
+        transport.slow_jwks = threading.Event()
+        fetches = transport.count("/jwks.json")
+        outcome: list[BaseException] = []
+
+        def garbage() -> None:
+            try:
+                verifier.verify(forge.sign(forge.header(kid=secrets.token_urlsafe(32))))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        hanging = threading.Thread(target=garbage)
+        hanging.start()
+        for _ in range(1000):  # until its refetch is in the transport
+            if transport.count("/jwks.json") > fetches:
+                break
+            time.sleep(0.005)
+        assert transport.count("/jwks.json") == fetches + 1
+        done = threading.Event()
+        meanwhile = threading.Thread(target=lambda: (verifier.verify(good), done.set()))
+        meanwhile.start()
+        assert done.wait(10), "a token of a known key waited for another thread's fetch"
+        transport.slow_jwks.set()
+        hanging.join(30)
+        meanwhile.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], InvalidToken)
 
 
 def test_while_the_provider_is_unreachable_the_cached_keys_stay_in_use(

@@ -446,7 +446,11 @@ class TokenVerifier:
                            introspection_cache_size=introspection_cache_size, clock=clock)
         self._http = http or httpx.Client(timeout=timeout, follow_redirects=False)
         self._owns_http = http is None
+        # The introspection cache's: held for a dictionary operation, never over I/O.
         self._lock = threading.Lock()
+        # The fetches': one discovery or JWKS fetch at a time, and only threads that need
+        # one wait for it (a token of a known key never does).
+        self._fetch_lock = threading.Lock()
 
     @property
     def issuer(self) -> str:
@@ -455,13 +459,15 @@ class TokenVerifier:
     def verify(self, token: str, scopes: Iterable[str] = ()) -> AccessToken:
         core = self._core
         header = core.header(token)
-        with self._lock:
-            now = core.clock()
-            if core.needs_metadata(now):
-                self._discover(now)
-            if core.needs_keys(header.kid, now):
-                self._fetch_keys(header.kid, now)
-            published = core.key_for(header)
+        now = core.clock()
+        if core.needs_metadata(now) or core.needs_keys(header.kid, now):
+            with self._fetch_lock:  # one fetch for all who wait; they re-check after it
+                now = core.clock()
+                if core.needs_metadata(now):
+                    self._discover(now)
+                if core.needs_keys(header.kid, now):
+                    self._fetch_keys(header.kid, now)
+        published = core.key_for(header)
         access = core.check(token, header, published, core.clock())
         if core.introspect:
             access = self._introspect(token, access)
