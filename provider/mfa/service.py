@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, delete, exists, insert, select, update
+from sqlalchemy import Table, delete, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -305,6 +305,14 @@ class Mfa:
             .returning(totp_table.c.user_id)
         )).first()
         return won is not None
+
+    async def recovery_codes_left(self, user_id: uuid.UUID) -> int:
+        """How many of the user's recovery codes are still unused."""
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(
+                select(func.count()).select_from(codes_table)
+                .where(codes_table.c.user_id == user_id, codes_table.c.used_at.is_(None))
+            )).scalar_one())
 
     async def reserve(self, user_id: uuid.UUID) -> bool:
         """Before a sign-in checks a code: the user's throttle slot, then a place in the

@@ -51,7 +51,12 @@ from provider.oauth.errors import (
     LoginRequired,
     SlowDown,
 )
-from provider.oauth.grants.password import LOCKED, check_credentials, second_factor_locked
+from provider.oauth.grants.password import (
+    LOCKED,
+    check_credentials,
+    notify_second_factor,
+    second_factor_locked,
+)
 from provider.oauth.scopes import ACCOUNT, ADMIN, EMAIL, OPENID, PROFILE, resolve_scope
 from provider.oidc.logout import LogoutError, parse_logout
 from provider.tokens.authorization_codes import CodeGrant, issue_code
@@ -436,6 +441,7 @@ class Flow:
             await mfa.unchecked(reserved.user_id)  # no verdict on the code
             raise
         await mfa.refund(reserved.user_id)
+        await notify_second_factor(services, reserved.user_id, factor)
         return self._signed_in(request, session_token, user_id=reserved.user_id,
                                client_id=client_id,
                                details={"method": "login_page", "mfa": factor.value})

@@ -35,7 +35,7 @@ from tests.mfa.helpers import (
     next_code,
 )
 from tests.oauth.helpers import unverified
-from tests.smtp_sink import SmtpSink
+from tests.smtp_sink import SmtpSink, plain_text
 from tests.users.flows import request_reset_code
 
 BAD_CREDENTIALS = "Invalid username or password."
@@ -142,7 +142,8 @@ async def test_refresh_keeps_amr_and_auth_time(client: httpx.AsyncClient, factor
 
 
 async def test_recovery_code_works_once_in_place_of_otp(
-        client: httpx.AsyncClient, factory: Factory, clock: TestClock) -> None:
+        client: httpx.AsyncClient, factory: Factory, clock: TestClock,
+        mail_sink: SmtpSink) -> None:
     user, oauth = await factory.user(), await factory.client()
     enrolled = await enrol(client, clock, oauth, user)
     first, second = enrolled.recovery_codes[:2]
@@ -161,6 +162,17 @@ async def test_recovery_code_works_once_in_place_of_otp(
     other = await password_login(client, oauth, user, scope="openid", otp=second)
     assert other.status_code == 200, other.text
     assert_tokens(other.json(), RECOVERY_AMR, int(clock.now().timestamp()))
+    # The owner hears of each sign-in by recovery code (either way of finishing), with
+    # how many are left; a TOTP sign-in mails nothing.
+    subject = "A recovery code was used to sign in to your provider account"
+    notices = [m for m in await mail_sink.wait_for(user.email, count=3)
+               if m["Subject"] == subject]
+    assert [" ".join(plain_text(m).split()).count(f"{left} of your recovery codes are left")
+            for m, left in zip(notices, (9, 8), strict=True)] == [1, 1]
+    totp = await password_login(client, oauth, user, otp=next_code(clock, enrolled.secret))
+    assert totp.status_code == 200, totp.text
+    assert len([m for m in mail_sink.messages_to(user.email)
+                if m["Subject"] == subject]) == 2
 
 
 async def test_recovery_code_of_another_user_is_refused(

@@ -109,8 +109,10 @@ async def test_regenerate_recovery_codes_kills_the_old_set(
     assert_answer(old, 400, WRONG_CODE)
     new = await password_login(client, oauth, user, otp=fresh[0])
     assert new.status_code == 200, new.text
-    await mail_sink.wait_for(user.email, count=2)
-    assert subjects(mail_sink, user.email) == [SUBJECT_ON, SUBJECT_REGENERATED]
+    await mail_sink.wait_for(user.email, count=3)
+    assert subjects(mail_sink, user.email) == [
+        SUBJECT_ON, SUBJECT_REGENERATED,
+        "A recovery code was used to sign in to your provider account"]
     assert sorted(e.type for e in await events(services, user)) == [
         "mfa.enabled", "mfa.recovery_codes_regenerated"]
 

@@ -180,6 +180,18 @@ def mfa_locked(to: str, *, failures: int, product: str = "provider") -> Message:
     )
 
 
+def recovery_code_used(to: str, *, remaining: int, product: str = "provider") -> Message:
+    """Sent when a sign-in used a recovery code (NIST SP 800-63B: the subscriber hears of
+    a recovery event)."""
+    return _render(
+        "recovery_code_used",
+        to,
+        subject=f"A recovery code was used to sign in to your {product} account",
+        product=product,
+        remaining=str(remaining),
+    )
+
+
 def _checked_code(code: str) -> str:
     # Users, tests and mail clients all look for a standalone 6-digit number.
     if not _CODE.fullmatch(code):

@@ -20,6 +20,7 @@ from provider.mfa.service import AMR, CheckThrottled, SecondFactorLocked, WrongC
 from provider.oauth.errors import InvalidGrant, InvalidScope, SlowDown
 from provider.oauth.grants.base import TokenRequest, TokenResponse, require
 from provider.oauth.grants.password import (
+    notify_second_factor,
     second_factor_refused,
     signed_in,
     start_sign_in,
@@ -105,4 +106,5 @@ class MfaOtpGrant:
             await mfa.unchecked(reserved.user_id)  # no verdict on the code
             raise
         await mfa.refund(reserved.user_id)
+        await notify_second_factor(services, reserved.user_id, factor)
         return signed_in(services, request, client, session, refresh_token, factor=factor)

@@ -151,6 +151,7 @@ class PasswordGrant:
             await mfa.unchecked(user_id)  # no verdict on the code: not a wrong one
             raise
         await mfa.refund(user_id)
+        await notify_second_factor(services, user_id, factor)
         return signed_in(services, request, client, session, refresh_token, factor=factor)
 
 
@@ -260,6 +261,22 @@ def second_factor_refused(services: Services, request: TokenRequest, client: Cli
     past the password (or holds an mfa_token from it)."""
     _record_failure(services, request.context, client.client_id, user_id, "mfa_locked")
     raise InvalidGrant(LOCKED)
+
+
+async def notify_second_factor(services: Services, user_id: uuid.UUID,
+                               factor: Factor | None) -> None:
+    """After a sign-in that used a recovery code: the owner hears of it, with how many
+    are left (a stranger with the password and one code would otherwise go unseen)."""
+    if factor is not Factor.RECOVERY_CODE:
+        return
+    remaining = await services.mfa.recovery_codes_left(user_id)
+    async with services.single.connect() as conn:
+        email = (await conn.execute(select(users.c.email).where(users.c.id == user_id))
+                 ).scalar()
+    if email:
+        mailbox = Mailbox()
+        mailbox.send(mail.recovery_code_used(email, remaining=remaining, product=PRODUCT))
+        await services.accounts.deliver(mailbox)
 
 
 async def second_factor_locked(services: Services, context: RequestContext, client_id: str,
