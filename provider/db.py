@@ -416,25 +416,22 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
                 todo.append(linked)
 
 
-# PostgreSQL's text holds no NUL character ("invalid byte sequence for encoding UTF8:
-# 0x00"): the request's input, not a fault of ours.
-NUL_IN_TEXT_SQLSTATE = "22021"
-
-
-FOREIGN_KEY_VIOLATION_SQLSTATE = "23503"
+def _said(exc: BaseException, sqlstate: str) -> bool:
+    """Whether PostgreSQL answered ``sqlstate`` somewhere in ``exc``'s chain."""
+    return any(getattr(current, "sqlstate", None) == sqlstate for current in _chain(exc))
 
 
 def is_foreign_key_violation(exc: BaseException) -> bool:
-    """Whether ``exc`` is a row naming one that is gone (PostgreSQL; SQLite enforces no
+    """Whether ``exc`` is a row naming one that is gone (23503; SQLite enforces no
     foreign keys here)."""
-    return any(getattr(current, "sqlstate", None) == FOREIGN_KEY_VIOLATION_SQLSTATE
-               for current in _chain(exc))
+    return _said(exc, "23503")
 
 
 def is_nul_in_text(exc: BaseException) -> bool:
-    """Whether ``exc`` is PostgreSQL refusing a NUL character in text a request sent."""
-    return any(getattr(current, "sqlstate", None) == NUL_IN_TEXT_SQLSTATE
-               for current in _chain(exc))
+    """Whether ``exc`` is PostgreSQL refusing a NUL character in text a request sent
+    (22021, "invalid byte sequence for encoding UTF8: 0x00"): the request's input, not a
+    fault of ours."""
+    return _said(exc, "22021")
 
 
 def unavailable_reason(exc: BaseException) -> Unavailable | None:

@@ -36,6 +36,7 @@ from provider.tokens.jwt import AccessClaims, TokenRejected
 from provider.tokens.revocation import access_token_stands, token_user_id
 from provider.users.accounts import Accounts
 from provider.users.models import User
+from provider.users.service import lock_active_admins
 
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` in a thread pool,
@@ -250,19 +251,14 @@ AdminUser = Annotated[User, Depends(get_admin_user)]
 
 
 async def hold_admin(session: AsyncSession, admin: User) -> None:
-    """Before an admin's change: every active admin's row, in id order (as
+    """Before an admin's change: every active admin's row (``lock_active_admins``, as
     ``ensure_another_active_admin`` takes them, so the two never deadlock), this admin's
     among them as the token found it, until the request commits. A disabling, demotion
     or password reset of this admin that answered first leaves nothing to change (401,
     or 403 when only the admin role went), and one that comes later waits for this
     commit and then wins (DESIGN: revocation always wins). SQLite's write lock, taken
     by the request's first statement, does the same there."""
-    held = (await session.execute(
-        select(User.id, User.session_epoch)
-        .where(User.is_admin.is_(True), User.is_active.is_(True))
-        .order_by(User.id)
-        .with_for_update(key_share=True))).all()
-    if any(row.id == admin.id and row.session_epoch == admin.session_epoch for row in held):
+    if (await lock_active_admins(session)).get(admin.id) == admin.session_epoch:
         return
     demoted = await session.scalar(
         select(User.id).where(User.id == admin.id, User.is_active.is_(True),

@@ -14,6 +14,7 @@ submission before comparing it, a mail before sending it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -97,6 +98,8 @@ class Accounts:
         self.codes = codes
         self.mailer = mailer
         self.throttles = throttles
+        # Deliveries under way outside a route's background tasks (deliver_soon).
+        self._delivering: set[asyncio.Task[None]] = set()
 
     @property
     def _ttl_minutes(self) -> int:
@@ -117,6 +120,19 @@ class Accounts:
                           f"database unavailable: {reason}" if reason else type(exc).__name__)
         for message in mailbox.outbox:
             await self._send(message)
+
+    def deliver_soon(self, mailbox: Mailbox) -> None:
+        """``deliver`` after the answer, where no route's background tasks are at hand
+        (the token endpoint's notices): a slow mail server holds up no sign-in. ``close``
+        waits for what is under way."""
+        task = asyncio.get_running_loop().create_task(self.deliver(mailbox))
+        self._delivering.add(task)
+        task.add_done_callback(self._delivering.discard)
+
+    async def close(self) -> None:
+        """Let deliveries under way finish (each is bounded by the mailer's timeout)."""
+        if self._delivering:
+            await asyncio.wait(set(self._delivering))
 
     async def _send(self, message: Message) -> None:
         try:

@@ -262,17 +262,18 @@ async def list_users(
     return page, _encode_user_cursor(page[-1])
 
 
-async def lock_active_admins(session: AsyncSession) -> list[uuid.UUID]:
+async def lock_active_admins(session: AsyncSession) -> dict[uuid.UUID, int]:
     """Hold the active admins' rows until the request commits, in id order (so that
     concurrent admin changes queue rather than deadlock), FOR NO KEY UPDATE (so that a
     sign-in's foreign-key check of its user is not held off). SQLite ignores it; there
-    the write lock serialises requests. Their ids."""
-    return list(await session.scalars(
-        select(User.id)
+    the write lock serialises requests. Their ids and session epochs."""
+    rows = await session.execute(
+        select(User.id, User.session_epoch)
         .where(User.is_admin.is_(True), User.is_active.is_(True))
         .order_by(User.id)
         .with_for_update(key_share=True)
-    ))
+    )
+    return {row.id: row.session_epoch for row in rows}
 
 
 async def ensure_another_active_admin(session: AsyncSession, user_id: uuid.UUID) -> None:

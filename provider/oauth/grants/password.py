@@ -11,6 +11,7 @@ always, through the same throttles.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar, NoReturn, cast
 
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from provider.audit.service import EventType, RequestContext
 from provider.audit.service import Outcome as AuditOutcome
 from provider.clients.service import ClientInfo
+from provider.mail import Message
 from provider.mail import templates as mail
 from provider.metrics import LOGIN_FAILURES
 from provider.mfa.service import (
@@ -267,16 +269,10 @@ async def notify_second_factor(services: Services, user_id: uuid.UUID,
                                factor: Factor | None) -> None:
     """After a sign-in that used a recovery code: the owner hears of it, with how many
     are left (a stranger with the password and one code would otherwise go unseen)."""
-    if factor is not Factor.RECOVERY_CODE:
-        return
-    remaining = await services.mfa.recovery_codes_left(user_id)
-    async with services.single.connect() as conn:
-        email = (await conn.execute(select(users.c.email).where(users.c.id == user_id))
-                 ).scalar()
-    if email:
-        mailbox = Mailbox()
-        mailbox.send(mail.recovery_code_used(email, remaining=remaining, product=PRODUCT))
-        await services.accounts.deliver(mailbox)
+    if factor is Factor.RECOVERY_CODE:
+        remaining = await services.mfa.recovery_codes_left(user_id)
+        await _mail_owner(services, user_id, lambda email: mail.recovery_code_used(
+            email, remaining=remaining, product=PRODUCT))
 
 
 async def second_factor_locked(services: Services, context: RequestContext, client_id: str,
@@ -287,13 +283,20 @@ async def second_factor_locked(services: Services, context: RequestContext, clie
     services.audit.record(EventType.MFA_LOCKED, actor=client_id, client_id=client_id,
                           subject_user_id=user_id, context=context,
                           details={"failures": failures})
+    await _mail_owner(services, user_id, lambda email: mail.mfa_locked(
+        email, failures=failures, product=PRODUCT))
+
+
+async def _mail_owner(services: Services, user_id: uuid.UUID,
+                      message: Callable[[str], Message]) -> None:
+    """Mail the account's owner at its address now, sent after the answer."""
     async with services.single.connect() as conn:
         email = (await conn.execute(select(users.c.email).where(users.c.id == user_id))
                  ).scalar()
     if email:
         mailbox = Mailbox()
-        mailbox.send(mail.mfa_locked(email, failures=failures, product=PRODUCT))
-        await services.accounts.deliver(mailbox)
+        mailbox.send(message(email))
+        services.accounts.deliver_soon(mailbox)
 
 
 def _record_failure(services: Services, context: RequestContext, client_id: str,
