@@ -17,7 +17,6 @@ exactly as N sequential ones, and a success costs one storage round trip, not tw
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -43,7 +42,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 underneath
         raise InvalidClient("Malformed Basic credentials.", used_basic=True) from None
     client_id, sep, secret = decoded.partition(":")
     if not sep:
@@ -75,7 +74,10 @@ async def authenticate_client(
         client_id, secret = form_id, form_secret
         method, used_basic = ("client_secret_post" if secret is not None else "none"), False
     else:
-        raise InvalidClient("Client authentication is required.")
+        # An Authorization header of another scheme is an attempt too: challenge it
+        # with the scheme we take (RFC 6749 §5.2).
+        raise InvalidClient("Client authentication is required.",
+                            used_basic=authorization is not None)
 
     verdict = await _verdict(clients, client_id, secret)
     if verdict is None:

@@ -36,4 +36,6 @@ class Csrf:
         if not cookie or not submitted or len(cookie) > MAX_LENGTH \
                 or len(submitted) > MAX_LENGTH:
             return False
-        return hmac.compare_digest(self.token(cookie, purpose), submitted)
+        # As bytes: compare_digest raises on str with non-ASCII characters.
+        return hmac.compare_digest(self.token(cookie, purpose).encode(),
+                                   submitted.encode())

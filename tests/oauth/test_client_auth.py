@@ -191,6 +191,32 @@ async def test_malformed_basic_header_is_invalid_client_with_challenge(client) -
         response = await client.post(TOKEN, data=CC, headers={"Authorization": value})
         assert_oauth_error(response, 401, "invalid_client", "Malformed Basic credentials.",
                            www_authenticate=BASIC_CHALLENGE)
+    # A byte outside ASCII (obs-text, which h11 and httptools pass on), at every endpoint
+    # that authenticates clients.
+    for path, form in ((TOKEN, CC), ("/oauth/revoke", {"token": "x"}),
+                       ("/oauth/introspect", {"token": "x"})):
+        response = await client.post(path, data=form,
+                                     headers={"Authorization": b"Basic \xe9\xe9\xe9\xe9"})
+        assert_oauth_error(response, 401, "invalid_client", "Malformed Basic credentials.",
+                           www_authenticate=BASIC_CHALLENGE)
+
+
+async def test_authorization_header_of_another_scheme_is_challenged_with_basic(
+    client, factory: Factory
+) -> None:
+    # RFC 6749 §5.2: an attempt through the Authorization header gets 401 and a
+    # challenge in the scheme we take, whatever scheme it tried.
+    for value in ("Bearer abc", "Digest username=x", ""):
+        response = await client.post(TOKEN, data=CC, headers={"Authorization": value})
+        assert_oauth_error(response, 401, "invalid_client",
+                           "Client authentication is required.",
+                           www_authenticate=BASIC_CHALLENGE)
+    # Beside credentials in the form, such a header is not an attempt: the form's are used.
+    oauth = await confidential(factory)
+    response = await client.post(TOKEN, data={**CC, "client_id": oauth.client_id,
+                                              "client_secret": str(oauth.client_secret)},
+                                 headers={"Authorization": "Bearer abc"})
+    assert response.status_code == 200, response.text
 
 
 async def test_basic_scheme_is_case_insensitive(client, factory: Factory) -> None:

@@ -192,6 +192,7 @@ async def test_login_form_without_a_valid_csrf_token_is_refused(
     fields = {**hidden_fields(page), "username": user.email, "password": user.password}
     http = browser.http
     for forged in ({**fields, "csrf": ""}, {**fields, "csrf": fields["csrf"] + "x"},
+                   {**fields, "csrf": "é" + fields["csrf"][1:]},
                    {k: v for k, v in fields.items() if k != "csrf"}):
         answer = await http.post("/oauth/authorize/login", data=forged)
         assert answer.status_code == 403
