@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from provider.oauth.grants.refresh_token import RefreshTokenGrant
 from provider.oauth.scopes import ADMIN, EMAIL, PROFILE, refreshed_scope
 from provider.tokens.jwt import TokenRejected
 from provider.tokens.refresh import find_refresh_token
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from provider.services import Services
 
 INACTIVE: dict[str, Any] = {"active": False}
+REFRESH_TOKEN = RefreshTokenGrant.grant_type
 
 
 def _identity(scope: set[str] | frozenset[str], username: str | None,
@@ -71,8 +73,10 @@ async def introspect(services: Services, token: str, hint: str | None) -> dict[s
     if stored is None or not stored.is_live:
         return INACTIVE
     client = await services.clients.get(stored.client_id)
-    if client is None:
-        return INACTIVE  # deleted since the rotation predicate read it
+    if client is None or REFRESH_TOKEN not in client.grant_types:
+        # Deleted since the rotation predicate read it, or no longer allowed to refresh:
+        # the token endpoint would refuse the token, so it is not active.
+        return INACTIVE
     # The family's scope ∩ what its client and its user may have now.
     scope = refreshed_scope(None, stored.scope, client.scopes, may_admin=stored.is_admin)
     return {

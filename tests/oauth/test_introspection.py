@@ -128,6 +128,20 @@ async def test_a_refresh_tokens_scope_is_what_a_refresh_would_grant_now(
     assert refreshed.json()["scope"] == "openid"
 
 
+async def test_a_refresh_token_its_client_may_no_longer_use_is_inactive(
+    client, factory: Factory
+) -> None:
+    user, oauth = await factory.user(), await factory.client()
+    tokens = await login(client, oauth, user)
+    await factory.set_client(oauth.client_id, grant_types=["password"])
+    refused = await refresh(client, oauth, tokens["refresh_token"])
+    assert_oauth_error(refused, 400, "unauthorized_client",
+                       "The client is not allowed to use this grant type.")
+    assert await introspect(client, oauth, tokens["refresh_token"]) == INACTIVE
+    await factory.set_client(oauth.client_id, grant_types=["password", "refresh_token"])
+    assert (await introspect(client, oauth, tokens["refresh_token"]))["active"] is True
+
+
 async def test_an_access_tokens_admin_shows_only_while_its_user_is_an_admin(
     client, factory: Factory
 ) -> None:
