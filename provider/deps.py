@@ -230,12 +230,14 @@ async def hold_account(session: AsyncSession, user: User) -> None:
     undoes it (DESIGN: revocation always wins). SQLite's write lock, taken by the
     request's first statement, does the same there. FOR NO KEY UPDATE: it waits for and
     holds off every UPDATE of the row, but not the foreign-key checks of rows that name
-    the user (a sign-in's session), which would otherwise wait, or deadlock."""
+    the user (a sign-in's session), which would otherwise wait, or deadlock. The row is
+    read again as it stands once held, so the change works on what another change that
+    committed meanwhile (an admin's change of address) left, and never undoes it."""
     held = await session.scalar(
-        select(User.id)
+        select(User)
         .where(User.id == user.id, User.session_epoch == user.session_epoch,
                User.is_active.is_(True))
-        .with_for_update(key_share=True))
+        .with_for_update(key_share=True).execution_options(populate_existing=True))
     if held is None:
         session.expunge(user)  # nothing of it is written when the answer commits
         raise InvalidToken()

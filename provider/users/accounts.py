@@ -485,21 +485,26 @@ class Accounts:
         to, or InvalidCode. An address without an active account runs the same statement
         and gets the same answer as a wrong code (no enumeration, ASVS 6.3.8). Once the
         code matched, and only then (a lock would write, for a registered address alone),
-        the account's row is held until the request commits and read again: a deletion or
-        disabling in flight is waited for, and then the account is no longer active
-        (DESIGN: revocation always wins)."""
+        the account's row is held until the request commits and read again: a deletion,
+        disabling or change of address in flight is waited for, and then the account is no
+        longer active, or no longer at the address the code was mailed to (DESIGN:
+        revocation always wins; a code outlives no change of address)."""
         user = await self._user_by_email(session, email)
         if user is None or not user.is_active:
             await self.codes.consume(session, user_id=NO_USER, purpose=purpose, address="",
                                      code=code, now=now)
             raise InvalidCode()  # not reached: consume() finds no code of NO_USER
+        address = user.email
         await self.codes.consume(session, user_id=user.id, purpose=purpose,
-                                 address=user.email, code=code, now=now)
+                                 address=address, code=code, now=now)
         held: User | None = await session.scalar(
-            select(User).where(User.id == user.id, User.is_active.is_(True))
+            select(User).where(User.id == user.id, User.is_active.is_(True),
+                               User.email == address)
             .with_for_update(key_share=True).execution_options(populate_existing=True))
         if held is None:
-            raise InvalidCode()  # deleted or disabled while the code was checked
+            # Deleted, disabled or moved to another address while the code was checked:
+            # the code was mailed to an address the account has left.
+            raise InvalidCode()
         return held
 
     async def _user_by_email(self, session: AsyncSession, email: str) -> User | None:
