@@ -1,14 +1,14 @@
 """Self-cleaning tables: delete what can never be used again, in bounded batches.
 
-Dead rows: login sessions past their absolute expiry, or revoked longer ago than an
-access token lives (so none of their tokens can still be live), with their refresh
-tokens; used or expired email codes and mfa_tokens; expired denylist entries; audit events past
+Dead rows: login sessions that expired or were revoked longer ago than an access token
+lives (so none of their tokens can still be live), with their refresh tokens; used or
+expired email codes and mfa_tokens; expired denylist entries; audit events past
 PROVIDER_AUDIT_RETENTION; authorization codes a day past their expiry (until then a
 used one is kept, so that its reuse is recognised and revokes what it issued); browser
-sessions that ended or expired. Each statement deletes at most ``batch_size`` rows in a short
-transaction of its own, so the token path never waits long on a purge. On PostgreSQL
-one process at a time purges (a transaction-level advisory lock); on SQLite, writers are
-serialised by the database anyway and the deletes are idempotent.
+sessions that ended or expired. Each statement deletes at most ``batch_size`` rows in a
+short transaction of its own, so the token path never waits long on a purge. On
+PostgreSQL one process at a time purges (a transaction-level advisory lock); on SQLite,
+writers are serialised by the database anyway and the deletes are idempotent.
 """
 
 from __future__ import annotations
@@ -79,18 +79,20 @@ class PurgeReport:
 @dataclass(frozen=True)
 class Cutoffs:
     now: datetime
-    # Sessions revoked before this can have no live access token left.
-    revoked_before: datetime
+    # Sessions that ended (expired or revoked) before this can have no live access token
+    # left: one issued at the last moment lives an access token's lifetime past the end,
+    # and is checked against its session's row, which must be there until then.
+    ended_before: datetime
     audit_before: datetime
 
     @classmethod
     def of(cls, settings: Settings, now: datetime) -> Cutoffs:
-        return cls(now=now, revoked_before=now - settings.access_token_ttl,
+        return cls(now=now, ended_before=now - settings.access_token_ttl,
                    audit_before=now - settings.audit_retention)
 
 
 def dead_sessions(c: Cutoffs) -> ColumnElement[bool]:
-    return or_(ls.c.expires_at <= c.now, ls.c.revoked_at <= c.revoked_before)
+    return or_(ls.c.expires_at <= c.ended_before, ls.c.revoked_at <= c.ended_before)
 
 
 def dead_codes(c: Cutoffs) -> ColumnElement[bool]:

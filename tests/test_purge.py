@@ -86,7 +86,8 @@ async def seed(services: Services) -> World:
     sessions = {  # name: (expires_at, revoked_at)
         "live": (now + day, None),
         "recently_revoked": (now + day, now - minute),  # its access tokens may still live
-        "expired": (now - minute, None),
+        "recently_expired": (now - minute, None),  # so may the last one it issued
+        "expired": (now - access_ttl - minute, None),
         "revoked": (now + day, now - access_ttl - minute),
     }
     session_ids = {name: uuid.uuid4() for name in sessions}
@@ -174,8 +175,10 @@ async def seed(services: Services) -> World:
             })
     return World(
         live_ids={
-            "login_sessions": {session_ids["live"], session_ids["recently_revoked"]},
-            "refresh_tokens": {*tokens["live"], *tokens["recently_revoked"]},
+            "login_sessions": {session_ids["live"], session_ids["recently_revoked"],
+                               session_ids["recently_expired"]},
+            "refresh_tokens": {*tokens["live"], *tokens["recently_revoked"],
+                               *tokens["recently_expired"]},
             "email_codes": {code_ids["live"]},
             "mfa_tokens": {mfa_ids["live"]},
             "revoked_access_tokens": {denials["live"]},
@@ -394,7 +397,7 @@ async def test_two_purges_never_run_at_once_on_postgresql(
             await _wait_until_blocked(fresh)
             second = await run_cli(cli)
             assert second == {"dry_run": False, "ran": False, "counts": NOTHING}
-            assert await _count(fresh, LoginSession) == 4  # nothing was deleted yet
+            assert await _count(fresh, LoginSession) == 5  # nothing was deleted yet
             await blocker.rollback()
             out, err = await asyncio.to_thread(first.communicate, timeout=WAIT_S)
         finally:
