@@ -109,6 +109,19 @@ class EmailCodes:
         await session.flush()
         return code
 
+    async def withdraw(self, session: AsyncSession, *, user_id: uuid.UUID,
+                       purpose: Purpose, requested_at: datetime, now: datetime) -> None:
+        """Kill the pair's live code unless a later request's code stands (created after
+        ``requested_at``): a request that sends no code of its own (its address is
+        taken, its window full) still ends the one before it, as a request that sends
+        one does."""
+        await session.execute(
+            update(EmailCode)
+            .where(EmailCode.user_id == user_id, EmailCode.purpose == purpose.value,
+                   EmailCode.used_at.is_(None), EmailCode.created_at <= requested_at)
+            .values(used_at=now)
+            .execution_options(synchronize_session=False))
+
     async def _locked(
         self, session: AsyncSession, user_id: uuid.UUID, purpose: Purpose
     ) -> EmailCode | None:

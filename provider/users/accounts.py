@@ -374,8 +374,9 @@ class Accounts:
         address's work runs after the response, as for every flow that mails an address:
         a taken address is answered the same way and its owner gets a notice instead of a
         code, and neither window of the address (codes, notices) can tell the caller
-        whether it is registered (ASVS 6.3.8). The code is bound to the account's
-        address now, so it dies with a change made meanwhile."""
+        whether it is registered (ASVS 6.3.8); the code of an earlier request dies either
+        way. The code is bound to the account's address now, so it dies with a change
+        made meanwhile."""
         await self._check_password(user, password)
         new_email = normalize_email(new_email)
         if new_email == user.email:
@@ -383,6 +384,11 @@ class Accounts:
         user_id, address, requested_at = user.id, user.email, self.clock.now()
 
         async def send_code(session: AsyncSession, mailbox: Mailbox) -> None:
+            # The earlier request's code dies whatever this one finds: were it to live on
+            # when the new address is taken (or its window full), confirming it would
+            # tell the caller so.
+            await self.codes.withdraw(session, user_id=user_id, purpose=Purpose.CHANGE_EMAIL,
+                                      requested_at=requested_at, now=self.clock.now())
             try:
                 await ensure_available(session, email=new_email, exclude=user_id)
             except EmailTaken:

@@ -18,13 +18,17 @@ from provider.services import Services
 from provider.users.models import User
 from tests.factories import Factory, unique_email
 from tests.smtp_sink import SmtpSink
-from tests.users.flows import http_client, last_code, register_user, request_reset_code
+from tests.users.flows import (
+    INVALID_CODE,
+    http_client,
+    last_code,
+    register_user,
+    request_reset_code,
+)
 from tests.users.test_account_hold import postgres_only, waits_on_a_lock
 from tests.users.test_profile import patch_me, signed_in
 
 NEW_PASSWORD = "saffron glacier tuba"
-INVALID_CODE = {"type": "about:blank", "title": "The code is wrong, expired or already used.",
-                "status": 400, "code": "invalid_code"}
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -364,6 +364,28 @@ async def test_the_last_email_change_request_wins_whatever_order_its_mail_work_r
     assert confirmed.status_code == 200 and confirmed.json()["email"] == meant
 
 
+async def test_a_new_email_change_request_ends_the_last_ones_code_whatever_its_address(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    """ASVS 6.3.8: were the earlier code to live on when the new address is taken, its
+    confirmation would tell the caller that the address is registered."""
+    someone = await factory.user()
+    user, auth = await signed_in(http, factory)
+    outcomes = {}
+    for label, target in (("taken", someone.email), ("free", unique_email("free"))):
+        mine = unique_email("mine")
+        assert (await patch_me(http, auth, email=mine, password=user.password)
+                ).status_code == 200
+        code = await last_code(mail_sink, mine)
+        assert (await patch_me(http, auth, email=target, password=user.password)
+                ).status_code == 200
+        confirmed = await http.post("/users/me/email/confirm", headers=auth,
+                                    json={"code": code})
+        outcomes[label] = (confirmed.status_code, confirmed.json())
+    assert outcomes["taken"] == outcomes["free"] == (400, INVALID_CODE), outcomes
+    assert (await get_me(http, auth))["email"] == user.email
+
+
 async def test_email_change_to_the_same_address_is_422(
     http: httpx.AsyncClient, factory: Factory
 ) -> None:
