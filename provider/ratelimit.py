@@ -171,6 +171,7 @@ class ThrottleConfig:
     email_code: str = ""
     email_notice: str = ""
     registration: str = ""
+    email_change: str = ""
     client_auth: str = ""
     client_auth_address: str = ""
     code_account: str = ""
@@ -213,6 +214,7 @@ class Throttles:
         self.email_code = Throttle(self, "email-code", config.email_code)
         self.email_notice = Throttle(self, "email-notice", config.email_notice)
         self.registration = Throttle(self, "registration", config.registration)
+        self.email_change = Throttle(self, "email-change", config.email_change)
         # Client authentication failures per (client_id, address) and per address.
         self.client_auth = Throttle(self, "client-auth", config.client_auth)
         self.client_auth_address = Throttle(self, "client-auth-address",

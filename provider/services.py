@@ -143,6 +143,7 @@ def throttle_config(settings: Settings) -> ThrottleConfig:
         email_code=settings.email_code_throttle,
         email_notice=settings.email_notice_throttle,
         registration=settings.registration_throttle,
+        email_change=settings.email_change_throttle,
         client_auth=settings.client_auth_throttle,
         client_auth_address=settings.client_auth_throttle_address,
         code_account=settings.code_throttle_account,

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # with them; they tell the owner nothing new after the first, so few are sent.
     email_notice_throttle: str = "1 per 10 minutes; 10 per day"
     registration_throttle: str = "10 per hour"
+    # Email-change requests per account, whatever their password or target: each mails
+    # an address of the caller's choosing (a code, or a notice when it is taken).
+    email_change_throttle: str = "3 per 10 minutes; 10 per day"
 
     # Addresses or CIDR ranges (10.0.0.0/8) of the proxies whose X-Forwarded-For counts.
     trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = []

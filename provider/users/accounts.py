@@ -376,7 +376,13 @@ class Accounts:
         code, and neither window of the address (codes, notices) can tell the caller
         whether it is registered (ASVS 6.3.8); the code of an earlier request dies either
         way. The code is bound to the account's address now, so it dies with a change
-        made meanwhile."""
+        made meanwhile. Requests are limited per account, before anything else, so that
+        no account mails any number of addresses; a code's window is the account's and
+        the address's together, so that no other account can fill it."""
+        try:
+            await self.throttles.email_change.reserve(str(user.id))
+        except Throttled as exc:
+            raise TooManyRequests(exc.retry_after) from None
         await self._check_password(user, password)
         new_email = normalize_email(new_email)
         if new_email == user.email:
@@ -395,7 +401,7 @@ class Accounts:
                 if await self._may_send_notice(new_email):
                     mailbox.send(mail.email_change_attempt(new_email, product=PRODUCT))
                 return
-            if not await self._may_send_code(new_email):
+            if not await self._may_send_code(f"{user_id}\n{new_email}"):
                 return
             code = await self.codes.issue(session, user_id=user_id,
                                           purpose=Purpose.CHANGE_EMAIL, address=address,

@@ -32,6 +32,7 @@ from tests.users.flows import (
     ACCEPTED,
     INVALID_CODE,
     OTHER_PASSWORD,
+    RATE_LIMITED,
     SUBJECT_RESET,
     SUBJECT_VERIFY,
     UNVERIFIED,
@@ -40,14 +41,12 @@ from tests.users.flows import (
     http_client,
     last_code,
     own_app,
-    problem,
     register_user,
     request_reset_code,
     subjects,
 )
 
 NEW_PASSWORD = "saffron glacier tuba"
-RATE_LIMITED = problem(429, "rate_limited", "Too many requests. Try again later.")
 # Tests of the per-code cap alone lift the account-wide throttle of wrong codes.
 NO_ACCOUNT_THROTTLE = {"code_throttle_account": "1000 per minute"}
 

@@ -61,6 +61,7 @@ def problem(status: int, code: str, title: str, **extra: Any) -> dict[str, Any]:
 
 
 INVALID_CODE = problem(400, "invalid_code", "The code is wrong, expired or already used.")
+RATE_LIMITED = problem(429, "rate_limited", "Too many requests. Try again later.")
 WRONG_PASSWORD = problem(400, "invalid_password", "The current password is not correct.")
 
 

@@ -22,6 +22,7 @@ from tests.smtp_sink import SmtpSink, plain_text
 from tests.users.flows import (
     BAD_CREDENTIALS,
     INVALID_CODE,
+    RATE_LIMITED,
     SUBJECT_CHANGE_EMAIL,
     SUBJECT_EMAIL_NOTICE,
     SUBJECT_RESET,
@@ -321,13 +322,16 @@ async def test_email_change_notices_never_crowd_out_the_owners_codes(
     http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
 ) -> None:
     """A signed-in stranger who keeps asking to move to someone's address mails its owner
-    one notice, from the notices' own window; the owner's reset codes still go out and
-    work."""
+    one notice, from the notices' own window, and is then refused (3 requests per 10
+    minutes per account); the owner's reset codes still go out and work."""
     owner = await factory.user()
     stranger, auth = await signed_in(http, factory)
-    for _ in range(5):
+    for _ in range(3):
         response = await patch_me(http, auth, email=owner.email, password=stranger.password)
         assert response.status_code == 200
+    refused = await patch_me(http, auth, email=owner.email, password=stranger.password)
+    assert_body(refused, 429, RATE_LIMITED)
+    assert 1 <= int(refused.headers["retry-after"]) <= 600
     assert subjects(mail_sink, owner.email) == [SUBJECT_TAKEN_ADDRESS]
     code = await request_reset_code(http, mail_sink, owner.email)
     response = await http.post("/auth/reset-password", json={
@@ -370,9 +374,9 @@ async def test_a_new_email_change_request_ends_the_last_ones_code_whatever_its_a
     """ASVS 6.3.8: were the earlier code to live on when the new address is taken, its
     confirmation would tell the caller that the address is registered."""
     someone = await factory.user()
-    user, auth = await signed_in(http, factory)
     outcomes = {}
     for label, target in (("taken", someone.email), ("free", unique_email("free"))):
+        user, auth = await signed_in(http, factory)
         mine = unique_email("mine")
         assert (await patch_me(http, auth, email=mine, password=user.password)
                 ).status_code == 200
@@ -384,6 +388,45 @@ async def test_a_new_email_change_request_ends_the_last_ones_code_whatever_its_a
         outcomes[label] = (confirmed.status_code, confirmed.json())
     assert outcomes["taken"] == outcomes["free"] == (400, INVALID_CODE), outcomes
     assert (await get_me(http, auth))["email"] == user.email
+
+
+async def test_one_account_cannot_mail_any_number_of_addresses(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    """Each email change mails an address of the caller's choosing: 3 requests per 10
+    minutes per account, whatever the address or the password, counted before both."""
+    user, auth = await signed_in(http, factory)
+    targets = [unique_email("spray") for _ in range(5)]
+    answers = [await patch_me(http, auth, email=target, password=user.password)
+               for target in targets[:3]]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    for target, password in ((targets[3], user.password), (targets[4], "wrong password")):
+        refused = await patch_me(http, auth, email=target, password=password)
+        assert_body(refused, 429, RATE_LIMITED)
+    for target in targets[:3]:
+        await last_code(mail_sink, target)
+    # A refused request left no work behind: nothing will come to the others.
+    assert [len(subjects(mail_sink, t)) for t in targets] == [1, 1, 1, 0, 0]
+
+
+async def test_another_account_cannot_keep_an_owner_from_a_code_for_a_new_address(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink
+) -> None:
+    """The window of an email change's codes is the account's and the address's
+    together: a stranger who asks to move to an address as often as allowed leaves its
+    owner's own request to move there its code."""
+    wanted = unique_email("wanted")
+    stranger, stranger_auth = await signed_in(http, factory)
+    for _ in range(3):
+        assert (await patch_me(http, stranger_auth, email=wanted,
+                               password=stranger.password)).status_code == 200
+    owner, auth = await signed_in(http, factory)
+    assert (await patch_me(http, auth, email=wanted, password=owner.password)
+            ).status_code == 200
+    code = await last_code(mail_sink, wanted, count=4)
+    confirmed = await http.post("/users/me/email/confirm", headers=auth, json={"code": code})
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["email"] == wanted
 
 
 async def test_email_change_to_the_same_address_is_422(
