@@ -213,32 +213,74 @@ class Accounts:
         password_hash = await self.hasher.hash(password)
         requested_at = self.clock.now()
 
+        async def notify(mailbox: Mailbox) -> None:
+            # Someone else's address: tell its owner, tell the caller nothing. The notice
+            # counts in the address's window for notices, or anyone could mail its owner
+            # as fast as registrations are allowed.
+            if await self._may_send_notice(email):
+                mailbox.send(mail.registration_attempt(
+                    email, base_url=self.settings.issuer, product=PRODUCT))
+
         async def create_or_notify(session: AsyncSession, mailbox: Mailbox) -> None:
             now = self.clock.now()
-            if await session.scalar(select(User.id).where(User.email == email)) is not None:
-                # Someone else's address: tell its owner, tell the caller nothing. The
-                # notice counts in the address's window for notices, or anyone could mail
-                # its owner as fast as registrations are allowed.
-                if await self._may_send_notice(email):
-                    mailbox.send(mail.registration_attempt(
-                        email, base_url=self.settings.issuer, product=PRODUCT))
-                return
-            user = User(id=uuid.uuid4(), email=email, username=username,
-                        password_hash=password_hash, profile=profile, is_active=True,
-                        is_verified=False, is_admin=False, created_at=now, updated_at=now)
-            session.add(user)
-            await session.flush()
-            code = await self.codes.issue(session, user_id=user.id,
-                                          purpose=Purpose.VERIFY_EMAIL, address=email, now=now,
-                                          requested_at=requested_at)
-            if code is None:
-                return
-            mailbox.send(mail.verification_code(
-                email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
-            # The new account's first code always goes out; it counts in the send window.
-            await self._may_send_code(email)
+            found = await session.scalar(select(User).where(User.email == email))
+            if found is None:
+                user = User(id=uuid.uuid4(), email=email, username=username,
+                            password_hash=password_hash, profile=profile, is_active=True,
+                            is_verified=False, is_admin=False, is_registration_pending=True,
+                            created_at=now, updated_at=now)
+                session.add(user)
+                await session.flush()
+                code = await self.codes.issue(session, user_id=user.id,
+                                              purpose=Purpose.VERIFY_EMAIL, address=email,
+                                              now=now, requested_at=requested_at)
+                if code is None:
+                    return
+                mailbox.send(mail.verification_code(
+                    email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
+                # The new account's first code always goes out; it counts in the window.
+                await self._may_send_code(email)
+            elif not found.is_registration_pending:
+                await notify(mailbox)
+            else:
+                await self._register_again(session, mailbox, found, password_hash=password_hash,
+                                           username=username, profile=profile,
+                                           requested_at=requested_at)
 
         mailbox.later(lambda: self._in_transaction(create_or_notify))
+
+    async def _register_again(
+        self, session: AsyncSession, mailbox: Mailbox, pending: User, *, password_hash: str,
+        username: str | None, profile: dict[str, Any], requested_at: datetime,
+    ) -> None:
+        """A registration of an address whose earlier registration nobody verified: this
+        one replaces it (password, username, profile) and mails its own code, which kills
+        the earlier one. Whoever registered first, possibly a stranger with someone else's
+        address, does not get the account when its owner verifies it. Only when the code
+        goes out (the address's window has room; no later registration's code stands)
+        does anything change. The code's row is taken before the account's, as a
+        verification takes them, and the account is read again once held: verified
+        meanwhile, it is no longer replaced."""
+        if not await self._may_send_code(pending.email):
+            return
+        code = await self.codes.issue(session, user_id=pending.id,
+                                      purpose=Purpose.VERIFY_EMAIL, address=pending.email,
+                                      now=self.clock.now(), requested_at=requested_at)
+        if code is None:
+            return  # a later registration's code went out first: it stands
+        held = await session.scalar(
+            select(User).where(User.id == pending.id, User.email == pending.email,
+                               User.is_registration_pending.is_(True))
+            .with_for_update(key_share=True).execution_options(populate_existing=True))
+        if held is None:
+            return  # verified or moved meanwhile: this code dies unsent with the address
+        held.password_hash = password_hash
+        held.username = username
+        held.profile = profile
+        held.updated_at = self.clock.now()
+        await session.flush()
+        mailbox.send(mail.verification_code(
+            held.email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
 
     # --- email verification -----------------------------------------------------------
 
@@ -268,6 +310,7 @@ class Accounts:
                                                 now=self.clock.now())
         await self.throttles.code_account.clear(_account_key(email))
         user.is_verified = True
+        user.is_registration_pending = False  # its password is now the owner's to keep
         user.updated_at = self.clock.now()
         await session.flush()
 
@@ -312,8 +355,9 @@ class Accounts:
                                                 now=now)
         await self.throttles.code_account.clear(_account_key(email))
         user.password_hash = await self.hasher.hash(password)
-        # The code proved control of the address.
+        # The code proved control of the address, and the password is the owner's own.
         user.is_verified = True
+        user.is_registration_pending = False
         user.updated_at = now
         await session.flush()
         await end_user_sessions(await session.connection(), user.id, now=now)

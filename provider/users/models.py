@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Index, Integer, String, Uuid, exists
+from sqlalchemy import JSON, Boolean, Index, Integer, String, Uuid, exists, false
 from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from provider.db import Base
@@ -25,6 +25,13 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     is_verified: Mapped[bool] = mapped_column(Boolean, default=False)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A self-registration whose address nobody has verified yet. Its password is that of
+    # whoever registered the address last: a later registration of the address replaces
+    # it, so that a stranger who registered someone's address first does not get the
+    # account once its owner verifies it (pre-account hijacking). Cleared when the
+    # address is verified; never set on an account an administrator created.
+    is_registration_pending: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                          server_default=false())
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     # Bumped whenever all the user's sessions end (password change or reset, disabling,

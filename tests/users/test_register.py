@@ -10,9 +10,11 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from provider.services import Services
 from provider.settings import Settings
+from provider.users.models import User
 from tests.conftest import TestClock as MovableClock
 from tests.factories import Factory, unique_email
 from tests.helpers import assert_oauth_error, bearer, login, password_login
@@ -20,6 +22,7 @@ from tests.smtp_sink import SmtpSink, plain_text
 from tests.users.flows import (
     BAD_CREDENTIALS,
     GOOD_PASSWORD,
+    INVALID_CODE,
     REGISTER_ACCEPTED,
     SUBJECT_EXISTS,
     SUBJECT_RESET,
@@ -314,3 +317,92 @@ async def test_register_throttle_per_client_address_is_429_with_retry_after(
         async with own.client() as elsewhere:  # another address is not affected
             assert_body(await register(elsewhere, email), 202, REGISTER_ACCEPTED)
     assert subjects(mail_sink, email) == [SUBJECT_VERIFY]
+
+
+# --- a registration nobody verified (pre-account hijacking) -------------------------------
+
+
+async def stored_user(services: Services, email: str) -> User:
+    async with services.sessions() as session:
+        user = await session.scalar(select(User).where(User.email == email))
+        assert user is not None
+        return user
+
+
+async def test_a_stranger_who_registered_an_address_first_does_not_get_the_owners_account(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, services: Services
+) -> None:
+    """A stranger registers someone's address (unverified, the stranger's password and
+    username). The owner registers it in turn: that registration replaces the earlier
+    one and mails its own code, which kills the stranger's. The verified account signs
+    in with the owner's password only."""
+    oauth = await factory.client()
+    address = unique_email("owner")
+    squatted = f"squat_{secrets.token_hex(4)}"
+    assert_body(await register(http, address, OTHER, username=squatted), 202,
+                REGISTER_ACCEPTED)
+    strangers_code = await last_code(mail_sink, address)
+    assert_body(await register(http, address, STRONG), 202, REGISTER_ACCEPTED)
+    owners_code = await last_code(mail_sink, address, count=2)
+    assert subjects(mail_sink, address) == [SUBJECT_VERIFY, SUBJECT_VERIFY]
+    stale = await http.post("/auth/verify-email", json={"email": address,
+                                                        "code": strangers_code})
+    assert_body(stale, 400, INVALID_CODE)
+    verified = await http.post("/auth/verify-email", json={"email": address,
+                                                           "code": owners_code})
+    assert verified.status_code == 200, verified.text
+    owner = await password_login(http, oauth, credentials(address, STRONG))
+    assert owner.status_code == 200, owner.text
+    stranger = await password_login(http, oauth, credentials(address, OTHER))
+    assert_oauth_error(stranger, 400, "invalid_grant", BAD_CREDENTIALS)
+    account = await stored_user(services, address)
+    assert (account.username, account.is_registration_pending) == (None, False)
+    # Verified, the account is the owner's: a registration now only tells the owner.
+    assert_body(await register(http, address, OTHER), 202, REGISTER_ACCEPTED)
+    await mail_sink.wait_for(address, count=3)
+    assert subjects(mail_sink, address)[-1] == SUBJECT_EXISTS
+    assert (await password_login(http, oauth, credentials(address, STRONG))).status_code == 200
+
+
+async def test_the_last_registration_of_an_unverified_address_wins_whatever_order_its_work_runs_in(
+    services: Services, mail_sink: SmtpSink, clock: MovableClock, http: httpx.AsyncClient,
+) -> None:
+    """The registrations' work runs after their answers: when it runs in the opposite
+    order, the later registration's code and password stand together, and the earlier
+    one changes nothing."""
+    from datetime import timedelta
+
+    from provider.users.accounts import Mailbox
+
+    address = unique_email("twice")
+    assert_body(await register(http, address, OTHER), 202, REGISTER_ACCEPTED)
+    await last_code(mail_sink, address)
+    earlier, later = Mailbox(), Mailbox()
+    for mailbox, password in ((earlier, "first lantern harbor"), (later, STRONG)):
+        async with services.sessions() as session:
+            await services.accounts.register(session, mailbox, email=address,
+                                             password=password, username=None, profile={},
+                                             client_address="192.0.2.7")
+        clock.advance(timedelta(milliseconds=5))
+    await services.accounts.deliver(later)
+    await services.accounts.deliver(earlier)
+    assert len(mail_sink.messages_to(address)) == 2  # the earlier one mailed nothing
+    code = await last_code(mail_sink, address, count=2)
+    verified = await http.post("/auth/verify-email", json={"email": address, "code": code})
+    assert verified.status_code == 200, verified.text
+    account = await stored_user(services, address)
+    assert (await services.hasher.verify(STRONG, account.password_hash))[0]
+
+
+async def test_a_registration_changes_nothing_of_an_account_an_administrator_made(
+    http: httpx.AsyncClient, factory: Factory, mail_sink: SmtpSink, services: Services
+) -> None:
+    """An unverified account that an administrator created is nobody's registration to
+    replace: the registration mails its owner a notice, as for a verified one."""
+    made = await factory.user(is_verified=False)
+    assert_body(await register(http, made.email, OTHER), 202, REGISTER_ACCEPTED)
+    await mail_sink.wait_for(made.email, count=1)
+    assert subjects(mail_sink, made.email) == [SUBJECT_EXISTS]
+    account = await stored_user(services, made.email)
+    assert not account.is_registration_pending
+    assert (await services.hasher.verify(made.password, account.password_hash))[0]
