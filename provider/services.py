@@ -121,18 +121,19 @@ def key_ring(settings: Settings, clock: Clock, store: KeyStore,
     # A key that stopped signing stays published while its tokens may be valid, plus the
     # margin that covers the second processes need to agree, and clock skew.
     retire_after = settings.longest_token_ttl + settings.key_publish_margin
-    rotator = None
-    if settings.key_rotation is not None:
-        def record(change: KeyChange) -> None:
-            if audit is not None and not change.events_written:  # the directory store
-                for event, key in change.events:
-                    audit.record(event, actor=SYSTEM_ACTOR,
-                                 details={"kid": key.kid, "status": key.status})
 
-        rotator = Rotator(store, clock, Schedule(period=settings.key_rotation,
-                                                 lead=settings.key_publish_lead,
-                                                 lifetime=retire_after),
-                          settings.signing_alg, on_change=record)
+    def record(change: KeyChange) -> None:
+        if audit is not None and not change.events_written:  # the directory store
+            for event, key in change.events:
+                audit.record(event, actor=SYSTEM_ACTOR,
+                             details={"kid": key.kid, "status": key.status})
+
+    # Retirement is automatic whether or not rotation is: a key rotated out by hand is
+    # retired (its private half deleted) once it has left the JWKS.
+    rotator = Rotator(store, clock, Schedule(period=settings.key_rotation,
+                                             lead=settings.key_publish_lead,
+                                             lifetime=retire_after),
+                      settings.signing_alg, on_change=record)
     return KeyRing(store, clock, retire_after=retire_after, rotator=rotator)
 
 

@@ -240,18 +240,23 @@ async def import_keys(store: KeyStore, directory: Path, *, now: datetime,
 
 @dataclass(frozen=True)
 class Schedule:
-    period: timedelta
-    """A new key signs this long after the previous one started."""
+    period: timedelta | None
+    """A new key signs this long after the previous one started; None: rotation is by
+    hand (`provider keys rotate`), and only retirement is automatic."""
     lead: timedelta
     """A key is published at least this long before it signs (JWKS max-age + margin)."""
     lifetime: timedelta
     """A key that stopped signing stays published this long (longest token TTL + margin)."""
 
     def publish_due(self, active: KeyRecord, now: datetime) -> bool:
+        if self.period is None:
+            return False
         started = active.activated_at or active.created_at
         return now >= started + self.period - self.lead
 
     def activation_due(self, active: KeyRecord, pending: KeyRecord, now: datetime) -> bool:
+        if self.period is None:
+            return False
         started = active.activated_at or active.created_at
         return now >= started + self.period and now >= pending.created_at + self.lead
 

@@ -16,7 +16,7 @@ from joserfc.jwk import RSAKey
 from sqlalchemy import select
 
 from provider.db import create_engine
-from provider.keys.lifecycle import Schedule, add_key, generate_key, maintenance_due
+from provider.keys.lifecycle import Schedule, add_key, generate_key, maintenance_due, rotate
 from provider.keys.service import KeyRing, Rotator
 from provider.keys.store import (
     DatabaseKeyStore,
@@ -222,3 +222,34 @@ async def test_a_servers_rotation_steps_reach_the_audit_trail(
                                    .where(AuditEvent.type == "key.generated"))).all()
     assert ("key.generated", "system", {"kid": published.kid, "status": "published"}) in [
         tuple(row) for row in rows]
+
+
+async def test_a_key_rotated_out_by_hand_is_retired_once_its_tokens_expired(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    """Without PROVIDER_KEY_ROTATION_DAYS a server still retires: the key `provider keys
+    rotate` replaced leaves the JWKS, then its status is `retired` and its private half
+    is gone from the directory (README: "then it is retired")."""
+    keys = make_keys_dir(tmp_path / "keys")
+    configured = make_settings(settings.database_url, keys)
+    assert configured.key_rotation is None
+    store = DirectoryKeyStore(keys)
+    clock = TestClock()
+    clock.freeze()
+    ring = key_ring(configured, clock, store)
+    await ring.refresh()
+    old = ring.signing_key().kid
+    await rotate(store, alg="RS256", now=clock.now(), lead=timedelta(0), actor="cli",
+                 force=True)
+    await ring.check()
+    assert ring.signing_key().kid != old
+    retire_after = configured.longest_token_ttl + configured.key_publish_margin
+    clock.advance(retire_after - SECOND)
+    await ring.check()
+    assert {r.kid: r.status for r in await store.records()}[old] == "published"
+    assert old in ring.snapshot().keys
+    clock.advance(SECOND)
+    await ring.check()
+    assert {r.kid: r.status for r in await store.records()}[old] == "retired"
+    assert old not in ring.snapshot().keys
+    assert not any(old in p.name for p in keys.iterdir())
