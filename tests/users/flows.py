@@ -44,7 +44,7 @@ SUBJECT_RESET = "Reset your provider password"
 SUBJECT_CHANGE_EMAIL = "Confirm your new provider email address"
 SUBJECT_EXISTS = "Your provider account already exists"
 SUBJECT_PASSWORD_CHANGED = "Your provider password was changed"
-SUBJECT_EMAIL_NOTICE = "The email address of your provider account is being changed"
+SUBJECT_EMAIL_NOTICE = "The email address of your provider account was changed"
 SUBJECT_DELETED = "Your provider account was deleted"
 
 _hosts = itertools.count(1)

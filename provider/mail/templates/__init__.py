@@ -102,7 +102,7 @@ def email_change_notice(to: str, *, new_email_hint: str, product: str = "provide
     return _render(
         "email_change_notice",
         to,
-        subject=f"The email address of your {product} account is being changed",
+        subject=f"The email address of your {product} account was changed",
         product=product,
         new_email_hint=new_email_hint,
     )
