@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,18 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from provider.keys.algorithms import Algorithm
+
+
+def _duration(amount: float, unit: Literal["seconds", "days"]) -> timedelta:
+    """``amount`` of ``unit`` as a timedelta; ValueError (which pydantic reports as the
+    setting's error) when it is not finite or longer than a timedelta holds, where
+    timedelta itself raises OverflowError, which pydantic would let escape."""
+    if not math.isfinite(amount):
+        raise ValueError(f"must be a finite number of {unit}")
+    try:
+        return timedelta(**{unit: amount})
+    except OverflowError:
+        raise ValueError(f"{amount:g} {unit} is longer than any duration can be") from None
 
 
 class Settings(BaseSettings):
@@ -195,9 +208,10 @@ class Settings(BaseSettings):
             field.annotation is timedelta or timedelta in get_args(field.annotation))
         if is_duration and isinstance(value, str):
             try:
-                return timedelta(seconds=float(value))
+                seconds = float(value)
             except ValueError:
-                return value
+                return value  # not a number: pydantic reads it as ISO 8601
+            return _duration(seconds, "seconds")
         return value
 
     @field_validator("issuer")
@@ -227,6 +241,8 @@ class Settings(BaseSettings):
     def _rotation_off_at_zero(cls, value: float | None) -> float | None:
         if value is not None and value < 0:
             raise ValueError("PROVIDER_KEY_ROTATION_DAYS must not be negative")
+        if value is not None:
+            _duration(value, "days")
         return value or None  # 0 means off
 
     @field_validator("password_min_length")

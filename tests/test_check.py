@@ -153,6 +153,19 @@ def test_an_invalid_configuration_is_a_finding() -> None:
     assert "PROVIDER_ISSUER must use https://" in found[0].message
 
 
+@pytest.mark.parametrize(("name", "raw"), [
+    ("PROVIDER_ACCESS_TOKEN_TTL", "1e15"), ("PROVIDER_KEY_ROTATION_DAYS", "inf"),
+])
+def test_a_duration_too_long_for_timedelta_is_a_finding(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str,
+) -> None:
+    monkeypatch.setenv(name, raw)
+    configured, found = settings_findings(lambda: Settings(_env_file=None))  # type: ignore[call-arg]
+    assert configured is None
+    assert [(f.id, f.level) for f in found] == [("settings.invalid", "error")]
+    assert found[0].message.startswith(name.removeprefix("PROVIDER_").lower() + ": ")
+
+
 def test_the_entropy_estimate() -> None:
     assert estimated_bits("a" * 64) == 0
     assert estimated_bits(secrets.token_hex(32)) >= 128

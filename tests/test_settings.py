@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from provider.settings import Settings
 
@@ -65,3 +66,23 @@ def test_key_rotation_is_off_at_zero_or_unset(monkeypatch: pytest.MonkeyPatch,
 def test_unsafe_key_settings_are_refused(values: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "raw", "message"), [
+    ("PROVIDER_ACCESS_TOKEN_TTL", "1e15", "longer than any duration can be"),
+    ("PROVIDER_ACCESS_TOKEN_TTL", "inf", "must be a finite number of seconds"),
+    ("PROVIDER_ACCESS_TOKEN_TTL", "nan", "must be a finite number of seconds"),
+    ("PROVIDER_KEY_ROTATION_DAYS", "inf", "must be a finite number of days"),
+    ("PROVIDER_KEY_ROTATION_DAYS", "1e15", "longer than any duration can be"),
+])
+def test_a_duration_beyond_timedelta_is_a_validation_error(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str, message: str,
+) -> None:
+    # timedelta's OverflowError would escape pydantic: a traceback instead of the
+    # setting's one-line error (and `provider check` would crash on it).
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    [problem] = caught.value.errors()
+    assert problem["loc"] == (name.removeprefix("PROVIDER_").lower(),)
+    assert message in problem["msg"]
