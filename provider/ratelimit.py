@@ -108,6 +108,12 @@ def client_key(address: str, ipv6_prefix: int) -> str:
     return f"{network}/{ipv6_prefix}"
 
 
+def parse_tiers(tiers: str) -> list[RateLimitItem]:
+    """A throttle's tiers from limits' syntax (``"5 per minute; 20 per hour"``); an
+    empty string is no tier (the throttle is off). Raises ValueError naming the fault."""
+    return list(parse_many(tiers)) if tiers.strip() else []
+
+
 def _key(value: str) -> str:
     # Identifiers may be emails: keep them out of Redis keys in clear text.
     return hashlib.sha256(value.strip().lower().encode()).hexdigest()[:32]
@@ -119,7 +125,7 @@ class Throttle:
     def __init__(self, owner: Throttles, name: str, tiers: str) -> None:
         self._owner = owner
         self.name = name
-        self.tiers: Sequence[RateLimitItem] = parse_many(tiers) if tiers else []
+        self.tiers: Sequence[RateLimitItem] = parse_tiers(tiers)
         # limits' storage key of each tier is head + identifier + tail (what
         # ``tier.key_for(name, key)`` builds): made once, as the token path reads them.
         self._keys = [(tier, f"{tier.namespace}/{name}/",

@@ -20,6 +20,15 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from provider.keys.algorithms import Algorithm
+from provider.ratelimit import parse_tiers
+
+# The throttle settings (limits syntax; an empty one turns its throttle off).
+THROTTLE_SETTINGS = (
+    "login_throttle_account", "login_throttle_address", "email_code_throttle",
+    "email_notice_throttle", "registration_throttle", "client_auth_throttle",
+    "client_auth_throttle_address", "code_throttle_address", "code_throttle_account",
+    "mfa_throttle_account",
+)
 
 
 def _duration(amount: float, unit: Literal["seconds", "days"]) -> timedelta:
@@ -38,7 +47,10 @@ class Settings(BaseSettings):
     """Every knob of the provider. Durations accept seconds or ISO 8601 (``PT15M``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PROVIDER_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="PROVIDER_", env_file=".env", extra="ignore", frozen=True,
+        # A refused value may be a secret (the SMTP URL's password): errors name the
+        # setting and the fault, never the value.
+        hide_input_in_errors=True,
     )
 
     env: Literal["development", "production", "test"] = "development"
@@ -228,6 +240,39 @@ class Settings(BaseSettings):
         if value and not value.startswith(("https://", "http://", "/")):
             raise ValueError("PROVIDER_PASSWORD_RESET_URL must be an http(s) URL or a path")
         return value or None
+
+    # The server's own parsers, called here so that the server refuses these at start-up
+    # with one line naming the setting (and `provider check` with a finding), not with a
+    # traceback from the mailer or the throttles.
+    @field_validator(*THROTTLE_SETTINGS)
+    @classmethod
+    def _throttle_parses(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        try:
+            parse_tiers(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"PROVIDER_{(info.field_name or '').upper()} is not a list of limits like "
+                f"'5 per minute; 20 per hour' ({exc})") from None
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        # Imported here: provider.mail imports this module.
+        from provider.mail.sender import parse_smtp_url
+
+        if value is not None and value.get_secret_value().strip():
+            parse_smtp_url(value.get_secret_value())  # its errors never show the password
+        return value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from_has_an_address(cls, value: str) -> str:
+        from provider.mail.sender import mail_domain
+
+        mail_domain(value)
+        return value
 
     @field_validator("purge_interval")
     @classmethod

@@ -166,6 +166,28 @@ def test_a_duration_too_long_for_timedelta_is_a_finding(
     assert found[0].message.startswith(name.removeprefix("PROVIDER_").lower() + ": ")
 
 
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("PROVIDER_SMTP_URL", "smtp:/oops", "smtp_url: Value error, PROVIDER_SMTP_URL has no host"),
+    ("PROVIDER_MAIL_FROM", "nobody",
+     "mail_from: Value error, PROVIDER_MAIL_FROM must contain an email address"),
+    # Without Redis too: the server parses every throttle at start-up.
+    ("PROVIDER_LOGIN_THROTTLE_ACCOUNT", "5 per fortnight", "login_throttle_account: Value "
+     "error, PROVIDER_LOGIN_THROTTLE_ACCOUNT is not a list of limits"),
+])
+def test_a_setting_the_server_would_refuse_at_start_up_is_an_error(
+    production: dict[str, Any], tmp_path: Path, check_keys: Path,
+    name: str, value: str, message: str,
+) -> None:
+    cli = Cli(tmp_path, production["database_url"], check_keys)
+    env = {f"PROVIDER_{k.upper()}": str(v) for k, v in production.items()
+           if k not in ("database_url", "keys_dir", "redis_url")}
+    result = cli("check", "--json", **{**env, name: value})
+    assert result.returncode == 1, result.stdout + result.stderr
+    [finding] = json.loads(result.stdout)["findings"]
+    assert (finding["id"], finding["level"]) == ("settings.invalid", "error")
+    assert finding["message"].startswith(message)
+
+
 def test_the_entropy_estimate() -> None:
     assert estimated_bits("a" * 64) == 0
     assert estimated_bits(secrets.token_hex(32)) >= 128

@@ -86,3 +86,34 @@ def test_a_duration_beyond_timedelta_is_a_validation_error(
     [problem] = caught.value.errors()
     assert problem["loc"] == (name.removeprefix("PROVIDER_").lower(),)
     assert message in problem["msg"]
+
+
+@pytest.mark.parametrize(("name", "raw", "message"), [
+    ("PROVIDER_SMTP_URL", "smtp:/oops", "PROVIDER_SMTP_URL has no host"),
+    ("PROVIDER_SMTP_URL", "smtps://mailer:s3cret@smtp.example.com:x",
+     "PROVIDER_SMTP_URL has an invalid port"),
+    ("PROVIDER_MAIL_FROM", "nobody", "PROVIDER_MAIL_FROM must contain an email address"),
+    ("PROVIDER_LOGIN_THROTTLE_ACCOUNT", "5 per fortnight",
+     "PROVIDER_LOGIN_THROTTLE_ACCOUNT is not a list of limits like '5 per minute; 20 per "
+     "hour' (no granularity matched for fortnight)"),
+    ("PROVIDER_MFA_THROTTLE_ACCOUNT", "5 per minute;", "PROVIDER_MFA_THROTTLE_ACCOUNT is not"),
+])
+def test_what_the_server_would_refuse_at_start_up_is_refused_by_settings(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str, message: str,
+) -> None:
+    # The same parsers the mailer and the throttles run at start-up, so that a mistake
+    # is one line naming the setting, not a traceback out of the server's start-up.
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    [problem] = caught.value.errors()
+    assert problem["loc"] == (name.removeprefix("PROVIDER_").lower(),)
+    assert message in problem["msg"]
+    assert "s3cret" not in str(caught.value)  # the value is never shown
+
+
+def test_an_empty_throttle_is_off_and_blanks_are_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVIDER_REGISTRATION_THROTTLE", "  ")
+    monkeypatch.setenv("PROVIDER_SMTP_URL", " ")
+    configured = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert configured.registration_throttle == ""

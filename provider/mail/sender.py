@@ -123,7 +123,7 @@ def build_email(message: Message, *, mail_from: str) -> EmailMessage:
     email["Subject"] = message.subject
     email["Date"] = format_datetime(datetime.now(UTC))
     # An explicit domain: without one make_msgid() asks DNS for this host's name.
-    email["Message-ID"] = make_msgid(domain=_domain_of(mail_from))
+    email["Message-ID"] = make_msgid(domain=mail_domain(mail_from))
     # RFC 3834: tells vacation responders not to answer a machine.
     email["Auto-Submitted"] = "auto-generated"
     email.set_content(message.text)
@@ -132,7 +132,8 @@ def build_email(message: Message, *, mail_from: str) -> EmailMessage:
     return email
 
 
-def _domain_of(mail_from: str) -> str:
+def mail_domain(mail_from: str) -> str:
+    """The domain of ``PROVIDER_MAIL_FROM``'s address; ValueError when it has none."""
     _, address = parseaddr(mail_from)
     local, at, domain = address.rpartition("@")
     if not (local and at and domain):
@@ -154,7 +155,7 @@ class SmtpSender:
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.server = parse_smtp_url(url)
-        _domain_of(mail_from)  # fail at start-up, not on the first mail
+        mail_domain(mail_from)  # fail at start-up, not on the first mail
         if self.server.security == "plain" and self.server.username is not None:
             if not _is_loopback(self.server.hostname):
                 log.warning(
