@@ -261,23 +261,40 @@ def check_keys(settings: Settings, records: list[KeyRecord], clock: Clock) -> li
 
 
 async def check_services(settings: Settings, clock: Clock) -> list[Finding]:
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     from provider.db import create_engine, is_sqlite, single_statement_engine
     from provider.keys.store import DatabaseKeyStore, DirectoryKeyStore, KeyStore
 
     findings: list[Finding] = []
     if settings.redis_url:
         findings += await _check_redis(settings)
-    sqlite_file = _sqlite_path(settings.database_url)
-    if sqlite_file is not None and not sqlite_file.exists():
-        # Connecting would create it: a check changes nothing.
-        findings.append(error("database.unreachable", f"There is no database file at "
-                              f"{sqlite_file}.", "Check DATABASE_URL, or run `provider "
-                              "migrate` to create it."))
+    engine = None
+    try:
+        sqlite_file = _sqlite_path(settings.database_url)
+        if sqlite_file is not None and not sqlite_file.exists():
+            # Connecting would create it: a check changes nothing.
+            findings.append(error("database.unreachable", f"There is no database file at "
+                                  f"{sqlite_file}.", "Check DATABASE_URL, or run `provider "
+                                  "migrate` to create it."))
+        else:
+            engine = create_engine(settings.database_url, pool_size=1,
+                                   pgbouncer=settings.db_pgbouncer)
+    except (ArgumentError, ImportError, ValueError) as exc:
+        # The server would stop at the same step. Only the name of a missing dialect or
+        # driver is shown: a parse error may quote a piece of the URL, password included.
+        reason = (str(exc) if isinstance(exc, NoSuchModuleError | ImportError)
+                  else "it does not parse")
+        findings.append(error("database.unreachable",
+                              f"DATABASE_URL is not a database URL this server can use "
+                              f"({reason}).",
+                              "Set DATABASE_URL to postgresql://user:password@host:5432/name "
+                              "(or sqlite:///path/to/file.db)."))
+    if engine is None:
         if settings.key_store == "directory":
             findings += await _check_key_store(settings, DirectoryKeyStore(settings.keys_dir),
                                                clock, readable=True)
         return findings
-    engine = create_engine(settings.database_url, pool_size=1, pgbouncer=settings.db_pgbouncer)
     try:
         database_ok = await _check_database(settings, engine, findings)
         if is_sqlite(engine):
@@ -291,7 +308,13 @@ async def check_services(settings: Settings, clock: Clock) -> list[Finding]:
             configured = settings.secret_key.get_secret_value() if settings.secret_key else None
             # (Without a secret, none is generated here: a check changes nothing.)
             readable = bool(configured) or (settings.keys_dir / SECRET_KEY_FILE).exists()
-            secret = load_secret_key(configured, settings.keys_dir) if readable else b""
+            secret = b""
+            if readable:
+                try:
+                    secret = load_secret_key(configured, settings.keys_dir)
+                except KeyStoreError as exc:  # as the server would stop at start-up
+                    findings.append(_unreadable("database", exc))
+                    readable = False  # still list the keys: is one active?
             store = DatabaseKeyStore(engine, secret, reader=single_statement_engine(engine))
         else:
             store = DirectoryKeyStore(settings.keys_dir)
@@ -357,18 +380,28 @@ async def _check_key_store(settings: Settings, store: Any, clock: Clock, *,
         if readable:
             await store.private_keys([r for r in records if r.status != "retired"])
     except KeyStoreError as exc:
-        return [error("keys.unreadable", f"The {store.description} key store cannot be read: "
-                      f"{exc}", "Fix what it says (PROVIDER_KEYS_DIR, PROVIDER_SECRET_KEY), or "
-                      "restore the keys from `provider keys export`.")]
+        return [_unreadable(store.description, exc)]
     return check_keys(settings, records, clock)
+
+
+def _unreadable(description: str, exc: KeyStoreError) -> Finding:
+    return error("keys.unreadable", f"The {description} key store cannot be read: {exc}",
+                 "Fix what it says (PROVIDER_KEYS_DIR, PROVIDER_SECRET_KEY), or restore the "
+                 "keys from `provider keys export`.")
 
 
 async def _check_redis(settings: Settings) -> list[Finding]:
     from provider.ratelimit import Throttles
     from provider.services import throttle_config
 
-    throttles = Throttles(settings.redis_url, throttle_config(settings),
-                          timeout=settings.redis_timeout)
+    try:
+        throttles = Throttles(settings.redis_url, throttle_config(settings),
+                              timeout=settings.redis_timeout)
+    except Exception as exc:  # as the server would stop at start-up; the URL may hold a
+        # password, so only the kind of failure is named
+        return [error("redis.unreachable", f"PROVIDER_REDIS_URL is not a Redis URL this "
+                      f"server can use ({type(exc).__name__}).",
+                      "Set it to redis://[:password@]host:6379/0 (rediss:// for TLS).")]
     reason = "no answer"
     try:
         async with asyncio.timeout(settings.redis_timeout.total_seconds() + 1):

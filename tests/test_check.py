@@ -82,6 +82,12 @@ async def test_a_clean_production_configuration_has_no_finding(
     ({"throttle_ipv6_prefix": 40}, "throttles.ipv6_prefix_wide", "warning"),
     ({"db_pgbouncer": True}, "database.no_statement_timeout", "warning"),
     ({"database_url": "postgresql://nobody@127.0.0.1:1/none"}, "database.unreachable", "error"),
+    # What the server would stop at, not a traceback out of the check.
+    ({"database_url": "nonsense"}, "database.unreachable", "error"),
+    ({"database_url": "nodialect://x/y"}, "database.unreachable", "error"),
+    ({"key_store": "database", "secret_key": "short"}, "secret_key.weak", "error"),
+    ({"key_store": "database", "secret_key": "short"}, "keys.unreadable", "error"),
+    ({"redis_url": "http://127.0.0.1:6379"}, "redis.unreachable", "error"),
 ])
 async def test_each_finding_is_tripped_by_its_configuration(
     production: dict[str, Any], changes: dict[str, Any], expected: str, level: str,
@@ -224,6 +230,26 @@ def test_the_command_exits_1_on_an_error_and_speaks_json(
     assert invalid.returncode == 1
     [finding] = json.loads(invalid.stdout)["findings"]
     assert finding["id"] == "settings.invalid"
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"DATABASE_URL": "nonsense"}, {"database.unreachable"}),
+    ({"PROVIDER_KEY_STORE": "database", "PROVIDER_SECRET_KEY": "short"},
+     {"secret_key.weak", "keys.unreadable"}),
+    ({"PROVIDER_REDIS_URL": "http://127.0.0.1:6379"}, {"redis.unreachable"}),
+])
+def test_what_would_stop_the_server_is_a_finding_not_a_crash(
+    production: dict[str, Any], tmp_path: Path, check_keys: Path,
+    env: dict[str, str], expected: set[str],
+) -> None:
+    cli = Cli(tmp_path, env.pop("DATABASE_URL", production["database_url"]), check_keys)
+    base = {f"PROVIDER_{k.upper()}": str(v) for k, v in production.items()
+            if k not in ("database_url", "keys_dir")}
+    result = cli("check", "--json", **{**base, **env})
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert {f["id"] for f in report["findings"] if f["level"] == "error"} >= expected
+    assert "Traceback" not in result.stderr
 
 
 def test_the_command_changes_nothing(tmp_path: Path) -> None:
