@@ -23,9 +23,6 @@ from provider.settings import Settings
 
 Level = Literal["error", "warning"]
 
-# OWASP Password Storage Cheat Sheet: argon2id configurations of equal strength
-# (memory in KiB, iterations); parallelism 1.
-ARGON2_FLOORS = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
 # A key signing longer than this without rotation earns a warning.
 KEY_AGE_WITHOUT_ROTATION = timedelta(days=180)
 # How much entropy a PROVIDER_SECRET_KEY must at least appear to carry.
@@ -79,7 +76,8 @@ def check_configuration(settings: Settings, *, processes: int) -> list[Finding]:
     if settings.env != "production":
         add(warning("env.not_production",
                     f"PROVIDER_ENV is {settings.env}: production's safety checks at start-up "
-                    "are off (https issuer, mailer, /metrics token).",
+                    "are off (https issuer, mailer, /metrics token, argon2id floor, CORS *, "
+                    "proxy ranges).",
                     "Set PROVIDER_ENV=production on a deployment."))
     if not settings.issuer.startswith("https://"):
         add(error("issuer.not_https",
@@ -139,8 +137,7 @@ def check_configuration(settings: Settings, *, processes: int) -> list[Finding]:
                     "Unset it (default 64, one subscriber's network), or raise it to 48-64."))
 
     memory, iterations = settings.argon2_memory_cost, settings.argon2_time_cost
-    if not any(memory >= m and iterations >= t for m, t in ARGON2_FLOORS) \
-            or settings.argon2_parallelism < 1:
+    if settings.is_argon2_weak:
         add(error("passwords.argon2_weak",
                   f"argon2id m={memory} KiB, t={iterations} is below OWASP's minimum "
                   "(m=19456 KiB with t=2, or an equivalent pair).",
@@ -186,13 +183,12 @@ def _cors(origins: list[str]) -> list[Finding]:
 
 def _proxies(settings: Settings) -> list[Finding]:
     findings = []
-    for network in settings.trusted_proxies:
-        if network.prefixlen < (8 if network.version == 4 else 32):
-            findings.append(error(
-                "proxies.too_wide",
-                f"PROVIDER_TRUSTED_PROXIES includes {network}: anyone in it can choose the "
-                "client address the throttles see (X-Forwarded-For).",
-                "List only your proxies' addresses or their narrow ranges."))
+    for network in settings.too_wide_proxies:
+        findings.append(error(
+            "proxies.too_wide",
+            f"PROVIDER_TRUSTED_PROXIES includes {network}: anyone in it can choose the "
+            "client address the throttles see (X-Forwarded-For).",
+            "List only your proxies' addresses or their narrow ranges."))
     # provider serves plain HTTP: an https issuer means a TLS proxy in front of it.
     if settings.issuer.startswith("https://") and not settings.trusted_proxies:
         findings.append(error(

@@ -22,6 +22,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from provider.keys.algorithms import Algorithm
 from provider.ratelimit import parse_tiers
 
+# OWASP Password Storage Cheat Sheet: argon2id configurations of equal strength
+# (memory in KiB, iterations); parallelism 1. Below all of them is weak.
+ARGON2_FLOORS = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+# The widest trusted proxy range (prefix length by IP version): anyone inside a wider
+# one can choose the client address the throttles and the audit trail see.
+WIDEST_PROXY_PREFIX = {4: 8, 6: 32}
+
 # The throttle settings (limits syntax; an empty one turns its throttle off).
 THROTTLE_SETTINGS = (
     "login_throttle_account", "login_throttle_address", "email_code_throttle",
@@ -306,6 +313,23 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PROVIDER_SECRET_KEY must be set when PROVIDER_KEY_STORE=database and "
                 "PROVIDER_ENV=production: every host decrypts the signing keys with it")
+        # What `provider check` calls an error (passwords.argon2_weak, cors.wildcard,
+        # proxies.too_wide), by the same definitions.
+        if self.env == "production" and self.is_argon2_weak:
+            raise ValueError(
+                f"PROVIDER_ARGON2_MEMORY_COST={self.argon2_memory_cost} with "
+                f"PROVIDER_ARGON2_TIME_COST={self.argon2_time_cost} (parallelism "
+                f"{self.argon2_parallelism}) is below OWASP's minimum for argon2id "
+                "(m=19456 KiB with t=2, or an equivalent pair) and PROVIDER_ENV=production")
+        if self.env == "production" and "*" in self.cors_origins:
+            raise ValueError(
+                "PROVIDER_CORS_ORIGINS must not contain * when PROVIDER_ENV=production: "
+                "list the exact origins of your web apps")
+        if self.env == "production" and self.too_wide_proxies:
+            raise ValueError(
+                f"PROVIDER_TRUSTED_PROXIES must not include {self.too_wide_proxies[0]} when "
+                "PROVIDER_ENV=production: anyone in a range wider than /8 (/32 for IPv6) "
+                "could choose the client address the throttles see")
         if self.key_rotation is not None and self.key_rotation <= self.key_publish_lead:
             raise ValueError(
                 "PROVIDER_KEY_ROTATION_DAYS must be longer than PROVIDER_JWKS_MAX_AGE plus "
@@ -331,6 +355,19 @@ class Settings(BaseSettings):
                 "PROVIDER_METRICS_PUBLIC=true to serve /metrics to anyone on purpose)"
             )
         return self
+
+    @property
+    def is_argon2_weak(self) -> bool:
+        """argon2id below every OWASP floor (ARGON2_FLOORS), or without parallelism."""
+        memory, iterations = self.argon2_memory_cost, self.argon2_time_cost
+        return self.argon2_parallelism < 1 or not any(
+            memory >= m and iterations >= t for m, t in ARGON2_FLOORS)
+
+    @property
+    def too_wide_proxies(self) -> list[IPvAnyNetwork]:
+        """The trusted proxy ranges wider than WIDEST_PROXY_PREFIX."""
+        return [network for network in self.trusted_proxies
+                if network.prefixlen < WIDEST_PROXY_PREFIX[network.version]]
 
     @property
     def effective_log_format(self) -> Literal["json", "text"]:

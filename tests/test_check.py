@@ -68,15 +68,18 @@ async def test_a_clean_production_configuration_has_no_finding(
     ({"redis_url": None, "key_store": "database"}, "redis.missing", "error"),
     ({"redis_url": "redis://127.0.0.1:1/0"}, "redis.unreachable", "error"),
     ({"smtp_url": None, "env": "development"}, "mail.console", "error"),
-    ({"argon2_memory_cost": 1024, "argon2_time_cost": 1}, "passwords.argon2_weak", "error"),
-    ({"argon2_memory_cost": 19456, "argon2_time_cost": 1}, "passwords.argon2_weak", "error"),
+    # (Production refuses these three at start-up: settings.invalid.)
+    ({"argon2_memory_cost": 1024, "argon2_time_cost": 1, "env": "development"},
+     "passwords.argon2_weak", "error"),
+    ({"argon2_memory_cost": 19456, "argon2_time_cost": 1, "env": "development"},
+     "passwords.argon2_weak", "error"),
     ({"metrics_token": None, "env": "development"}, "metrics.unprotected", "error"),
     ({"metrics_token": None, "metrics_public": True}, "metrics.public", "warning"),
-    ({"cors_origins": "*"}, "cors.wildcard", "error"),
+    ({"cors_origins": "*", "env": "development"}, "cors.wildcard", "error"),
     ({"cors_origins": "https://app.example.com/path"}, "cors.invalid", "error"),
     ({"cors_origins": "http://app.example.com"}, "cors.insecure", "warning"),
     ({"trusted_proxies": ""}, "proxies.missing", "error"),
-    ({"trusted_proxies": "0.0.0.0/0"}, "proxies.too_wide", "error"),
+    ({"trusted_proxies": "0.0.0.0/0", "env": "development"}, "proxies.too_wide", "error"),
     ({"signing_alg": "ES256"}, "keys.algorithm_mismatch", "warning"),
     ({"throttle_ipv6_prefix": 128}, "throttles.ipv6_prefix_narrow", "warning"),
     ({"throttle_ipv6_prefix": 40}, "throttles.ipv6_prefix_wide", "warning"),
@@ -212,17 +215,18 @@ def test_the_command_exits_1_on_an_error_and_speaks_json(
     assert json.loads(clean.stdout) == {"ok": True, "errors": 0, "warnings": 0, "findings": []}
     assert cli("check", **env).stdout == "no issues found\n"
 
-    tripped = cli("check", "--json", **{**env, "PROVIDER_CORS_ORIGINS": "*",
+    not_an_origin = "https://app.example.com/path"
+    tripped = cli("check", "--json", **{**env, "PROVIDER_CORS_ORIGINS": not_an_origin,
                                        "PROVIDER_KEY_ROTATION_DAYS": "0"})
     assert tripped.returncode == 1
     report = json.loads(tripped.stdout)
     assert (report["ok"], report["errors"], report["warnings"]) == (False, 1, 2)
     assert [(f["id"], f["level"]) for f in report["findings"]] == [
-        ("cors.wildcard", "error"), ("keys.rotation_off", "warning"),
+        ("cors.invalid", "error"), ("keys.rotation_off", "warning"),
         ("keys.next_not_published", "warning")]
-    text = cli("check", **{**env, "PROVIDER_CORS_ORIGINS": "*"})
+    text = cli("check", **{**env, "PROVIDER_CORS_ORIGINS": not_an_origin})
     assert text.returncode == 1
-    assert text.stdout.splitlines()[0].startswith("ERROR   cors.wildcard: ")
+    assert text.stdout.splitlines()[0].startswith("ERROR   cors.invalid: ")
     assert text.stdout.splitlines()[1].startswith("        fix: ")
     assert text.stdout.splitlines()[-1] == "1 error(s), 0 warning(s)"
 

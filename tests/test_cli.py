@@ -552,7 +552,8 @@ def test_serve_with_workers_and_no_redis_is_refused_in_production(
     keyed = cli.with_keys_dir(tmp_path / "keys")
     keyed("keys", "generate").ok()
     refused = keyed("serve", "--workers", "2", PROVIDER_ENV="production",
-                    PROVIDER_ISSUER="https://id.example.com", PROVIDER_METRICS_PUBLIC="true")
+                    PROVIDER_ISSUER="https://id.example.com", PROVIDER_METRICS_PUBLIC="true",
+                    PROVIDER_ARGON2_MEMORY_COST="19456", PROVIDER_ARGON2_TIME_COST="2")
     assert refused.usage_error() == (
         "error: --workers 2 without PROVIDER_REDIS_URL: every rate limit would be per "
         "process (2 times looser); set PROVIDER_REDIS_URL or use --workers 1")

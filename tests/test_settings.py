@@ -117,3 +117,37 @@ def test_an_empty_throttle_is_off_and_blanks_are_empty(monkeypatch: pytest.Monke
     monkeypatch.setenv("PROVIDER_SMTP_URL", " ")
     configured = Settings(_env_file=None)  # type: ignore[call-arg]
     assert configured.registration_throttle == ""
+
+
+SAFE_PRODUCTION = {"env": "production", "issuer": "https://id.example.com",
+                   "metrics_public": True}
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"argon2_memory_cost": 1024, "argon2_time_cost": 1},
+     "PROVIDER_ARGON2_MEMORY_COST=1024 with PROVIDER_ARGON2_TIME_COST=1 (parallelism 1) is "
+     "below OWASP's minimum"),
+    ({"argon2_memory_cost": 19456, "argon2_time_cost": 1}, "below OWASP's minimum"),
+    ({"argon2_parallelism": 0}, "below OWASP's minimum"),
+    ({"cors_origins": "https://app.example.com, *"},
+     "PROVIDER_CORS_ORIGINS must not contain * when PROVIDER_ENV=production"),
+    ({"trusted_proxies": "10.0.0.1, 0.0.0.0/0"},
+     "PROVIDER_TRUSTED_PROXIES must not include 0.0.0.0/0 when PROVIDER_ENV=production"),
+    ({"trusted_proxies": "2000::/16"}, "must not include 2000::/16"),
+])
+def test_production_refuses_what_check_calls_an_error(
+    values: dict[str, object], message: str,
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, **{**SAFE_PRODUCTION, **values})  # type: ignore[arg-type]
+    [problem] = caught.value.errors()
+    assert message in problem["msg"]
+    # Elsewhere they load, and `provider check` reports them.
+    Settings(_env_file=None, **{**SAFE_PRODUCTION, **values, "env": "development"})  # type: ignore[arg-type]
+
+
+def test_production_takes_the_owasp_equivalents_and_narrow_proxies() -> None:
+    configured = Settings(_env_file=None, **{  # type: ignore[arg-type]
+        **SAFE_PRODUCTION, "argon2_memory_cost": 47104, "argon2_time_cost": 1,
+        "trusted_proxies": "10.0.0.0/8, fd00::/32", "cors_origins": "https://app.example.com"})
+    assert not configured.is_argon2_weak and configured.too_wide_proxies == []

@@ -478,7 +478,8 @@ async def test_every_worker_reports_its_process_and_a_gone_one_is_dropped(
 
 def test_production_refuses_public_metrics(json_server: LiveServer) -> None:
     env = {"PROVIDER_ENV": "production", "PROVIDER_ISSUER": "https://auth.example.com",
-           "PROVIDER_SMTP_URL": "smtp://127.0.0.1:25"}
+           "PROVIDER_SMTP_URL": "smtp://127.0.0.1:25",
+           "PROVIDER_ARGON2_MEMORY_COST": "19456", "PROVIDER_ARGON2_TIME_COST": "2"}
     server = json_server
     saved = dict(server.env)
     try:
