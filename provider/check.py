@@ -77,7 +77,7 @@ def check_configuration(settings: Settings, *, processes: int) -> list[Finding]:
         add(warning("env.not_production",
                     f"PROVIDER_ENV is {settings.env}: production's safety checks at start-up "
                     "are off (https issuer, mailer, /metrics token, argon2id floor, CORS *, "
-                    "proxy ranges).",
+                    "proxy ranges, throttles).",
                     "Set PROVIDER_ENV=production on a deployment."))
     if not settings.issuer.startswith("https://"):
         add(error("issuer.not_https",
@@ -135,6 +135,16 @@ def check_configuration(settings: Settings, *, processes: int) -> list[Finding]:
                     "often a whole provider's, shares one count, so one of them can keep "
                     "the others throttled.",
                     "Unset it (default 64, one subscriber's network), or raise it to 48-64."))
+
+    if settings.disabled_throttles:
+        # Refused at start-up in production; elsewhere possibly on purpose, for a test.
+        level = error if settings.env == "production" else warning
+        add(level("throttles.disabled",
+                  f"{', '.join(settings.disabled_throttles)} set empty: that throttle is "
+                  "off, so what it guards (password, client secret or code guesses, mails, "
+                  "registrations) is unlimited.",
+                  "Unset it for its default, or set a limit (e.g. '5 per minute; 20 per "
+                  "hour'), a high one if need be."))
 
     memory, iterations = settings.argon2_memory_cost, settings.argon2_time_cost
     if settings.is_argon2_weak:

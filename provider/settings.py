@@ -330,6 +330,12 @@ class Settings(BaseSettings):
                 f"PROVIDER_TRUSTED_PROXIES must not include {self.too_wide_proxies[0]} when "
                 "PROVIDER_ENV=production: anyone in a range wider than /8 (/32 for IPv6) "
                 "could choose the client address the throttles see")
+        if self.env == "production" and self.disabled_throttles:
+            raise ValueError(
+                f"{', '.join(self.disabled_throttles)} must not be empty when "
+                "PROVIDER_ENV=production: an empty throttle is off, and what it guards "
+                "(password, secret and code guesses, mails) unlimited; unset it for the "
+                "default, or set a limit, a high one if need be")
         if self.key_rotation is not None and self.key_rotation <= self.key_publish_lead:
             raise ValueError(
                 "PROVIDER_KEY_ROTATION_DAYS must be longer than PROVIDER_JWKS_MAX_AGE plus "
@@ -368,6 +374,12 @@ class Settings(BaseSettings):
         """The trusted proxy ranges wider than WIDEST_PROXY_PREFIX."""
         return [network for network in self.trusted_proxies
                 if network.prefixlen < WIDEST_PROXY_PREFIX[network.version]]
+
+    @property
+    def disabled_throttles(self) -> list[str]:
+        """The throttle settings set empty, which turns their throttle off."""
+        return [f"PROVIDER_{name.upper()}" for name in THROTTLE_SETTINGS
+                if not getattr(self, name)]
 
     @property
     def effective_log_format(self) -> Literal["json", "text"]:

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from provider.check import Finding, estimated_bits, run_checks, settings_findings
+from provider.check import (
+    Finding,
+    check_configuration,
+    estimated_bits,
+    run_checks,
+    settings_findings,
+)
 from provider.settings import Settings
 from tests.conftest import REQUIRE_POSTGRES, TestClock, make_keys_dir, make_settings
 from tests.test_cli import Cli
@@ -81,6 +87,9 @@ async def test_a_clean_production_configuration_has_no_finding(
     ({"trusted_proxies": ""}, "proxies.missing", "error"),
     ({"trusted_proxies": "0.0.0.0/0", "env": "development"}, "proxies.too_wide", "error"),
     ({"signing_alg": "ES256"}, "keys.algorithm_mismatch", "warning"),
+    ({"login_throttle_account": "", "env": "development"}, "throttles.disabled", "warning"),
+    ({"client_auth_throttle_address": " ", "env": "development"}, "throttles.disabled",
+     "warning"),
     ({"throttle_ipv6_prefix": 128}, "throttles.ipv6_prefix_narrow", "warning"),
     ({"throttle_ipv6_prefix": 40}, "throttles.ipv6_prefix_wide", "warning"),
     ({"db_pgbouncer": True}, "database.no_statement_timeout", "warning"),
@@ -179,6 +188,9 @@ def test_a_duration_too_long_for_timedelta_is_a_finding(
     ("PROVIDER_SMTP_URL", "smtp:/oops", "smtp_url: Value error, PROVIDER_SMTP_URL has no host"),
     ("PROVIDER_MAIL_FROM", "nobody",
      "mail_from: Value error, PROVIDER_MAIL_FROM must contain an email address"),
+    # Off: production refuses it.
+    ("PROVIDER_LOGIN_THROTTLE_ADDRESS", "", "settings: Value error, "
+     "PROVIDER_LOGIN_THROTTLE_ADDRESS must not be empty when PROVIDER_ENV=production"),
     # Without Redis too: the server parses every throttle at start-up.
     ("PROVIDER_LOGIN_THROTTLE_ACCOUNT", "5 per fortnight", "login_throttle_account: Value "
      "error, PROVIDER_LOGIN_THROTTLE_ACCOUNT is not a list of limits"),
@@ -195,6 +207,18 @@ def test_a_setting_the_server_would_refuse_at_start_up_is_an_error(
     [finding] = json.loads(result.stdout)["findings"]
     assert (finding["id"], finding["level"]) == ("settings.invalid", "error")
     assert finding["message"].startswith(message)
+
+
+def test_a_throttle_turned_off_is_an_error_in_production(settings: Settings) -> None:
+    off = settings.model_copy(update={"env": "development", "login_throttle_account": "",
+                                      "client_auth_throttle": ""})
+    # (A copy is not validated: production itself would not load.)
+    for env, level in (("development", "warning"), ("production", "error")):
+        found = {f.id: f for f in check_configuration(off.model_copy(update={"env": env}),
+                                                      processes=1)}
+        assert found["throttles.disabled"].level == level
+        assert found["throttles.disabled"].message.startswith(
+            "PROVIDER_LOGIN_THROTTLE_ACCOUNT, PROVIDER_CLIENT_AUTH_THROTTLE set empty: ")
 
 
 def test_the_entropy_estimate() -> None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from provider.settings import Settings
+from provider.settings import THROTTLE_SETTINGS, Settings
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -151,3 +151,19 @@ def test_production_takes_the_owasp_equivalents_and_narrow_proxies() -> None:
         **SAFE_PRODUCTION, "argon2_memory_cost": 47104, "argon2_time_cost": 1,
         "trusted_proxies": "10.0.0.0/8, fd00::/32", "cors_origins": "https://app.example.com"})
     assert not configured.is_argon2_weak and configured.too_wide_proxies == []
+
+
+@pytest.mark.parametrize("name", THROTTLE_SETTINGS)
+def test_production_refuses_a_throttle_turned_off(
+    monkeypatch: pytest.MonkeyPatch, name: str,
+) -> None:
+    # Empty, a throttle is off: unlimited password (or secret, or code) guesses.
+    variable = f"PROVIDER_{name.upper()}"
+    monkeypatch.setenv(variable, " ")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, **SAFE_PRODUCTION)  # type: ignore[arg-type]
+    [problem] = caught.value.errors()
+    assert problem["msg"].startswith(
+        f"Value error, {variable} must not be empty when PROVIDER_ENV=production")
+    development = Settings(_env_file=None, **{**SAFE_PRODUCTION, "env": "development"})  # type: ignore[arg-type]
+    assert development.disabled_throttles == [variable]
