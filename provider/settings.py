@@ -32,9 +32,9 @@ WIDEST_PROXY_PREFIX = {4: 8, 6: 32}
 # The throttle settings (limits syntax; an empty one turns its throttle off).
 THROTTLE_SETTINGS = (
     "login_throttle_account", "login_throttle_address", "email_code_throttle",
-    "email_notice_throttle", "registration_throttle", "client_auth_throttle",
-    "client_auth_throttle_address", "code_throttle_address", "code_throttle_account",
-    "mfa_throttle_account",
+    "email_notice_throttle", "registration_throttle", "email_change_throttle",
+    "client_auth_throttle", "client_auth_throttle_address", "code_throttle_address",
+    "code_throttle_account", "mfa_throttle_account",
 )
 
 
