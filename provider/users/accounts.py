@@ -225,9 +225,12 @@ class Accounts:
             now = self.clock.now()
             found = await session.scalar(select(User).where(User.email == email))
             if found is None:
+                # Pending only where an unverified account cannot sign in: elsewhere it is
+                # in use from the start, and nobody else's registration may replace it.
                 user = User(id=uuid.uuid4(), email=email, username=username,
                             password_hash=password_hash, profile=profile, is_active=True,
-                            is_verified=False, is_admin=False, is_registration_pending=True,
+                            is_verified=False, is_admin=False,
+                            is_registration_pending=self.settings.require_verified_email,
                             created_at=now, updated_at=now)
                 session.add(user)
                 await session.flush()
@@ -240,7 +243,7 @@ class Accounts:
                     email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
                 # The new account's first code always goes out; it counts in the window.
                 await self._may_send_code(email)
-            elif not found.is_registration_pending:
+            elif not self._still_pending(found):
                 await notify(mailbox)
             else:
                 await self._register_again(session, mailbox, found, password_hash=password_hash,
@@ -248,6 +251,11 @@ class Accounts:
                                            requested_at=requested_at)
 
         mailbox.later(lambda: self._in_transaction(create_or_notify))
+
+    def _still_pending(self, user: User) -> bool:
+        """A registration nobody verified, that no one can have signed in to since."""
+        return (user.is_registration_pending and user.is_active and not user.is_verified
+                and self.settings.require_verified_email)
 
     async def _register_again(
         self, session: AsyncSession, mailbox: Mailbox, pending: User, *, password_hash: str,
@@ -269,16 +277,17 @@ class Accounts:
         if code is None:
             return  # a later registration's code went out first: it stands
         held = await session.scalar(
-            select(User).where(User.id == pending.id, User.email == pending.email,
-                               User.is_registration_pending.is_(True))
+            select(User).where(User.id == pending.id, User.email == pending.email)
             .with_for_update(key_share=True).execution_options(populate_existing=True))
-        if held is None:
-            return  # verified or moved meanwhile: this code dies unsent with the address
+        if held is None or not self._still_pending(held):
+            return  # verified, moved or disabled meanwhile: this code dies unsent
         held.password_hash = password_hash
         held.username = username
         held.profile = profile
         held.updated_at = self.clock.now()
         await session.flush()
+        # Nothing can have signed in to it; should anything have, it ends here.
+        await end_user_sessions(await session.connection(), held.id, now=self.clock.now())
         mailbox.send(mail.verification_code(
             held.email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
 
@@ -480,6 +489,7 @@ class Accounts:
             async with session.begin_nested():  # flushes on leaving
                 user.email = used.target_email
                 user.is_verified = True
+                user.is_registration_pending = False
                 user.updated_at = now
         except IntegrityError:
             # Registered or claimed between the check and the write: the unique index

@@ -301,8 +301,9 @@ async def update_user_admin(
     if unknown:  # the wire schema forbids these already; this guards other callers
         raise ValidationFailed(f"{unknown[0]!r} cannot be changed")
     values = dict(changes)
-    if values.get("is_verified") is True:
-        # An administrator vouches for the address: a registration no longer replaces it.
+    if values:
+        # An administrator has taken the account in hand (verified, promoted, renamed...):
+        # a registration of its address no longer replaces it.
         values["is_registration_pending"] = False
     loses_admin = values.get("is_active") is False or values.get("is_admin") is False
     if loses_admin and user_id == actor_id:

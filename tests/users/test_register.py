@@ -17,7 +17,7 @@ from provider.settings import Settings
 from provider.users.models import User
 from tests.conftest import TestClock as MovableClock
 from tests.factories import Factory, unique_email
-from tests.helpers import assert_oauth_error, bearer, login, password_login
+from tests.helpers import assert_oauth_error, bearer, login, password_login, refresh
 from tests.smtp_sink import SmtpSink, plain_text
 from tests.users.flows import (
     BAD_CREDENTIALS,
@@ -406,3 +406,51 @@ async def test_a_registration_changes_nothing_of_an_account_an_administrator_mad
     account = await stored_user(services, made.email)
     assert not account.is_registration_pending
     assert (await services.hasher.verify(made.password, account.password_hash))[0]
+
+
+async def test_a_registration_replaces_no_pending_account_an_administrator_took_in_hand(
+    http: httpx.AsyncClient, mail_sink: SmtpSink, services: Services, clock: MovableClock,
+) -> None:
+    """Disabled, promoted, edited by an administrator: the account is no one's
+    registration to replace any more; a registration mails its owner a notice."""
+    from provider.users.service import update_user_admin
+
+    for change in ({"is_active": False}, {"is_admin": True}, {"profile": {"name": "Set"}}):
+        address = unique_email("in-hand")
+        assert_body(await register(http, address, STRONG), 202, REGISTER_ACCEPTED)
+        await last_code(mail_sink, address)
+        before = await stored_user(services, address)
+        async with services.sessions() as session:
+            await update_user_admin(session, before.id, change, actor_id=None,
+                                    now=clock.now())
+            await session.commit()
+        assert_body(await register(http, address, OTHER, profile={"name": "other"}), 202,
+                    REGISTER_ACCEPTED)
+        await mail_sink.wait_for(address, count=2)
+        assert subjects(mail_sink, address) == [SUBJECT_VERIFY, SUBJECT_EXISTS], change
+        after = await stored_user(services, address)
+        assert after.password_hash == before.password_hash, change
+        assert not after.is_registration_pending
+
+
+async def test_without_required_verification_an_unverified_account_is_nobodys_to_replace(
+    settings: Settings, clock: MovableClock, mail_sink: SmtpSink, factory: Factory,
+) -> None:
+    """PROVIDER_REQUIRE_VERIFIED_EMAIL=false: an unverified account signs in and is in
+    use, so a later registration of its address changes nothing of it (the defence needs
+    verification; README)."""
+    oauth = await factory.client()
+    address = unique_email("in-use")
+    async with own_app(settings, clock, mail_sink, require_verified_email=False) as own, \
+            own.client() as http:
+        assert_body(await register(http, address, STRONG), 202, REGISTER_ACCEPTED)
+        await last_code(mail_sink, address)
+        signed_in = await password_login(http, oauth, credentials(address, STRONG))
+        assert signed_in.status_code == 200, signed_in.text
+        assert_body(await register(http, address, OTHER), 202, REGISTER_ACCEPTED)
+        await mail_sink.wait_for(address, count=2)
+        assert subjects(mail_sink, address) == [SUBJECT_VERIFY, SUBJECT_EXISTS]
+        again = await password_login(http, oauth, credentials(address, STRONG))
+        assert again.status_code == 200, again.text
+        refreshed = await refresh(http, oauth, signed_in.json()["refresh_token"])
+        assert refreshed.status_code == 200, refreshed.text
