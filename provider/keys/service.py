@@ -106,6 +106,7 @@ class KeyRing:
         self._snapshot = EMPTY
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._maintenance_failing = False
         self.checks = 0  # beats of the background task so far
 
     @property
@@ -161,9 +162,26 @@ class KeyRing:
             self._snapshot = self._build(self._records, now)
 
     async def check(self) -> None:
-        """One beat of the background task: refresh, then the rotation step due."""
+        """One beat of the background task: refresh, then the rotation step due. A step
+        that fails (a read-only keys directory, a database role that may not write the
+        keys) is said once and tried again at the next beat; the keys in use and their
+        refresh are not concerned."""
         await self.refresh()
-        if self.rotator is not None and await self.rotator.tick(list(self._records)):
+        if self.rotator is None:
+            return
+        try:
+            changed = await self.rotator.tick(list(self._records))
+        except Exception as exc:
+            if not self._maintenance_failing:
+                self._maintenance_failing = True
+                reason = (str(exc).splitlines() or [""])[0]
+                log.warning("key maintenance (rotation, retirement) not done, the keys in "
+                            "use are unaffected: %s: %s", type(exc).__name__, reason)
+            return
+        if self._maintenance_failing:
+            self._maintenance_failing = False
+            log.warning("key maintenance done again")
+        if changed:
             await self.refresh(force=True)
 
     def start(self) -> None:

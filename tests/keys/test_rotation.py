@@ -253,3 +253,39 @@ async def test_a_key_rotated_out_by_hand_is_retired_once_its_tokens_expired(
     assert {r.kid: r.status for r in await store.records()}[old] == "retired"
     assert old not in ring.snapshot().keys
     assert not any(old in p.name for p in keys.iterdir())
+
+
+class ReadOnlyStore(DirectoryKeyStore):
+    """A keys directory the server may read but not write (a mounted secret, say)."""
+
+    async def apply(self, planner, *, actor: str, now=None):  # type: ignore[no-untyped-def]
+        raise OSError(30, "Read-only file system")
+
+
+async def test_a_store_the_server_cannot_write_leaves_the_keys_in_use_and_says_so_once(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retirement fails on a read-only keys directory: the keys in use keep working and
+    the JWKS still drops the old key on time; one warning says so, not one a second."""
+    import logging
+
+    keys = make_keys_dir(tmp_path / "keys")
+    configured = make_settings(settings.database_url, keys)
+    store = ReadOnlyStore(keys)
+    clock = TestClock()
+    clock.freeze()
+    ring = key_ring(configured, clock, store)
+    await ring.refresh()
+    old = ring.signing_key().kid
+    await rotate(DirectoryKeyStore(keys), alg="RS256", now=clock.now(), lead=timedelta(0),
+                 actor="cli", force=True)
+    await ring.check()
+    new = ring.signing_key().kid
+    caplog.set_level(logging.INFO, logger="provider.keys")
+    clock.advance(configured.longest_token_ttl + configured.key_publish_margin)
+    for _ in range(3):
+        await ring.check()
+    assert set(ring.snapshot().keys) == {new}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "key maintenance" in warnings[0], warnings
+    assert old in {r.kid for r in await store.records()}  # not retired: it could not be
