@@ -721,10 +721,12 @@ def users_mfa_reset(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Remove a user's two-step verification (TOTP and recovery codes), e.g. after a lost
-    phone: the user is emailed and every session of theirs ends."""
+    phone: the user is emailed and every session of theirs ends. Refused, with nothing
+    changed, when no mail can be sent (PROVIDER_SMTP_URL malformed, or unset in
+    production); a mail that fails after the reset only earns a warning."""
     from sqlalchemy import select
 
-    from provider.mail import MailError, make_sender
+    from provider.mail import MailError, MailSender, make_sender
     from provider.mail import templates as mail
     from provider.mfa.service import remove_mfa
     from provider.tokens.revocation import end_user_sessions
@@ -733,6 +735,7 @@ def users_mfa_reset(
     from provider.users.service import UserNotFound, normalize_email
 
     current = settings()
+    senders: list[MailSender] = []
 
     async def work(session: AsyncSession) -> tuple[str, str, bool]:
         user = await session.scalar(select(User).where(User.email == normalize_email(email)))
@@ -741,6 +744,13 @@ def users_mfa_reset(
         conn = await session.connection()
         was_enabled = await remove_mfa(conn, user.id)
         if was_enabled:
+            # Before the commit: a sender that cannot be built (production without
+            # PROVIDER_SMTP_URL, a malformed one) must undo the reset, or the notice
+            # would be lost for good (a second run finds nothing to reset).
+            try:
+                senders.append(make_sender(current))
+            except (RuntimeError, ValueError) as exc:
+                fail(f"cannot email the user, nothing changed: {exc}")
             await end_user_sessions(conn, user.id, now=SystemClock().now())
         audit_in(session, EventType.MFA_RESET, subject_user_id=user.id,
                  details={"mfa_enabled": was_enabled})
@@ -750,7 +760,7 @@ def users_mfa_reset(
     if was_enabled:
         # After the commit, like every mail: a failed mail does not undo the reset.
         try:
-            asyncio.run(make_sender(current).send(mail.mfa_reset(address, product=PRODUCT)))
+            asyncio.run(senders[0].send(mail.mfa_reset(address, product=PRODUCT)))
         except MailError as exc:
             typer.echo(f"warning: the user could not be emailed: {exc}", err=True)
     emit(as_json, {"id": user_id, "email": address, "mfa_was_enabled": was_enabled},

@@ -298,6 +298,39 @@ async def test_cli_mfa_reset(client: httpx.AsyncClient, factory: Factory, clock:
     assert unknown == "error: no user with the email address nobody-at-all@example.com"
 
 
+async def test_cli_mfa_reset_without_a_working_mail_setup(
+    client: httpx.AsyncClient, factory: Factory, clock: TestClock, services: Services,
+    tmp_path,
+) -> None:
+    """A mail sender that cannot be built refuses the reset with nothing written (after
+    the commit the notice would be lost for good); a mail that fails once the reset is
+    committed only earns a warning beside the usual answer."""
+    user, oauth = await factory.user(), await factory.client()
+    enrolled = await enrol(client, clock, oauth, user)
+    cli = Cli(tmp_path, services.settings.database_url, services.settings.keys_dir)
+
+    malformed = cli("users", "mfa-reset", user.email, "--json", PROVIDER_SMTP_URL="smtp:/oops")
+    assert malformed.usage_error() == (
+        "error: cannot email the user, nothing changed: PROVIDER_SMTP_URL has no host; use "
+        "smtp://[user:pass@]host:port, smtp+starttls://... or smtps://...")
+    production = cli("users", "mfa-reset", user.email, "--json", PROVIDER_ENV="production",
+                     PROVIDER_ISSUER="https://id.example.com", PROVIDER_METRICS_PUBLIC="true")
+    assert production.usage_error() == (
+        "error: cannot email the user, nothing changed: PROVIDER_SMTP_URL must be set when "
+        "PROVIDER_ENV=production")
+    me = await client.get("/users/me", headers=bearer(enrolled.tokens["access_token"]))
+    assert me.status_code == 200 and me.json()["mfa_enabled"] is True
+    assert [e.type for e in await events(services, user)] == ["mfa.enabled"]
+
+    unreachable = cli("users", "mfa-reset", user.email, "--json",
+                      PROVIDER_SMTP_URL="smtp://127.0.0.1:1")
+    assert unreachable.json() == {"id": user.id, "email": user.email, "mfa_was_enabled": True}
+    assert unreachable.stderr.startswith(
+        "warning: the user could not be emailed: sending mail via 127.0.0.1:1 failed: ")
+    gone = await client.get("/users/me", headers=bearer(enrolled.tokens["access_token"]))
+    assert gone.status_code == 401
+
+
 async def test_deleting_the_account_removes_mfa(client: httpx.AsyncClient, factory: Factory,
                                                 clock: TestClock, services: Services) -> None:
     user, oauth = await factory.user(), await factory.client()
