@@ -82,6 +82,20 @@ def friendly_errors() -> Iterator[None]:
         fail(str(exc))
 
 
+@contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """A database that cannot be used (connection refused, an unparsable DATABASE_URL, a
+    schema that is not there) fails the command with one line: ``what: reason``."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    try:
+        yield
+    except (OSError, DBAPIError, ArgumentError) as exc:
+        # The driver's own words (never the statement or its parameters), first line only.
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        fail(f"{what}: {reason}")
+
+
 def in_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run ``work`` in one transaction: all of it is written, or none of it."""
     from provider.db import create_engine, session_factory
@@ -98,7 +112,7 @@ def in_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         finally:
             await engine.dispose()
 
-    with friendly_errors():
+    with friendly_errors(), database_errors("cannot use the database"):
         return asyncio.run(runner())
 
 
@@ -255,15 +269,15 @@ def alembic_config(database_url: str, *, pgbouncer: bool = False) -> Any:
 def migrate() -> None:
     """Upgrade the database (DATABASE_URL) to the newest schema."""
     from alembic import command
-    from sqlalchemy.exc import ArgumentError, DBAPIError
+    from alembic.util import CommandError
 
-    try:
-        current = settings()
-        command.upgrade(alembic_config(current.database_url, pgbouncer=current.db_pgbouncer),
-                        "head")
-    except (OSError, DBAPIError, ArgumentError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        fail(f"cannot migrate the database: {reason}")
+    current = settings()
+    with database_errors("cannot migrate the database"):
+        try:
+            command.upgrade(alembic_config(current.database_url,
+                                           pgbouncer=current.db_pgbouncer), "head")
+        except CommandError as exc:  # e.g. stamped with a revision this code does not know
+            fail(f"cannot migrate the database: {exc}")
     typer.echo("database is at the newest revision")
 
 
@@ -313,8 +327,6 @@ class RecordingStore:
 def run_keys(work: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``work`` on the configured key store (PROVIDER_KEY_STORE); afterwards, audit
     events of the directory store's changes are written."""
-    from sqlalchemy.exc import DBAPIError
-
     from provider.db import create_engine
     from provider.keys.store import DatabaseKeyStore, DirectoryKeyStore, load_secret_key
 
@@ -338,12 +350,8 @@ def run_keys(work: Callable[[Any], Awaitable[T]]) -> T:
             if engine is not None:
                 await engine.dispose()
 
-    with friendly_errors():
-        try:
-            result = asyncio.run(runner())
-        except (OSError, DBAPIError) as exc:
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            fail(f"cannot reach the key store ({current.key_store}): {reason}")
+    with friendly_errors(), database_errors(f"cannot reach the key store ({current.key_store})"):
+        result = asyncio.run(runner())
     for change in recording[0].changes if recording else []:
         if not change.events_written:
             for event, record in change.events:
@@ -797,15 +805,8 @@ def purge(
         finally:
             await engine.dispose()
 
-    try:
+    with database_errors("cannot purge the database"):
         report = asyncio.run(run())
-    except Exception as exc:
-        from sqlalchemy.exc import DBAPIError
-
-        if not isinstance(exc, (OSError, DBAPIError)):
-            raise
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        fail(f"cannot purge the database: {reason}")
     if as_json:
         typer.echo(json.dumps(report.to_json()))
         return

@@ -203,6 +203,54 @@ def test_migrate_twice_is_idempotent(cli: Cli) -> None:
     assert len(sqlite_rows(cli, "SELECT version_num FROM alembic_version")) == 1
 
 
+def test_a_database_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+    """Connection refused, an unparsable DATABASE_URL, an unmigrated database: exit 2 and
+    one `error: ...` line, never a traceback."""
+    refused = "postgresql://postgres@127.0.0.1:1/x"
+    unmigrated = f"sqlite:///{tmp_path}/empty.db"
+    database_store = {"PROVIDER_KEY_STORE": "database",
+                      "PROVIDER_SECRET_KEY": secrets.token_urlsafe(32)}
+    runs: list[tuple[list[str], str, dict[str, str]]] = [
+        (["clients", "list", "--json"], refused, {}),
+        (["clients", "list"], "nonsense", {}),
+        (["purge"], "nonsense", {}),
+        (["keys", "list"], "nonsense", database_store),
+        (["users", "create", "--email", "c@example.com", "--password", PASSWORD], "nonsense", {}),
+        (["clients", "list"], unmigrated, {}),
+        (["purge"], unmigrated, {}),
+        (["migrate"], "nonsense", {}),
+    ]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(
+            lambda run: Cli(tmp_path, run[1], tmp_path / "keys")(*run[0], **run[2]), runs))
+    unparsable = "Could not parse SQLAlchemy URL from given URL string"
+    assert [r.usage_error() for r in results] == [
+        "error: cannot use the database: [Errno 111] Connect call failed ('127.0.0.1', 1)",
+        f"error: cannot use the database: {unparsable}",
+        f"error: cannot purge the database: {unparsable}",
+        f"error: cannot reach the key store (database): {unparsable}",
+        f"error: cannot use the database: {unparsable}",
+        "error: cannot use the database: no such table: clients",
+        "error: cannot purge the database: no such table: login_sessions",
+        f"error: cannot migrate the database: {unparsable}",
+    ]
+
+
+def test_migrate_a_database_of_an_unknown_revision_is_refused(tmp_path: Path) -> None:
+    """A database stamped with a revision this code does not know (a newer release's)."""
+    with sqlite3.connect(tmp_path / "newer.db") as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
+    cli = Cli(tmp_path, f"sqlite:///{tmp_path}/newer.db", tmp_path / "keys")
+    result = cli("migrate")
+    assert (result.returncode, result.stdout) == (2, "")
+    # Alembic logs its INFO lines first; no traceback, and the last line says why.
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "error: cannot migrate the database: Can't locate revision identified by "
+        "'0123456789ab'")
+
+
 def test_openapi_prints_the_yaml_document(cli: Cli) -> None:
     result = cli("openapi").ok()
     assert result.stdout.startswith("openapi:")
