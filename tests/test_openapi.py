@@ -57,6 +57,22 @@ def test_openapi_is_deterministic(rendered: str) -> None:
     assert render_openapi() == rendered
 
 
+def test_openapi_ignores_the_environment(rendered: str, monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    """The document is the same on a production host (whose settings would refuse the
+    loopback issuer), with or without a .env in the working directory."""
+    for name, value in {
+        "PROVIDER_ENV": "production", "PROVIDER_ISSUER": "https://id.example.com",
+        "PROVIDER_METRICS_PUBLIC": "true", "PROVIDER_SMTP_URL": "smtp://mail.example.com",
+        "PROVIDER_CORS_ORIGINS": "https://app.example.com",
+        "DATABASE_URL": "postgresql://id@db.example.com/id",
+    }.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / ".env").write_text("PROVIDER_ACCESS_TOKEN_TTL=not-a-duration\n")
+    monkeypatch.chdir(tmp_path)
+    assert render_openapi() == rendered
+
+
 def test_openapi_version_and_yaml_shape(spec: dict[str, Any]) -> None:
     assert str(spec["openapi"]).startswith("3.")
     assert spec["info"]["title"]
