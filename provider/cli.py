@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -198,9 +198,7 @@ def serve(
         logging.getLogger("provider").warning(
             "--workers %d without PROVIDER_REDIS_URL: every rate limit is per process, "
             "so %d times looser", workers, workers)
-    # argon2 is CPU-bound: share the cores out among the workers unless told otherwise.
-    os.environ.setdefault("PROVIDER_PASSWORD_HASH_CONCURRENCY",
-                          str(max(1, (os.cpu_count() or 1) // workers)))
+    share_hash_concurrency(current, workers, os.environ)
     # uvicorn's access log is off: provider.middleware writes ours.
     # One process is its own metrics; workers share theirs through a directory.
     shared = metrics_directory() if workers > 1 else nullcontext()
@@ -213,6 +211,17 @@ def serve(
                     # this (5 s by default): on a busy host, start-up alone can take
                     # longer, and the worker would be killed and restarted over and over.
                     timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+
+
+def share_hash_concurrency(current: Any, workers: int, environ: MutableMapping[str, str]
+                           ) -> None:
+    """argon2 is CPU-bound: share the cores out among the workers (they read their
+    settings from ``environ``) unless the operator chose PROVIDER_PASSWORD_HASH_CONCURRENCY,
+    in the environment or in .env. Asked of the loaded settings, not of ``environ``: a
+    value in .env is not in it, and a variable set here would outrank it."""
+    if "password_hash_concurrency" in current.model_fields_set:
+        return
+    environ["PROVIDER_PASSWORD_HASH_CONCURRENCY"] = str(max(1, (os.cpu_count() or 1) // workers))
 
 
 @contextmanager

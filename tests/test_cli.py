@@ -607,6 +607,32 @@ def test_serve_with_workers_and_no_redis_is_refused_in_production(
         "process (2 times looser); set PROVIDER_REDIS_URL or use --workers 1")
 
 
+@pytest.mark.parametrize(("source", "expected"), [
+    ("default", {"PROVIDER_PASSWORD_HASH_CONCURRENCY": "4"}),
+    ("environment", {}),
+    (".env", {}),
+])
+def test_serve_shares_the_cores_unless_the_hash_concurrency_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str, expected: dict[str, str],
+) -> None:
+    """`provider serve --workers 2` on 8 cores: 4 argon2 threads per worker, unless the
+    operator set PROVIDER_PASSWORD_HASH_CONCURRENCY, in the environment or in .env (a
+    variable set by serve would outrank the .env in every worker)."""
+    from provider.cli import share_hash_concurrency
+    from provider.settings import Settings
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("PROVIDER_PASSWORD_HASH_CONCURRENCY", raising=False)
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("PROVIDER_PASSWORD_HASH_CONCURRENCY=3\n" if source == ".env" else "")
+    if source == "environment":
+        monkeypatch.setenv("PROVIDER_PASSWORD_HASH_CONCURRENCY", "3")
+    loaded = Settings(_env_file=dotenv)  # type: ignore[call-arg]
+    environ: dict[str, str] = {}
+    share_hash_concurrency(loaded, 2, environ)
+    assert environ == expected
+
+
 def test_clients_create_keeps_the_password_grant_for_first_party_clients(cli: Cli) -> None:
     name = unique("third")
     refused = cli("clients", "create", "--name", name, "--grant", "password", "--json")
