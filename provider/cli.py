@@ -701,9 +701,9 @@ def clients_ensure_dev() -> None:
 @users_app.command("create")
 def users_create(
     email: Annotated[str, typer.Option(help="Email address (the login name).")],
-    password: Annotated[str, typer.Option(
-        help="Password (checked against the password policy).",
-        prompt=True, hide_input=True, confirmation_prompt=True)],
+    password: Annotated[str | None, typer.Option(
+        help="Password (checked against the password policy). Asked for when left out "
+        "(keeps it out of shell history), which needs stdin to be a terminal.")] = None,
     username: Annotated[str | None, typer.Option(help="Optional unique username.")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="Give the admin role.")] = False,
     verified: Annotated[bool, typer.Option(
@@ -714,11 +714,19 @@ def users_create(
     from provider.passwords import PasswordHasher
     from provider.users.service import create_user
 
+    if password is None:
+        # Without a terminal the prompt would read a script's stdin (or end of file).
+        if not sys.stdin.isatty():
+            fail("--password is required when stdin is not a terminal")
+        # On stderr: with --json, stdout holds the one JSON object only.
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True,
+                                err=True)
+    chosen: str = password
     current = settings()
 
     async def work(session: AsyncSession) -> tuple[str, str]:
         user = await create_user(
-            session, PasswordHasher(current), email=email, password=password,
+            session, PasswordHasher(current), email=email, password=chosen,
             min_password_length=current.password_min_length, now=SystemClock().now(),
             username=username, is_admin=admin, is_verified=verified,
         )

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
 import re
 import secrets
+import select
 import sqlite3
 import subprocess
 import sys
@@ -542,6 +544,45 @@ def test_users_create_and_its_refusals(cli: Cli) -> None:
                              "FROM users WHERE email = ?", email.lower())
     assert row[:3] == (0, 0, None)
     assert row[3].startswith("$argon2id$")
+
+
+def test_users_create_without_password_or_terminal_is_refused(cli: Cli) -> None:
+    before = count_users(cli)
+    refused = cli("users", "create", "--email", f"{unique('c')}@example.com")  # stdin: null
+    assert refused.usage_error() == "error: --password is required when stdin is not a terminal"
+    assert count_users(cli) == before
+
+
+def test_users_create_asks_for_the_password_on_a_terminal(cli: Cli) -> None:
+    email = f"{unique('typed')}@example.com"
+    primary, secondary = pty.openpty()
+    # A new session: no controlling terminal, so getpass reads the pseudo-terminal on
+    # stdin and prompts on stderr.
+    proc = subprocess.Popen(
+        [*COMMAND, "users", "create", "--email", email, "--json"], cwd=cli.home,
+        env=cli.env(), stdin=secondary, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True)
+    os.close(secondary)
+    assert proc.stderr is not None
+    try:
+        prompts = b""
+        for prompt in (b"Password: ", b"Repeat for confirmation: "):
+            # getpass flushes what was typed before its prompt: answer each in turn.
+            while not prompts.endswith(prompt):
+                ready, _, _ = select.select([proc.stderr], [], [], 60)
+                chunk = os.read(proc.stderr.fileno(), 1024) if ready else b""
+                assert chunk, f"no prompt {prompt!r}; stderr so far: {prompts!r}"
+                prompts += chunk
+            os.write(primary, f"{PASSWORD}\n".encode())
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(primary)
+    assert proc.returncode == 0, stderr
+    # The prompts are on stderr: stdout is the one JSON object.
+    created = json.loads(stdout)
+    assert created == {"id": created["id"], "email": email}
 
 
 def test_users_create_admin_verified_with_username(cli: Cli) -> None:
