@@ -224,24 +224,34 @@ async def test_a_servers_rotation_steps_reach_the_audit_trail(
         tuple(row) for row in rows]
 
 
+async def rotated_by_hand(
+    settings: Settings, tmp_path: Path, store_class: type[DirectoryKeyStore],
+) -> tuple[Path, Settings, TestClock, KeyRing, str]:
+    """A server's key ring without automatic rotation, on a frozen clock, whose key was
+    just replaced by `provider keys rotate --now`; the replaced key's kid."""
+    keys = make_keys_dir(tmp_path / "keys")
+    configured = make_settings(settings.database_url, keys)
+    assert configured.key_rotation is None
+    clock = TestClock()
+    clock.freeze()
+    ring = key_ring(configured, clock, store_class(keys))
+    await ring.refresh()
+    old = ring.signing_key().kid
+    await rotate(DirectoryKeyStore(keys), alg="RS256", now=clock.now(), lead=timedelta(0),
+                 actor="cli", force=True)
+    await ring.check()
+    return keys, configured, clock, ring, old
+
+
 async def test_a_key_rotated_out_by_hand_is_retired_once_its_tokens_expired(
     settings: Settings, tmp_path: Path,
 ) -> None:
     """Without PROVIDER_KEY_ROTATION_DAYS a server still retires: the key `provider keys
     rotate` replaced leaves the JWKS, then its status is `retired` and its private half
     is gone from the directory (README: "then it is retired")."""
-    keys = make_keys_dir(tmp_path / "keys")
-    configured = make_settings(settings.database_url, keys)
-    assert configured.key_rotation is None
-    store = DirectoryKeyStore(keys)
-    clock = TestClock()
-    clock.freeze()
-    ring = key_ring(configured, clock, store)
-    await ring.refresh()
-    old = ring.signing_key().kid
-    await rotate(store, alg="RS256", now=clock.now(), lead=timedelta(0), actor="cli",
-                 force=True)
-    await ring.check()
+    keys, configured, clock, ring, old = await rotated_by_hand(settings, tmp_path,
+                                                               DirectoryKeyStore)
+    store = ring.store
     assert ring.signing_key().kid != old
     retire_after = configured.longest_token_ttl + configured.key_publish_margin
     clock.advance(retire_after - SECOND)
@@ -269,17 +279,9 @@ async def test_a_store_the_server_cannot_write_leaves_the_keys_in_use_and_says_s
     the JWKS still drops the old key on time; one warning says so, not one a second."""
     import logging
 
-    keys = make_keys_dir(tmp_path / "keys")
-    configured = make_settings(settings.database_url, keys)
-    store = ReadOnlyStore(keys)
-    clock = TestClock()
-    clock.freeze()
-    ring = key_ring(configured, clock, store)
-    await ring.refresh()
-    old = ring.signing_key().kid
-    await rotate(DirectoryKeyStore(keys), alg="RS256", now=clock.now(), lead=timedelta(0),
-                 actor="cli", force=True)
-    await ring.check()
+    _, configured, clock, ring, old = await rotated_by_hand(settings, tmp_path,
+                                                            ReadOnlyStore)
+    store = ring.store
     new = ring.signing_key().kid
     caplog.set_level(logging.INFO, logger="provider.keys")
     clock.advance(configured.longest_token_ttl + configured.key_publish_margin)
