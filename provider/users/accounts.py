@@ -232,18 +232,28 @@ class Accounts:
                             is_verified=False, is_admin=False,
                             is_registration_pending=self.settings.require_verified_email,
                             created_at=now, updated_at=now)
-                session.add(user)
-                await session.flush()
-                code = await self.codes.issue(session, user_id=user.id,
-                                              purpose=Purpose.VERIFY_EMAIL, address=email,
-                                              now=now, requested_at=requested_at)
-                if code is None:
+                try:
+                    async with session.begin_nested():  # flushes on leaving
+                        session.add(user)
+                except IntegrityError:
+                    # Another registration of the address, at the same moment, inserted
+                    # first: carry on as if it had come first. (Only a username taken
+                    # meanwhile leaves the address free: that registration fails.)
+                    found = await session.scalar(select(User).where(User.email == email))
+                    if found is None:
+                        raise
+                else:
+                    code = await self.codes.issue(session, user_id=user.id,
+                                                  purpose=Purpose.VERIFY_EMAIL, address=email,
+                                                  now=now, requested_at=requested_at)
+                    if code is None:
+                        return
+                    mailbox.send(mail.verification_code(
+                        email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
+                    # The new account's first code always goes out; it counts in the window.
+                    await self._may_send_code(email)
                     return
-                mailbox.send(mail.verification_code(
-                    email, code=code, ttl_minutes=self._ttl_minutes, product=PRODUCT))
-                # The new account's first code always goes out; it counts in the window.
-                await self._may_send_code(email)
-            elif not self._still_pending(found):
+            if not self._still_pending(found):
                 await notify(mailbox)
             else:
                 await self._register_again(session, mailbox, found, password_hash=password_hash,

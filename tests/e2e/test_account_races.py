@@ -22,6 +22,9 @@ from tests.smtp_sink import SmtpSink
 
 TRIALS = 6
 PARALLEL = 6
+# Email changes of one account at once: one per server, plus the last request, stay
+# within the account's limit (PROVIDER_EMAIL_CHANGE_THROTTLE: 3 per 10 minutes).
+PARALLEL_EMAIL_CHANGES = 2
 
 
 async def _tokens(pair: ServerPair, factory: Factory, count: int) -> list[str]:
@@ -104,11 +107,11 @@ async def test_parallel_first_codes_for_one_user_are_issued_and_the_last_request
     live one."""
     for _ in range(TRIALS):
         [token] = await _tokens(pair, pair_factory, 1)
-        targets = [unique_email("wanted") for _ in range(PARALLEL)]
+        targets = [unique_email("wanted") for _ in range(PARALLEL_EMAIL_CHANGES)]
         responses = await _parallel(pair, "PATCH", "/users/me", [
             (token, {"email": target, "password": DEFAULT_PASSWORD})
             for target in targets])
-        assert [r.status_code for r in responses] == [200] * PARALLEL, [
+        assert [r.status_code for r in responses] == [200] * PARALLEL_EMAIL_CHANGES, [
             r.text for r in responses]
         # Asked after every one of them was answered: the last request.
         last = unique_email("last")

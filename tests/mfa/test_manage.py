@@ -302,7 +302,8 @@ async def test_cli_mfa_reset_without_a_working_mail_setup(
     client: httpx.AsyncClient, factory: Factory, clock: TestClock, services: Services,
     tmp_path,
 ) -> None:
-    """A mail sender that cannot be built refuses the reset with nothing written (after
+    """A mail setup that cannot work (a malformed URL, refused with the settings; no SMTP
+    in production, refused by the mailer) refuses the reset with nothing written (after
     the commit the notice would be lost for good); a mail that fails once the reset is
     committed only earns a warning beside the usual answer."""
     user, oauth = await factory.user(), await factory.client()
@@ -311,10 +312,11 @@ async def test_cli_mfa_reset_without_a_working_mail_setup(
 
     malformed = cli("users", "mfa-reset", user.email, "--json", PROVIDER_SMTP_URL="smtp:/oops")
     assert malformed.usage_error() == (
-        "error: cannot email the user, nothing changed: PROVIDER_SMTP_URL has no host; use "
-        "smtp://[user:pass@]host:port, smtp+starttls://... or smtps://...")
+        "error: invalid configuration (smtp_url): Value error, PROVIDER_SMTP_URL has no "
+        "host; use smtp://[user:pass@]host:port, smtp+starttls://... or smtps://...")
     production = cli("users", "mfa-reset", user.email, "--json", PROVIDER_ENV="production",
-                     PROVIDER_ISSUER="https://id.example.com", PROVIDER_METRICS_PUBLIC="true")
+                     PROVIDER_ISSUER="https://id.example.com", PROVIDER_METRICS_PUBLIC="true",
+                     PROVIDER_ARGON2_MEMORY_COST="19456", PROVIDER_ARGON2_TIME_COST="2")
     assert production.usage_error() == (
         "error: cannot email the user, nothing changed: PROVIDER_SMTP_URL must be set when "
         "PROVIDER_ENV=production")

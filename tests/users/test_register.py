@@ -4,13 +4,14 @@ conflicts, policy, mass assignment, closed registration and the per-address thro
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from provider.services import Services
 from provider.settings import Settings
@@ -454,3 +455,40 @@ async def test_without_required_verification_an_unverified_account_is_nobodys_to
         assert again.status_code == 200, again.text
         refreshed = await refresh(http, oauth, signed_in.json()["refresh_token"])
         assert refreshed.status_code == 200, refreshed.text
+
+
+async def test_a_registration_that_loses_the_race_to_insert_carries_on_as_the_later_one(
+    services: Services, mail_sink: SmtpSink, http: httpx.AsyncClient,
+) -> None:
+    """Two registrations of a new address at once both find it free; the one whose insert
+    loses (it waits on the other's, then finds the address taken) is handled as if the
+    other had come first: it replaces the pending registration and mails its code. It
+    used to fail, logged, and its registrant heard nothing."""
+    import asyncio
+
+    from provider.users.accounts import Mailbox
+    from tests.users.test_account_hold import postgres_only, waits_on_a_lock
+
+    postgres_only(services)
+    address = unique_email("race")
+    first_hash = await services.hasher.hash(OTHER)
+    mailbox = Mailbox()
+    async with services.sessions() as session:
+        await services.accounts.register(session, mailbox, email=address, password=STRONG,
+                                         username=None, profile={}, client_address="192.0.2.9")
+    async with services.engine.connect() as conn:
+        first = await conn.begin()  # the other registration's insert, not yet committed
+        now = services.clock.now()
+        await conn.execute(insert(User).values(
+            id=uuid.uuid4(), email=address, password_hash=first_hash, profile={},
+            is_active=True, is_verified=False, is_admin=False, is_registration_pending=True,
+            created_at=now, updated_at=now))
+        work = asyncio.create_task(services.accounts.deliver(mailbox))
+        assert await waits_on_a_lock(services, work)
+        await first.commit()
+    await asyncio.wait_for(work, 30)
+    code = await last_code(mail_sink, address)
+    verified = await http.post("/auth/verify-email", json={"email": address, "code": code})
+    assert verified.status_code == 200, verified.text
+    account = await stored_user(services, address)
+    assert (await services.hasher.verify(STRONG, account.password_hash))[0]
