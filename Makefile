@@ -11,6 +11,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS='-k jwks -x'`.
 PYTEST_ARGS ?=
+# pytest-xdist processes, each file whole on one of them (its servers and fixtures are
+# started once): the suite spends much of its time waiting on servers, browsers and
+# subprocesses. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 # Set to 1 to treat pytest's "no tests collected" (exit 5) as success (CI uses it).
 ALLOW_NO_TESTS ?=
 
@@ -50,7 +54,8 @@ test: .venv
 	@bash scripts/ensure-chromium.sh
 	@bash scripts/ensure-pgbouncer.sh
 	@bash scripts/ensure-node.sh
-	@rc=0; $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) \
+		|| rc=$$?; \
 	if [ $$rc -eq 5 ] && [ "$(ALLOW_NO_TESTS)" = 1 ]; then \
 		echo "!!! pytest collected no tests (exit 5); ALLOW_NO_TESTS=1, so this counts as success"; \
 		rc=0; \

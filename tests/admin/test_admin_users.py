@@ -210,7 +210,8 @@ async def test_create_user_rejects_fields_it_does_not_take(
     assert listed.json() == {"items": [], "next_cursor": None}
 
 
-@pytest.mark.parametrize("user_id", [str(uuid.uuid4()), "not-a-uuid", "1"])
+@pytest.mark.parametrize("user_id", [str(uuid.uuid4()), "not-a-uuid", "1"],
+                         ids=["unknown", "not-a-uuid", "1"])
 async def test_unknown_or_malformed_user_id_answers_404(
     client: httpx.AsyncClient, admin: Session, user_id: str
 ) -> None:
